@@ -1,0 +1,76 @@
+# The front door: `just` lists every recipe. Everything runs from the project's
+# own virtualenv (.venv), which `bootstrap` creates from the lock file on demand.
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+set positional-arguments
+
+py := ".venv/bin/python"
+lock := ".ci/requirements.lock"
+
+# List the recipes
+default:
+    @just --list --unsorted
+
+# Create or refresh .venv from the lock file (no-op when up to date)
+bootstrap:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    python="${PYTHON:-python3}"
+    if ! "$python" -c 'import sys; sys.exit(not ((3, 11) <= sys.version_info[:2] < (3, 13)))'; then
+        echo "bootstrap: need Python 3.11 or 3.12 (set PYTHON=...); $python is $("$python" -V 2>&1)" >&2
+        exit 1
+    fi
+    stamp="$(cat {{lock}} pyproject.toml | sha256sum | cut -d' ' -f1)"
+    if [ -f .venv/.stamp ] && [ "$(cat .venv/.stamp)" = "$stamp" ]; then exit 0; fi
+    echo "bootstrap: installing the locked dependencies into .venv" >&2
+    [ -x {{py}} ] || "$python" -m venv .venv
+    {{py}} -m pip install --quiet --require-hashes --no-deps -r {{lock}}
+    {{py}} -m pip install --quiet --no-deps --no-build-isolation -e .
+    echo "$stamp" > .venv/.stamp
+
+# Fetch the Kafka broker's jars from Maven Central into the user cache (once)
+jars: bootstrap
+    {{py}} tests/kafka/broker.py jars > /dev/null
+
+# Start a local Kafka broker in the background (address in .kafka/bootstrap)
+kafka-up: jars
+    {{py}} tests/kafka/broker.py up --state .kafka
+
+# Stop the broker that kafka-up started
+kafka-down:
+    {{py}} tests/kafka/broker.py down --state .kafka
+
+# Run the controller end to end on a local broker with simulated services
+run *args: jars
+    {{py}} -m dataflow.demo "$@"
+
+# Run everything CI runs: lint, then unit, flow and integration tests (real Kafka broker)
+test *args: lint jars
+    {{py}} -m pytest "$@"
+
+# Run pytest alone with any arguments (e.g. `just pytest -k recovery`)
+pytest *args: jars
+    {{py}} -m pytest "$@"
+
+# Run only the pure unit tests (no broker)
+test-unit *args: bootstrap
+    {{py}} -m pytest tests/unit "$@"
+
+# Lint and type-check: ruff (lint and format) and mypy --strict on dataflow/
+lint: bootstrap
+    {{py}} -m ruff check dataflow tests
+    {{py}} -m ruff format --check dataflow tests
+    {{py}} -m mypy
+
+# Apply ruff's formatter and safe fixes
+fmt: bootstrap
+    {{py}} -m ruff format dataflow tests
+    {{py}} -m ruff check --fix dataflow tests
+
+# Re-resolve the lock file from pyproject.toml (needs network to PyPI)
+lock: bootstrap
+    {{py}} -m uv pip compile pyproject.toml --group dev --python-version 3.11 --generate-hashes --quiet -o {{lock}}
+
+# Remove the virtualenv, caches and local broker/recovery state
+clean: kafka-down
+    rm -rf .venv .kafka .pytest_cache .mypy_cache .ruff_cache demo-output recovery

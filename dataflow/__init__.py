@@ -1,0 +1,1 @@
+"""Run-time adaptation controller for complex event forecasting."""

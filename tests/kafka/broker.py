@@ -1,0 +1,333 @@
+"""A real Apache Kafka broker (KRaft, one node, loopback) run from Maven Central jars.
+
+Test and demo infrastructure, standard library only so that it runs before
+anything else is installed. ``pom.xml`` beside this file names the broker and
+its logging binding; Maven copies their runtime jars into a per-user cache once,
+then every start formats a fresh KRaft storage directory, picks free ports,
+launches ``kafka.Kafka`` and waits (with a deadline) until the broker says it has
+started. It is stopped by the pid it was started with, never by name.
+
+Command line (used by the Justfile)::
+
+    python tests/kafka/broker.py up   --state .kafka   # prints the bootstrap address
+    python tests/kafka/broker.py down --state .kafka
+    python tests/kafka/broker.py jars                  # only fill the jar cache
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+POM = HERE / "pom.xml"
+SERVER_TEMPLATE = HERE / "server.properties"
+LOG4J_CONFIG = HERE / "log4j2.properties"
+DEPENDENCY_PLUGIN = "org.apache.maven.plugins:maven-dependency-plugin:3.8.1:copy-dependencies"
+
+
+class BrokerError(RuntimeError):
+    """The broker could not be provisioned, started or stopped."""
+
+
+def jar_cache_dir() -> Path:
+    """Where the broker's jars are cached: keyed by the pom's content, so a bump re-resolves."""
+    root = os.environ.get("KAFKA_HARNESS_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "rtcef-controller"
+    )
+    digest = hashlib.sha256(POM.read_bytes()).hexdigest()[:12]
+    return Path(root) / f"kafka-{digest}"
+
+
+def ensure_jars(quiet: bool = False) -> Path:
+    """Resolve the broker's runtime jars with Maven (once) and return the folder holding them."""
+    cache = jar_cache_dir()
+    libs = cache / "libs"
+    if (cache / "complete").exists():
+        return libs
+    if shutil.which("mvn") is None:
+        raise BrokerError("Maven (mvn) is not on PATH: it is needed once to fetch Kafka's jars")
+    staging = Path(tempfile.mkdtemp(prefix="libs-", dir=_mkdir(cache)))
+    command = [
+        "mvn", "-q", "-B", "-f", str(POM), DEPENDENCY_PLUGIN,
+        f"-DoutputDirectory={staging}", "-DincludeScope=runtime",
+    ]  # fmt: skip
+    if not quiet:
+        print("kafka-harness: resolving Kafka jars with Maven (first run only)...", file=sys.stderr)
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise BrokerError(f"mvn failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    if libs.exists():
+        shutil.rmtree(libs)
+    staging.rename(libs)
+    (cache / "complete").write_text(time.strftime("%Y-%m-%dT%H:%M:%S"))
+    return libs
+
+
+def free_port() -> int:
+    """Ask the kernel for a free loopback port."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _cluster_id() -> str:
+    # KRaft wants a 22-character base64url UUID; a hex GUID is rejected.
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+
+
+@dataclass
+class Broker:
+    """A running broker: where it listens, where it keeps its files, and its pid."""
+
+    pid: int
+    port: int
+    controller_port: int
+    workdir: str
+    startup_seconds: float
+
+    @property
+    def bootstrap(self) -> str:
+        """The bootstrap address clients use."""
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        """The broker's combined stdout/stderr."""
+        return Path(self.workdir) / "broker.log"
+
+    def log_tail(self, lines: int = 40) -> str:
+        """The last lines of the broker's log, for error messages."""
+        return _tail(self.log_path, lines)
+
+    def alive(self) -> bool:
+        """Whether the broker's process still exists."""
+        return _pid_alive(self.pid)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop the broker by its pid: SIGTERM, then SIGKILL after ``timeout`` seconds."""
+        stop_pid(self.pid, timeout)
+
+
+def _tail(path: Path, lines: int) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return "(no broker log)"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        waited, _ = os.waitpid(pid, os.WNOHANG)
+        if waited == pid:
+            return False
+    except ChildProcessError:
+        pass  # not our child (started by another process): fall back to kill(0)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def stop_pid(pid: int, timeout: float = 30.0) -> None:
+    """Terminate one process we started, escalating to SIGKILL at the deadline."""
+    if not _pid_alive(pid):
+        return
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not _pid_alive(pid):
+            return
+        time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    while _pid_alive(pid):
+        time.sleep(0.05)
+
+
+def start(
+    workdir: str | os.PathLike[str] | None = None,
+    *,
+    port: int | None = None,
+    controller_port: int | None = None,
+    deadline: float = 90.0,
+    heap: str = "512m",
+) -> Broker:
+    """Start a broker and return once it serves clients.
+
+    A new ``workdir`` is formatted; an existing formatted one (a restart of the
+    same broker, same ports) keeps its data. Raises ``BrokerError`` with the
+    broker's log tail if it exits or does not become ready within ``deadline``.
+    """
+    java = shutil.which("java")
+    if java is None:
+        raise BrokerError("java is not on PATH: the broker needs a JDK 17+")
+    libs = ensure_jars()
+    work = _mkdir(Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="kafka-")))
+    properties = work / "server.properties"
+    if properties.exists() and port is None:
+        previous = json.loads((work / "ports.json").read_text())
+        port, controller_port = previous["port"], previous["controller_port"]
+    port = port or free_port()
+    controller_port = controller_port or free_port()
+    log_dir = work / "data"
+    properties.write_text(
+        SERVER_TEMPLATE.read_text().format(
+            port=port, controller_port=controller_port, log_dir=log_dir
+        )
+    )
+    (work / "ports.json").write_text(json.dumps({"port": port, "controller_port": controller_port}))
+    classpath = f"{libs}/*"
+    if not (log_dir / "meta.properties").exists():
+        formatted = subprocess.run(
+            [java, "-cp", classpath, "kafka.tools.StorageTool", "format",
+             "-t", _cluster_id(), "-c", str(properties)],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        if formatted.returncode != 0:
+            raise BrokerError(
+                f"formatting KRaft storage failed:\n{formatted.stdout}{formatted.stderr}"
+            )
+    log_path = work / "broker.log"
+    began = time.monotonic()
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(
+            [java, "-Xms256m", f"-Xmx{heap}", "-XX:+UseSerialGC",
+             f"-Dlog4j2.configurationFile={LOG4J_CONFIG}",
+             "-cp", classpath, "kafka.Kafka", str(properties)],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True,  # Ctrl-C in the terminal is ours to handle, not the broker's
+        )  # fmt: skip
+    broker = Broker(process.pid, port, controller_port, str(work), 0.0)
+    limit = began + deadline
+    while True:
+        if process.poll() is not None:
+            raise BrokerError(
+                f"broker exited with code {process.returncode} during start-up; log tail:\n"
+                + broker.log_tail()
+            )
+        if _ready(port):
+            break
+        if time.monotonic() > limit:
+            broker.stop(timeout=5)
+            raise BrokerError(
+                f"broker not ready after {deadline:.0f}s on port {port}; log tail:\n"
+                + broker.log_tail()
+            )
+        time.sleep(0.1)
+    broker.startup_seconds = round(time.monotonic() - began, 2)
+    return broker
+
+
+def _ready(port: int) -> bool:
+    """Whether the broker answers an ApiVersions request (v0) without error.
+
+    Speaking the protocol, rather than waiting for a log line, keeps readiness
+    independent of the logging configuration.
+    """
+    client_id = b"kafka-harness"
+    header = struct.pack(">hhih", 18, 0, 1, len(client_id)) + client_id
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2.0) as sock:
+            sock.sendall(struct.pack(">i", len(header)) + header)
+            size = struct.unpack(">i", _recv_exact(sock, 4))[0]
+            body = _recv_exact(sock, size)
+    except (OSError, struct.error):
+        return False
+    correlation_id, error_code = struct.unpack(">ih", body[:6])
+    return correlation_id == 1 and error_code == 0
+
+
+def _recv_exact(sock: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            raise OSError("connection closed")
+        data += chunk
+    return data
+
+
+def _state_file(state_dir: Path) -> Path:
+    return state_dir / "broker.json"
+
+
+def _cli_up(state_dir: Path, deadline: float) -> int:
+    state = _state_file(state_dir)
+    if state.exists():
+        running = Broker(**json.loads(state.read_text()))
+        if running.alive():
+            print(running.bootstrap)
+            print(f"kafka-harness: already running, pid {running.pid}", file=sys.stderr)
+            return 0
+    broker = start(_mkdir(state_dir) / "broker", deadline=deadline)
+    state.write_text(json.dumps(asdict(broker)))
+    (state_dir / "bootstrap").write_text(broker.bootstrap)
+    print(broker.bootstrap)
+    print(
+        f"kafka-harness: broker pid {broker.pid} ready on {broker.bootstrap} "
+        f"in {broker.startup_seconds:.2f}s (log: {broker.log_path})",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _cli_down(state_dir: Path) -> int:
+    state = _state_file(state_dir)
+    if not state.exists():
+        print("kafka-harness: no broker recorded in " + str(state_dir), file=sys.stderr)
+        return 0
+    broker = Broker(**json.loads(state.read_text()))
+    broker.stop()
+    state.unlink()
+    (state_dir / "bootstrap").unlink(missing_ok=True)
+    shutil.rmtree(broker.workdir, ignore_errors=True)
+    print(f"kafka-harness: broker pid {broker.pid} stopped", file=sys.stderr)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point: ``up``, ``down`` or ``jars``."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("action", choices=["up", "down", "jars"])
+    parser.add_argument("--state", default=".kafka", help="folder recording the running broker")
+    parser.add_argument(
+        "--deadline", type=float, default=90.0, help="seconds to wait for readiness"
+    )
+    args = parser.parse_args(argv)
+    try:
+        if args.action == "jars":
+            print(ensure_jars())
+            return 0
+        if args.action == "up":
+            return _cli_up(Path(args.state), args.deadline)
+        return _cli_down(Path(args.state))
+    except BrokerError as error:
+        print(f"kafka-harness: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
