@@ -1,0 +1,627 @@
+"""The controller: ``advance(state, event) -> (state, effects)``, one transition table.
+
+Role: the single place that decides what the controller does next. It imports
+nothing that does I/O; the Bytewax step calls ``advance`` and turns the returned
+effects into Kafka messages, log lines and metrics.
+
+Theory of operation
+-------------------
+A *session* (one per key) turns each Observer instruction into a conversation:
+
+* RETRAIN: pause the engine, ``train`` with the current best parameters, and on
+  the matching report play with the report's ``model_id``.
+* OPTIMIZE: pause, ``opt_initialise`` (never answered), then one ``opt_step`` per
+  proposal of the optimiser, each answered by a report whose ``f_val`` the
+  optimiser learns; after the budget, ``opt_finalise`` with ``best_i``; on its
+  report play with its ``model_id`` and adopt the winning parameters.
+* UPDATE_PARAMS replaces the current best parameters, at once, in any phase.
+
+Reports are matched to the one outstanding command by ``reply_id``; anything else
+(stale, duplicate, foreign) changes nothing and comes back as a ``Reject``. A
+factory error report, or a ``Tick`` past the outstanding command's deadline,
+resends the command up to ``max_retries`` times, then aborts the round; an
+aborted round plays the engine with the model it had. So every round that
+pauses the engine ends with exactly one play. An instruction arriving during a
+round is queued (at most one pending; OPTIMIZE outranks RETRAIN; the newer of
+equal rank wins) and starts when the round ends.
+
+Phases INITIALIZING (after ``opt_initialise``) and OPTIMIZING (between a step's
+report and the next proposal) are the seed's names for moments that, here, are
+entered and left within one ``advance`` call: nothing can arrive in them, so the
+table has no rows for them. The resting phases are IDLE, TRAINING,
+WAITING_FOR_REPORT and FINALIZING.
+
+Determinism: every output depends only on the key's own events (reports are
+matched by id, proposals are seeded by key, round and observation count). Times
+(``at_ms``) only decide deadlines and never appear in an output, so a replayed
+event sequence re-emits byte-identical commands.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from enum import StrEnum
+from typing import Any, Final, Literal, TypeAlias
+
+import msgspec
+
+from dataflow.domain import optimizer
+from dataflow.domain.errors import ConfigError, IllegalTransitionError
+from dataflow.domain.messages import (
+    CommandType,
+    Dialect,
+    FactoryCommand,
+    Instruction,
+    InstructionKind,
+    Params,
+    ParamValue,
+    Rejection,
+    Report,
+    SyncMessage,
+    SyncType,
+    command_id,
+    command_number,
+    params_text,
+)
+from dataflow.domain.optimizer import Observation, OptimiserSnapshot, Profile
+
+STATE_VERSION: Final = 1
+DEFAULT_KEY: Final = "controller"
+NO_MODEL: Final = -1
+
+
+class Phase(StrEnum):
+    """Where a session is in its conversation."""
+
+    IDLE = "IDLE"
+    TRAINING = "TRAINING"
+    INITIALIZING = "INITIALIZING"
+    WAITING_FOR_REPORT = "WAITING_FOR_REPORT"
+    OPTIMIZING = "OPTIMIZING"
+    FINALIZING = "FINALIZING"
+
+
+class MachineConfig(msgspec.Struct, frozen=True):
+    """What the controller needs to know that no message tells it."""
+
+    dialect: Dialect
+    profile: Profile
+    #: The current best parameters before any round or UPDATE_PARAMS (wire order kept).
+    initial_params: Params
+    #: Session keys. One key: everything is one session. Several: one session per
+    #: ``model_id``, and command ids encode the key's index (``number * len(keys) + index``).
+    keys: tuple[str, ...] = (DEFAULT_KEY,)
+    report_timeout_ms: int = 600_000
+    max_retries: int = 2
+    #: Observations from an offline optimisation; the newest ``profile.keep`` seed round 0.
+    warm_start: tuple[Observation, ...] = ()
+    initial_model_id: int | str = NO_MODEL
+
+    def validate(self) -> None:
+        """Raise ``ConfigError`` listing every inconsistency."""
+        self.profile.validate()
+        problems = []
+        if not self.keys or len(set(self.keys)) != len(self.keys):
+            problems.append(f"keys must be distinct and non-empty, got {self.keys}")
+        if sorted(n for n, _ in self.initial_params) != sorted(self.profile.names):
+            names = [n for n, _ in self.initial_params]
+            problems.append(f"initial params {names} must name exactly {list(self.profile.names)}")
+        if self.report_timeout_ms <= 0 or self.max_retries < 0:
+            problems.append("report_timeout_ms must be > 0 and max_retries >= 0")
+        if problems:
+            raise ConfigError("; ".join(problems))
+
+
+# --------------------------------------------------------------------------- events
+
+
+class InstructionArrived(msgspec.Struct, frozen=True, tag="instruction"):
+    """An Observer instruction, stamped with the time the flow received it."""
+
+    instruction: Instruction
+    at_ms: int
+
+
+class ReportArrived(msgspec.Struct, frozen=True, tag="report"):
+    """A factory report, stamped with the time the flow received it."""
+
+    report: Report
+    at_ms: int
+
+
+class Tick(msgspec.Struct, frozen=True, tag="tick"):
+    """Time passed: lets a session notice a deadline when nothing else arrives."""
+
+    at_ms: int
+
+
+Event: TypeAlias = InstructionArrived | ReportArrived | Tick
+
+
+# --------------------------------------------------------------------------- effects
+
+
+class SendCommand(msgspec.Struct, frozen=True, tag="command"):
+    """Send ``command`` to the factory. ``message_id`` is stable across replays."""
+
+    key: str
+    message_id: str
+    command: FactoryCommand
+
+
+class SendSync(msgspec.Struct, frozen=True, tag="sync"):
+    """Send a pause/play to the engine. ``message_id`` is stable across replays."""
+
+    key: str
+    message_id: str
+    sync: SyncMessage
+
+
+class Reject(msgspec.Struct, frozen=True, tag="reject"):
+    """The event was not used; ``reason`` says why (for the dead-letter topic)."""
+
+    key: str
+    reason: str
+
+
+NoteKind: TypeAlias = Literal[
+    "round_started", "round_completed", "round_aborted", "step", "score",
+    "retry", "timeout", "queued", "params_updated",
+]  # fmt: skip
+
+
+class Note(msgspec.Struct, frozen=True, tag="note"):
+    """Something worth a log line and a metric."""
+
+    key: str
+    kind: NoteKind
+    round: int
+    step: int | None = None
+    detail: str = ""
+    value: float | None = None
+
+
+Effect: TypeAlias = SendCommand | SendSync | Reject | Note
+
+
+# --------------------------------------------------------------------------- state
+
+
+class Outstanding(msgspec.Struct, frozen=True):
+    """The one command awaiting a report."""
+
+    command: FactoryCommand
+    number: int
+    attempt: int
+    deadline_ms: int
+
+
+class Round(msgspec.Struct, frozen=True):
+    """The round in progress."""
+
+    kind: Literal["train", "optimise"]
+    #: Rounds started by this session so far, this one included (names sync message ids).
+    number: int
+    #: The instruction's timestamp, copied to every command and sync of the round.
+    timestamp: int
+    train_id: int
+    optimisation_id: int
+    #: Counter of the round's first command: older replies are stale, newer duplicates.
+    first_command: int
+    optimiser: OptimiserSnapshot | None = None
+
+
+class Session(msgspec.Struct, frozen=True):
+    """Everything one key's controller remembers. Small, plain, versioned."""
+
+    key: str
+    phase: Phase
+    best_params: Params
+    model_id: int | str
+    #: Counters: never restart, persisted with the session.
+    next_command: int = 0
+    trains: int = 0
+    optimisations: int = 0
+    rounds: int = 0
+    #: Observations the next OPTIMIZE round starts from.
+    history: tuple[Observation, ...] = ()
+    round: Round | None = None
+    outstanding: Outstanding | None = None
+    pending: Instruction | None = None
+    version: int = STATE_VERSION
+
+
+def new_session(key: str, config: MachineConfig) -> Session:
+    """The state of a key that has seen nothing yet."""
+    keep = config.profile.keep
+    return Session(
+        key=key,
+        phase=Phase.IDLE,
+        best_params=config.initial_params,
+        model_id=config.initial_model_id,
+        history=config.warm_start[-keep:] if keep else (),
+    )
+
+
+# --------------------------------------------------------------------------- routing
+
+
+def route_instruction(instruction: Instruction, config: MachineConfig) -> str | Rejection:
+    """The session key of an instruction: its ``model_id`` in multi-model mode."""
+    if len(config.keys) == 1:
+        return config.keys[0]
+    if instruction.model_id in config.keys:
+        return instruction.model_id
+    return Rejection(
+        f"instruction: `$.model_id` {instruction.model_id!r} is not one of the "
+        f"configured models {list(config.keys)}"
+    )
+
+
+def route_report(report: Report, config: MachineConfig) -> str | Rejection:
+    """The session key of a report, read back from its ``reply_id``."""
+    number = command_number(report.reply_id)
+    if number is None:
+        return Rejection(f"report: `$.reply_id` {report.reply_id!r:.40} is not a command id")
+    return config.keys[number % len(config.keys)]
+
+
+# --------------------------------------------------------------------------- advance
+
+Result: TypeAlias = tuple[Session, list[Effect]]
+#: Each handler takes the event type its table rows dispatch (instruction, report or tick).
+Handler: TypeAlias = Callable[[Session, Any, MachineConfig], Result]
+
+
+def advance(
+    state: Session | None, event: Event, *, key: str, config: MachineConfig
+) -> tuple[Session | None, list[Effect]]:
+    """Apply one event to one key's session: the whole controller.
+
+    ``state`` is ``None`` for a key never seen. Bad or unexpected input never
+    raises: it is returned as a ``Reject`` effect and leaves the state unchanged.
+    Raises ``IllegalTransitionError`` only for a state that no event sequence produces.
+    """
+    if state is None:
+        if isinstance(event, Tick):
+            return None, []  # nothing to time out; do not materialise the session
+        if isinstance(event, ReportArrived):
+            return None, [Reject(key, _unmatched(None, event.report, config, key))]
+        state = new_session(key, config)
+    handler = TRANSITIONS.get((state.phase, _event_kind(event)))
+    if handler is None:
+        raise IllegalTransitionError(f"no transition from {state.phase} on {_event_kind(event)}")
+    return handler(state, event, config)
+
+
+def _event_kind(event: Event) -> str:
+    if isinstance(event, InstructionArrived):
+        return event.instruction.kind.value
+    return "REPORT" if isinstance(event, ReportArrived) else "TICK"
+
+
+# --------------------------------------------------------------------------- handlers
+
+
+def _start_round(state: Session, event: InstructionArrived, config: MachineConfig) -> Result:
+    return _begin(state, event.instruction, event.at_ms, config, [])
+
+
+def _begin(
+    state: Session, instruction: Instruction, at_ms: int, config: MachineConfig, out: list[Effect]
+) -> Result:
+    rounds = state.rounds + 1
+    ts = instruction.timestamp
+    pause = SyncMessage(SyncType.PAUSE.value, ts, NO_MODEL)
+    out.append(Note(state.key, "round_started", rounds, detail=instruction.kind.value))
+    out.append(SendSync(state.key, _sync_id(state.key, rounds, SyncType.PAUSE), pause))
+    if instruction.kind is InstructionKind.RETRAIN:
+        params = params_text(state.best_params, named=True)
+        train = _command(state, config, state.next_command, CommandType.TRAIN, ts,
+                         train_id=state.trains, params=params)  # fmt: skip
+        round_ = Round("train", rounds, ts, state.trains, -1, state.next_command)
+        state = msgspec.structs.replace(
+            state, phase=Phase.TRAINING, rounds=rounds, trains=state.trains + 1, round=round_,
+            next_command=state.next_command + 1,
+        )  # fmt: skip
+        return _send(state, train, state.next_command - 1, 0, at_ms, config, out)
+    # OPTIMIZE: IDLE -> INITIALIZING (opt_initialise) -> WAITING_FOR_REPORT (first step).
+    opt_id = state.optimisations
+    init = _command(state, config, state.next_command, CommandType.OPT_INITIALISE, ts,
+                    optimisation_id=opt_id, params=params_text(None, named=False))  # fmt: skip
+    out.append(SendCommand(state.key, _command_message_id(state.key, init, 0), init))
+    snapshot = optimizer.start(config.profile, state.key, opt_id, state.history)
+    round_ = Round("optimise", rounds, ts, -1, opt_id, state.next_command, snapshot)
+    state = msgspec.structs.replace(
+        state, phase=Phase.INITIALIZING, rounds=rounds, optimisations=opt_id + 1,
+        round=round_, next_command=state.next_command + 1,
+    )  # fmt: skip
+    return _propose_step(state, at_ms, config, out)
+
+
+def _propose_step(state: Session, at_ms: int, config: MachineConfig, out: list[Effect]) -> Result:
+    round_ = _round_of(state)
+    point, snapshot = optimizer.propose(_optimiser_of(round_))
+    step = len(snapshot.observations)
+    command = _command(state, config, state.next_command, CommandType.OPT_STEP, round_.timestamp,
+                       optimisation_id=round_.optimisation_id,
+                       params=params_text(point, named=False))  # fmt: skip
+    out.append(Note(state.key, "step", round_.number, step=step, detail=command.params))
+    state = msgspec.structs.replace(
+        state, phase=Phase.WAITING_FOR_REPORT, next_command=state.next_command + 1,
+        round=msgspec.structs.replace(round_, optimiser=snapshot),
+    )  # fmt: skip
+    return _send(state, command, state.next_command - 1, 0, at_ms, config, out)
+
+
+def _on_step_report(state: Session, event: ReportArrived, config: MachineConfig) -> Result:
+    report, at_ms, round_ = event.report, event.at_ms, _round_of(state)
+    if not _matches(state, report, config):
+        return state, [Reject(state.key, _unmatched(state, report, config, state.key))]
+    if not report.ok or report.f_val is None:
+        return _failed(state, report.error or "step report carries no metrics.f_val", at_ms, config)
+    snapshot = optimizer.learn(_optimiser_of(round_), report.f_val)
+    step = len(snapshot.observations) - 1
+    out: list[Effect] = [Note(state.key, "score", round_.number, step=step, value=report.f_val)]
+    state = msgspec.structs.replace(
+        state, phase=Phase.OPTIMIZING, outstanding=None,
+        round=msgspec.structs.replace(round_, optimiser=snapshot),
+    )  # fmt: skip
+    if snapshot.remaining > 0:
+        return _propose_step(state, at_ms, config, out)
+    best_i = optimizer.best_index(snapshot)
+    finalise = _command(state, config, state.next_command, CommandType.OPT_FINALISE,
+                        round_.timestamp, optimisation_id=round_.optimisation_id,
+                        params=params_text(None, named=False), best_i=best_i)  # fmt: skip
+    state = msgspec.structs.replace(
+        state, phase=Phase.FINALIZING, next_command=state.next_command + 1
+    )
+    return _send(state, finalise, state.next_command - 1, 0, at_ms, config, out)
+
+
+def _on_final_report(state: Session, event: ReportArrived, config: MachineConfig) -> Result:
+    """The report that ends a round: of ``train`` (TRAINING) or ``opt_finalise`` (FINALIZING)."""
+    report, at_ms, round_ = event.report, event.at_ms, _round_of(state)
+    if not _matches(state, report, config):
+        return state, [Reject(state.key, _unmatched(state, report, config, state.key))]
+    if not report.ok or report.model_id is None:
+        return _failed(state, report.error or "report carries no model_id", at_ms, config)
+    best_params, history = state.best_params, state.history
+    snapshot = round_.optimiser
+    if snapshot is not None:
+        history = optimizer.carried(snapshot) if snapshot.profile.keep else ()
+        best_params = _winning_params(report.params, snapshot)
+    state = msgspec.structs.replace(state, best_params=best_params, history=history)
+    note = Note(state.key, "round_completed", round_.number, detail=str(report.model_id))
+    return _end_round(state, report.model_id, note, at_ms, config)
+
+
+def _winning_params(reported: Params | None, snapshot: OptimiserSnapshot) -> Params:
+    # The factory's params_dict is what it actually built (and the originals used it,
+    # keeping its key order); fall back to our own record of the best step.
+    if reported is not None and sorted(n for n, _ in reported) == sorted(snapshot.profile.names):
+        return reported
+    return optimizer.finalise(snapshot)[1]
+
+
+def _on_tick(state: Session, event: Tick, config: MachineConfig) -> Result:
+    outstanding = state.outstanding
+    if outstanding is None or event.at_ms < outstanding.deadline_ms:
+        return state, []
+    command = outstanding.command
+    note = Note(state.key, "timeout", _round_of(state).number, step=_step_of(state),
+                detail=f"no report for {command.type} {command.id!r}")  # fmt: skip
+    return _failed(state, "deadline passed without a report", event.at_ms, config, [note])
+
+
+def _nothing(state: Session, event: Tick, config: MachineConfig) -> Result:
+    return state, []
+
+
+def _reject_idle_report(state: Session, event: ReportArrived, config: MachineConfig) -> Result:
+    return state, [Reject(state.key, _unmatched(state, event.report, config, state.key))]
+
+
+def _queue(state: Session, event: InstructionArrived, config: MachineConfig) -> Result:
+    new, old = event.instruction, state.pending
+    keep_old = (
+        old is not None
+        and old.kind is InstructionKind.OPTIMIZE
+        and new.kind is InstructionKind.RETRAIN
+    )
+    pending = old if keep_old and old is not None else new
+    detail = f"{pending.kind.value} pending" + (f", {new.kind.value} coalesced" if keep_old else "")
+    if old is not None and not keep_old:
+        detail += f", replaces {old.kind.value}"
+    note = Note(state.key, "queued", _round_of(state).number, detail=detail)
+    return msgspec.structs.replace(state, pending=pending), [note]
+
+
+def _update_params(state: Session, event: InstructionArrived, config: MachineConfig) -> Result:
+    params = event.instruction.parameters or ()
+    problem = _check_params(params, config.profile)
+    if problem:
+        return state, [Reject(state.key, f"instruction: update_params {problem}")]
+    number = state.round.number if state.round else state.rounds
+    note = Note(state.key, "params_updated", number, detail=params_text(params, named=True))
+    return msgspec.structs.replace(state, best_params=params), [note]
+
+
+def _check_params(params: Params, profile: Profile) -> str | None:
+    names = [n for n, _ in params]
+    if sorted(names) != sorted(profile.names):
+        return f"parameters {names} must name exactly {list(profile.names)}"
+    bounds = {d.name: d for d in profile.dimensions}
+    for name, value in params:
+        d = bounds[name]
+        if d.kind == "Integer" and not isinstance(value, int):
+            return f"parameter {name} must be an integer, got {value!r}"
+        if not d.low <= value <= d.high:
+            return f"parameter {name}={value!r} is outside [{d.low}, {d.high}]"
+    return None
+
+
+# --------------------------------------------------------------------------- the table
+#
+# (phase, event kind) -> handler. Event kinds: the three instruction kinds, REPORT
+# and TICK. Instructions start a round when IDLE and are queued otherwise;
+# UPDATE_PARAMS always applies at once. A report is only ever the answer to the
+# outstanding command of the phase it arrives in. INITIALIZING and OPTIMIZING have
+# no rows: a session never rests in them (see the module docstring).
+
+_ROUND_PHASES: Final = (Phase.TRAINING, Phase.WAITING_FOR_REPORT, Phase.FINALIZING)
+
+TRANSITIONS: Final[dict[tuple[Phase, str], Handler]] = {
+    (Phase.IDLE, "OPTIMIZE"): _start_round,
+    (Phase.IDLE, "RETRAIN"): _start_round,
+    (Phase.IDLE, "UPDATE_PARAMS"): _update_params,
+    (Phase.IDLE, "REPORT"): _reject_idle_report,
+    (Phase.IDLE, "TICK"): _nothing,
+    **{(phase, "OPTIMIZE"): _queue for phase in _ROUND_PHASES},
+    **{(phase, "RETRAIN"): _queue for phase in _ROUND_PHASES},
+    **{(phase, "UPDATE_PARAMS"): _update_params for phase in _ROUND_PHASES},
+    **{(phase, "TICK"): _on_tick for phase in _ROUND_PHASES},
+    (Phase.TRAINING, "REPORT"): _on_final_report,
+    (Phase.WAITING_FOR_REPORT, "REPORT"): _on_step_report,
+    (Phase.FINALIZING, "REPORT"): _on_final_report,
+}
+
+
+# --------------------------------------------------------------------------- shared steps
+
+
+def _send(
+    state: Session,
+    command: FactoryCommand,
+    number: int,
+    attempt: int,
+    at_ms: int,
+    config: MachineConfig,
+    out: list[Effect],
+) -> Result:
+    out.append(SendCommand(state.key, _command_message_id(state.key, command, attempt), command))
+    outstanding = Outstanding(command, number, attempt, at_ms + config.report_timeout_ms)
+    return msgspec.structs.replace(state, outstanding=outstanding), out
+
+
+def _failed(
+    state: Session, reason: str, at_ms: int, config: MachineConfig, out: list[Effect] | None = None
+) -> Result:
+    """The outstanding command failed: resend it (bounded), then abort the round."""
+    out = out if out is not None else []
+    outstanding, number = state.outstanding, _round_of(state).number
+    if outstanding is None:
+        raise IllegalTransitionError(f"session {state.key!r} in {state.phase} awaits nothing")
+    kind, step = outstanding.command.type, _step_of(state)
+    if outstanding.attempt < config.max_retries:
+        attempt = outstanding.attempt + 1
+        detail = f"attempt {attempt + 1} of {kind}: {reason}"
+        out.append(Note(state.key, "retry", number, step=step, detail=detail))
+        return _send(state, outstanding.command, outstanding.number, attempt, at_ms, config, out)
+    detail = f"{kind} failed {outstanding.attempt + 1} times: {reason}"
+    note = Note(state.key, "round_aborted", number, step=step, detail=detail)
+    return _end_round(state, state.model_id, note, at_ms, config, out)
+
+
+def _end_round(
+    state: Session,
+    model_id: int | str,
+    note: Note,
+    at_ms: int,
+    config: MachineConfig,
+    out: list[Effect] | None = None,
+) -> Result:
+    """Play the engine with ``model_id``, go IDLE, and start the pending instruction if any."""
+    round_ = _round_of(state)
+    out = out if out is not None else []
+    play = SyncMessage(SyncType.PLAY.value, round_.timestamp, model_id)
+    out.append(note)
+    out.append(SendSync(state.key, _sync_id(state.key, round_.number, SyncType.PLAY), play))
+    pending = state.pending
+    state = msgspec.structs.replace(
+        state, phase=Phase.IDLE, model_id=model_id, round=None, outstanding=None, pending=None
+    )
+    if pending is None:
+        return state, out
+    return _begin(state, pending, at_ms, config, out)
+
+
+def _command(
+    state: Session,
+    config: MachineConfig,
+    number: int,
+    kind: CommandType,
+    timestamp: int,
+    *,
+    params: str,
+    train_id: int = -1,
+    optimisation_id: int = -1,
+    best_i: int = -1,
+) -> FactoryCommand:
+    wire_number = number * len(config.keys) + config.keys.index(state.key)
+    return FactoryCommand(
+        train_id=train_id,
+        optimisation_id=optimisation_id,
+        id=command_id(config.dialect, wire_number),
+        timestamp=timestamp,
+        type=kind.value,
+        params=params,
+        best_i=best_i,
+    )
+
+
+def _matches(state: Session, report: Report, config: MachineConfig) -> bool:
+    outstanding = state.outstanding
+    return outstanding is not None and _counter(report, config, state.key) == outstanding.number
+
+
+def _counter(report: Report, config: MachineConfig, key: str) -> int | None:
+    """The session-local command counter a reply id names, or None if not this key's."""
+    number = command_number(report.reply_id)
+    if number is None or config.keys[number % len(config.keys)] != key:
+        return None
+    return number // len(config.keys)
+
+
+def _unmatched(state: Session | None, report: Report, config: MachineConfig, key: str) -> str:
+    reply = f"report {report.reply_id!r:.40}"
+    counter = _counter(report, config, key)
+    if counter is None:
+        return f"{reply}: foreign reply_id (not a command of session {key!r})"
+    if state is None or counter >= state.next_command:
+        return f"{reply}: foreign reply_id (no such command was sent)"
+    if state.round is not None and counter >= state.round.first_command:
+        awaited = state.outstanding.command.id if state.outstanding else None
+        return f"{reply}: duplicate (already answered; awaiting {awaited!r})"
+    return f"{reply}: stale (its round is over)"
+
+
+def _round_of(state: Session) -> Round:
+    if state.round is None:
+        raise IllegalTransitionError(f"session {state.key!r} in {state.phase} has no round")
+    return state.round
+
+
+def _optimiser_of(round_: Round) -> OptimiserSnapshot:
+    if round_.optimiser is None:
+        raise IllegalTransitionError(f"round {round_.number} ({round_.kind}) has no optimiser")
+    return round_.optimiser
+
+
+def _step_of(state: Session) -> int | None:
+    if state.round is None or state.round.optimiser is None:
+        return None
+    return len(state.round.optimiser.observations)
+
+
+def _command_message_id(key: str, command: FactoryCommand, attempt: int) -> str:
+    return f"{key}/cmd/{command.id}/{attempt}"
+
+
+def _sync_id(key: str, round_number: int, kind: SyncType) -> str:
+    return f"{key}/sync/{round_number}/{kind.value}"
+
+
+def best_params_dict(state: Session) -> dict[str, ParamValue]:
+    """The current best parameters as a dict (for inspection tools)."""
+    return dict(state.best_params)
