@@ -280,14 +280,20 @@ def advance(
 
     ``state`` is ``None`` for a key never seen. Bad or unexpected input never
     raises: it is returned as a ``Reject`` effect and leaves the state unchanged.
-    Raises ``IllegalTransitionError`` only for a state that no event sequence produces.
+    Raises ``IllegalTransitionError`` only for a state that no event sequence produces,
+    and ``ConfigError`` for a key that is not configured (the router never makes one).
     """
+    if key not in config.keys:
+        raise ConfigError(f"session key {key!r} is not one of {list(config.keys)}")
     if state is None:
         if isinstance(event, Tick):
             return None, []  # nothing to time out; do not materialise the session
         if isinstance(event, ReportArrived):
             return None, [Reject(key, _unmatched(None, event.report, config, key))]
-        state = new_session(key, config)
+        created, effects = advance(new_session(key, config), event, key=key, config=config)
+        if effects and all(isinstance(effect, Reject) for effect in effects):
+            return None, effects  # a rejected event changes nothing, not even existence
+        return created, effects
     handler = TRANSITIONS.get((state.phase, _event_kind(event)))
     if handler is None:
         raise IllegalTransitionError(f"no transition from {state.phase} on {_event_kind(event)}")

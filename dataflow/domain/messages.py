@@ -142,7 +142,7 @@ class SeedInstructionWire(msgspec.Struct, frozen=True, omit_defaults=True):
     instruction: str | None = None
     model_id: str | None = None
     metrics: dict[str, float | int | str | None] | None = None
-    parameters: dict[str, float | int] | None = None
+    parameters: dict[str, Any] | None = None
     hyperparameters: dict[str, float | int | str | None] | None = None
 
 
@@ -219,7 +219,7 @@ def decode_instruction(
     )
     parameters = None
     if seed.parameters is not None:
-        checked = _check_params(tuple(seed.parameters.items()), "instruction: `$.parameters`")
+        checked = _check_params(tuple(seed.parameters.items()), "instruction", "parameters")
         if isinstance(checked, Rejection):
             return checked
         parameters = checked
@@ -341,16 +341,19 @@ def _parse_params_dict(text: str) -> Params | Rejection | None:
         return None
     if not isinstance(params, dict):
         return Rejection("report: `$.params_dict` must hold a JSON object")
-    return _check_params(tuple(params.items()), "report: `$.params_dict`")
+    return _check_params(tuple(params.items()), "report", "params_dict")
 
 
-def _check_params(items: tuple[tuple[str, object], ...], where: str) -> Params | Rejection:
+def _check_params(
+    items: tuple[tuple[str, object], ...], what: str, field: str
+) -> Params | Rejection:
     checked: list[tuple[str, ParamValue]] = []
     for name, value in items:
+        where = f"{what}: `$.{field}.{name[:64]}`"
         if isinstance(value, bool) or not isinstance(value, int | float):
-            return Rejection(f"{where}.{name} must be a number, got {value!r:.40}")
+            return Rejection(f"{where} must be a number, got {value!r:.40}")
         if not math.isfinite(value):
-            return Rejection(f"{where}.{name} must be finite, got {value!r}")
+            return Rejection(f"{where} must be finite, got {value!r}")
         checked.append((name, value))
     return tuple(checked)
 

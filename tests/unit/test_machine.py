@@ -1,0 +1,482 @@
+"""The state machine, one transition-table row at a time, asserting whole states and effects."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+
+from dataflow.domain import machine as m
+from dataflow.domain import optimizer
+from dataflow.domain.errors import IllegalTransitionError
+from dataflow.domain.messages import (
+    FactoryCommand,
+    Instruction,
+    InstructionKind,
+    SyncMessage,
+    params_text,
+)
+from tests.support import SEED_PARAMS, instruction, report, seed_config
+
+KEY = "controller"
+CONFIG = seed_config()
+OPTIMIZE, RETRAIN, UPDATE = (
+    InstructionKind.OPTIMIZE,
+    InstructionKind.RETRAIN,
+    InstructionKind.UPDATE_PARAMS,
+)
+NULL = params_text(None, named=False)
+
+
+def step(state: m.Session | None, event: m.Event, config: m.MachineConfig = CONFIG):
+    return m.advance(state, event, key=KEY, config=config)
+
+
+def idle(**changes: object) -> m.Session:
+    return msgspec.structs.replace(m.new_session(KEY, CONFIG), **changes)
+
+
+def pause(round_number: int, ts: int = 1000) -> m.SendSync:
+    return m.SendSync(KEY, f"{KEY}/sync/{round_number}/pause", SyncMessage("pause", ts, -1))
+
+
+def play(round_number: int, model_id: int | str, ts: int = 1000) -> m.SendSync:
+    return m.SendSync(KEY, f"{KEY}/sync/{round_number}/play", SyncMessage("play", ts, model_id))
+
+
+def send(command: FactoryCommand, attempt: int = 0) -> m.SendCommand:
+    return m.SendCommand(KEY, f"{KEY}/cmd/{command.id}/{attempt}", command)
+
+
+def train_command(number: int = 0, train_id: int = 0, params=SEED_PARAMS, ts: int = 1000):
+    return FactoryCommand(train_id, -1, f"cmd-{number}", ts, "train",
+                          params_text(params, named=True), -1)  # fmt: skip
+
+
+def opt_command(number: int, kind: str, params: str = NULL, best_i: int = -1, opt_id: int = 0):
+    return FactoryCommand(-1, opt_id, f"cmd-{number}", 1000, kind, params, best_i)
+
+
+# --------------------------------------------------------------------------- fixtures as states
+
+FIRST_POINT, FIRST_SNAPSHOT = optimizer.propose(optimizer.start(CONFIG.profile, KEY, 0))
+STEP_0 = opt_command(1, "opt_step", params_text(FIRST_POINT, named=False))
+TRAIN_0 = train_command()
+
+TRAINING = idle(
+    phase=m.Phase.TRAINING, next_command=1, trains=1, rounds=1,
+    round=m.Round("train", 1, 1000, 0, -1, 0),
+    outstanding=m.Outstanding(TRAIN_0, 0, 0, 1000),
+)  # fmt: skip
+WAITING = idle(
+    phase=m.Phase.WAITING_FOR_REPORT, next_command=2, optimisations=1, rounds=1,
+    round=m.Round("optimise", 1, 1000, -1, 0, 0, FIRST_SNAPSHOT),
+    outstanding=m.Outstanding(STEP_0, 1, 0, 1000),
+)  # fmt: skip
+SECOND_POINT, SECOND_SNAPSHOT = optimizer.propose(optimizer.learn(FIRST_SNAPSHOT, -0.5))
+LAST_SNAPSHOT = optimizer.learn(SECOND_SNAPSHOT, -0.7)
+FINALISE = opt_command(3, "opt_finalise", best_i=1)
+FINALIZING = idle(
+    phase=m.Phase.FINALIZING, next_command=4, optimisations=1, rounds=1,
+    round=m.Round("optimise", 1, 1000, -1, 0, 0, LAST_SNAPSHOT),
+    outstanding=m.Outstanding(FINALISE, 3, 0, 1000),
+)  # fmt: skip
+
+
+# --------------------------------------------------------------------------- the table itself
+
+
+def test_the_table_has_a_row_for_every_event_in_every_resting_phase_and_no_other() -> None:
+    resting = {m.Phase.IDLE, m.Phase.TRAINING, m.Phase.WAITING_FOR_REPORT, m.Phase.FINALIZING}
+    kinds = {"OPTIMIZE", "RETRAIN", "UPDATE_PARAMS", "REPORT", "TICK"}
+    assert set(m.TRANSITIONS) == {(phase, kind) for phase in resting for kind in kinds}
+
+
+@pytest.mark.parametrize("phase", [m.Phase.INITIALIZING, m.Phase.OPTIMIZING])
+def test_a_session_resting_in_a_transient_phase_is_an_illegal_transition(phase: m.Phase) -> None:
+    with pytest.raises(IllegalTransitionError):
+        step(idle(phase=phase), m.Tick(0))
+
+
+# --------------------------------------------------------------------------- IDLE
+
+
+def test_idle_optimize_pauses_initialises_and_sends_the_first_proposal() -> None:
+    state, effects = step(None, instruction(OPTIMIZE))
+
+    assert state == WAITING
+    assert effects == [
+        m.Note(KEY, "round_started", 1, detail="OPTIMIZE"),
+        pause(1),
+        send(opt_command(0, "opt_initialise")),
+        m.Note(KEY, "step", 1, step=0, detail=STEP_0.params),
+        send(STEP_0),
+    ]
+
+
+def test_idle_retrain_pauses_and_trains_with_the_current_best_parameters() -> None:
+    state, effects = step(None, instruction(RETRAIN))
+
+    assert state == TRAINING
+    assert effects == [m.Note(KEY, "round_started", 1, detail="RETRAIN"), pause(1), send(TRAIN_0)]
+
+
+def test_idle_update_params_replaces_the_current_best_parameters() -> None:
+    new = (("gamma", 0.002), ("pMin", 0.02))
+    event = m.InstructionArrived(Instruction(UPDATE, 5, parameters=new), 0)
+
+    state, effects = step(idle(), event)
+
+    assert state == idle(best_params=new)
+    assert effects == [m.Note(KEY, "params_updated", 0, detail=params_text(new, named=True))]
+
+
+@pytest.mark.parametrize(
+    ("parameters", "reason"),
+    [
+        ((("pMin", 0.02),), "parameters ['pMin'] must name exactly ['pMin', 'gamma']"),
+        ((("pMin", 0.5), ("gamma", 0.001)), "parameter pMin=0.5 is outside [0.001, 0.1]"),
+    ],
+)
+def test_update_params_with_wrong_names_or_values_is_rejected_and_changes_nothing(
+    parameters: tuple[tuple[str, float], ...], reason: str
+) -> None:
+    event = m.InstructionArrived(Instruction(UPDATE, 5, parameters=parameters), 0)
+
+    state, effects = step(idle(), event)
+
+    assert state == idle()
+    assert effects == [m.Reject(KEY, f"instruction: update_params {reason}")]
+
+
+def test_idle_report_is_rejected_as_foreign_and_changes_nothing() -> None:
+    state, effects = step(idle(), report("cmd-0", model_id=1))
+
+    assert state == idle()
+    assert effects == [m.Reject(KEY, "report 'cmd-0': foreign reply_id (no such command was sent)")]
+
+
+def test_idle_tick_does_nothing() -> None:
+    assert step(idle(), m.Tick(10**12)) == (idle(), [])
+
+
+def test_a_tick_or_report_for_an_unseen_key_creates_no_session() -> None:
+    assert step(None, m.Tick(5)) == (None, [])
+    state, effects = step(None, report("cmd-3"))
+    assert state is None
+    assert effects == [m.Reject(KEY, "report 'cmd-3': foreign reply_id (no such command was sent)")]
+
+
+# --------------------------------------------------------------------------- TRAINING
+
+
+def test_training_report_plays_the_new_model_and_goes_idle() -> None:
+    state, effects = step(TRAINING, report("cmd-0", model_id=7))
+
+    assert state == idle(next_command=1, trains=1, rounds=1, model_id=7)
+    assert effects == [m.Note(KEY, "round_completed", 1, detail="7"), play(1, 7)]
+
+
+@pytest.mark.parametrize("kind", [OPTIMIZE, RETRAIN])
+def test_training_instruction_is_queued(kind: InstructionKind) -> None:
+    state, effects = step(TRAINING, instruction(kind, timestamp=2000))
+
+    assert state == msgspec.structs.replace(TRAINING, pending=Instruction(kind, 2000))
+    assert effects == [m.Note(KEY, "queued", 1, detail=f"{kind.value} pending")]
+
+
+def test_training_update_params_applies_at_once() -> None:
+    new = (("pMin", 0.02), ("gamma", 0.0))
+    state, effects = step(TRAINING, m.InstructionArrived(Instruction(UPDATE, 5, parameters=new), 0))
+
+    assert state == msgspec.structs.replace(TRAINING, best_params=new)
+    assert effects == [m.Note(KEY, "params_updated", 1, detail=params_text(new, named=True))]
+
+
+def test_training_tick_before_the_deadline_does_nothing() -> None:
+    assert step(TRAINING, m.Tick(999)) == (TRAINING, [])
+
+
+def test_training_tick_past_the_deadline_resends_the_same_command() -> None:
+    state, effects = step(TRAINING, m.Tick(1000))
+
+    assert state == msgspec.structs.replace(
+        TRAINING, outstanding=m.Outstanding(TRAIN_0, 0, 1, 2000)
+    )
+    assert effects == [
+        m.Note(KEY, "timeout", 1, detail="no report for train 'cmd-0'"),
+        m.Note(KEY, "retry", 1, detail="attempt 2 of train: deadline passed without a report"),
+        send(TRAIN_0, attempt=1),
+    ]
+
+
+def test_training_timeout_after_the_last_retry_aborts_and_plays_the_old_model() -> None:
+    retried = msgspec.structs.replace(TRAINING, outstanding=m.Outstanding(TRAIN_0, 0, 1, 2000))
+
+    state, effects = step(retried, m.Tick(2000))
+
+    assert state == idle(next_command=1, trains=1, rounds=1)
+    assert effects == [
+        m.Note(KEY, "timeout", 1, detail="no report for train 'cmd-0'"),
+        m.Note(
+            KEY, "round_aborted", 1, detail="train failed 2 times: deadline passed without a report"
+        ),
+        play(1, -1),
+    ]
+
+
+def test_a_factory_error_report_resends_then_aborts() -> None:
+    error = report("cmd-0", ok=False, error="No dataset available")
+
+    retried, first = step(TRAINING, error)
+    aborted, second = step(retried, error)
+
+    assert retried == msgspec.structs.replace(
+        TRAINING, outstanding=m.Outstanding(TRAIN_0, 0, 1, 1000)
+    )
+    assert first == [
+        m.Note(KEY, "retry", 1, detail="attempt 2 of train: No dataset available"),
+        send(TRAIN_0, attempt=1),
+    ]
+    assert aborted == idle(next_command=1, trains=1, rounds=1)
+    assert second == [
+        m.Note(KEY, "round_aborted", 1, detail="train failed 2 times: No dataset available"),
+        play(1, -1),
+    ]
+
+
+# --------------------------------------------------------------------------- WAITING_FOR_REPORT
+
+
+def test_waiting_report_is_learnt_and_the_next_proposal_sent() -> None:
+    state, effects = step(WAITING, report("cmd-1", f_val=-0.5, model_id=1))
+
+    step_1 = opt_command(2, "opt_step", params_text(SECOND_POINT, named=False))
+    assert state == msgspec.structs.replace(
+        WAITING, next_command=3,
+        round=msgspec.structs.replace(WAITING.round, optimiser=SECOND_SNAPSHOT),
+        outstanding=m.Outstanding(step_1, 2, 0, 1000),
+    )  # fmt: skip
+    assert effects == [
+        m.Note(KEY, "score", 1, step=0, value=-0.5),
+        m.Note(KEY, "step", 1, step=1, detail=step_1.params),
+        send(step_1),
+    ]
+
+
+def test_the_report_of_the_last_step_sends_finalise_with_the_first_best_index() -> None:
+    state, _ = step(WAITING, report("cmd-1", f_val=-0.5))
+
+    state, effects = step(state, report("cmd-2", f_val=-0.7))
+
+    assert state == FINALIZING
+    assert effects == [m.Note(KEY, "score", 1, step=1, value=-0.7), send(FINALISE)]
+
+
+def test_a_step_report_without_f_val_counts_as_a_factory_error() -> None:
+    state, effects = step(WAITING, report("cmd-1", model_id=3))
+
+    assert state == msgspec.structs.replace(WAITING, outstanding=m.Outstanding(STEP_0, 1, 1, 1000))
+    assert effects == [
+        m.Note(
+            KEY,
+            "retry",
+            1,
+            step=0,
+            detail="attempt 2 of opt_step: step report carries no metrics.f_val",
+        ),
+        send(STEP_0, attempt=1),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("reply_id", "reason"),
+    [
+        ("cmd-0", "report 'cmd-0': duplicate (already answered; awaiting 'cmd-1')"),
+        ("cmd-9", "report 'cmd-9': foreign reply_id (no such command was sent)"),
+        ("job-1", "report 'job-1': foreign reply_id (not a command of session 'controller')"),
+        ("cmd-01", "report 'cmd-01': foreign reply_id (not a command of session 'controller')"),
+    ],
+)
+def test_waiting_report_that_is_not_the_awaited_one_is_rejected_and_changes_nothing(
+    reply_id: int | str, reason: str
+) -> None:
+    state, effects = step(WAITING, report(reply_id, f_val=-1.0))
+
+    assert state == WAITING
+    assert effects == [m.Reject(KEY, reason)]
+
+
+def test_reply_ids_are_compared_as_command_numbers_whatever_their_wire_type() -> None:
+    by_string, _ = step(WAITING, report("cmd-1", f_val=-0.5))
+    by_number, _ = step(WAITING, report(1, f_val=-0.5))
+
+    assert by_number == by_string
+
+
+def test_a_report_from_an_earlier_round_is_rejected_as_stale() -> None:
+    later = msgspec.structs.replace(
+        WAITING, next_command=12, round=msgspec.structs.replace(WAITING.round, first_command=10)
+    )
+
+    state, effects = step(later, report("cmd-5", f_val=-1.0))
+
+    assert state == later
+    assert effects == [m.Reject(KEY, "report 'cmd-5': stale (its round is over)")]
+
+
+@pytest.mark.parametrize("kind", [OPTIMIZE, RETRAIN])
+def test_waiting_instruction_is_queued(kind: InstructionKind) -> None:
+    state, effects = step(WAITING, instruction(kind, timestamp=3000))
+
+    assert state == msgspec.structs.replace(WAITING, pending=Instruction(kind, 3000))
+    assert effects == [m.Note(KEY, "queued", 1, detail=f"{kind.value} pending")]
+
+
+def test_waiting_update_params_applies_at_once() -> None:
+    new = (("pMin", 0.09), ("gamma", 0.004))
+    state, _ = step(WAITING, m.InstructionArrived(Instruction(UPDATE, 5, parameters=new), 0))
+    assert state == msgspec.structs.replace(WAITING, best_params=new)
+
+
+def test_waiting_tick_past_the_deadline_resends_the_step() -> None:
+    state, effects = step(WAITING, m.Tick(1500))
+
+    assert state == msgspec.structs.replace(WAITING, outstanding=m.Outstanding(STEP_0, 1, 1, 2500))
+    assert effects[-1] == send(STEP_0, attempt=1)
+
+
+# --------------------------------------------------------------------------- FINALIZING
+
+
+def test_finalizing_report_plays_its_model_and_adopts_the_reported_parameters() -> None:
+    reported = (("gamma", 0.003), ("pMin", 0.04))
+
+    state, effects = step(FINALIZING, report("cmd-3", model_id=12, params=reported))
+
+    assert state == idle(next_command=4, optimisations=1, rounds=1, model_id=12,
+                         best_params=reported)  # fmt: skip
+    assert effects == [m.Note(KEY, "round_completed", 1, detail="12"), play(1, 12)]
+
+
+def test_finalizing_report_without_parameters_adopts_the_best_observed_point() -> None:
+    state, _ = step(FINALIZING, report("cmd-3", model_id=12))
+
+    assert state.best_params == optimizer.named(CONFIG.profile, SECOND_POINT)
+
+
+@pytest.mark.parametrize("kind", [OPTIMIZE, RETRAIN])
+def test_finalizing_instruction_is_queued(kind: InstructionKind) -> None:
+    state, _ = step(FINALIZING, instruction(kind, timestamp=4000))
+    assert state == msgspec.structs.replace(FINALIZING, pending=Instruction(kind, 4000))
+
+
+def test_finalizing_update_params_applies_at_once() -> None:
+    new = (("pMin", 0.01), ("gamma", 0.0))
+    state, _ = step(FINALIZING, m.InstructionArrived(Instruction(UPDATE, 5, parameters=new), 0))
+    assert state == msgspec.structs.replace(FINALIZING, best_params=new)
+
+
+def test_finalizing_timeout_after_the_last_retry_plays_the_model_the_engine_had() -> None:
+    had_model = msgspec.structs.replace(
+        FINALIZING, model_id=4, outstanding=m.Outstanding(FINALISE, 3, 1, 1000)
+    )
+
+    state, effects = step(had_model, m.Tick(1000))
+
+    assert state == idle(next_command=4, optimisations=1, rounds=1, model_id=4)
+    assert effects[-1] == play(1, 4)
+
+
+def test_finalizing_report_for_another_command_is_rejected() -> None:
+    state, effects = step(FINALIZING, report("cmd-2", f_val=-0.7))
+
+    assert state == FINALIZING
+    assert effects == [
+        m.Reject(KEY, "report 'cmd-2': duplicate (already answered; awaiting 'cmd-3')")
+    ]
+
+
+# --------------------------------------------------------------------------- queueing and counters
+
+
+def test_optimize_outranks_a_queued_retrain_and_a_later_retrain_does_not_displace_it() -> None:
+    state, _ = step(TRAINING, instruction(RETRAIN, timestamp=2000))
+    state, first = step(state, instruction(OPTIMIZE, timestamp=3000))
+    state, second = step(state, instruction(RETRAIN, timestamp=4000))
+
+    assert state.pending == Instruction(OPTIMIZE, 3000)
+    assert first == [m.Note(KEY, "queued", 1, detail="OPTIMIZE pending, replaces RETRAIN")]
+    assert second == [m.Note(KEY, "queued", 1, detail="OPTIMIZE pending, RETRAIN coalesced")]
+
+
+def test_the_pending_instruction_starts_as_soon_as_the_round_ends() -> None:
+    queued, _ = step(TRAINING, instruction(RETRAIN, timestamp=2000))
+
+    state, effects = step(queued, report("cmd-0", model_id=7))
+
+    second_train = train_command(number=1, train_id=1, ts=2000)
+    assert state == idle(
+        phase=m.Phase.TRAINING, next_command=2, trains=2, rounds=2, model_id=7,
+        round=m.Round("train", 2, 2000, 1, -1, 1),
+        outstanding=m.Outstanding(second_train, 1, 0, 1000),
+    )  # fmt: skip
+    assert effects == [
+        m.Note(KEY, "round_completed", 1, detail="7"),
+        play(1, 7),
+        m.Note(KEY, "round_started", 2, detail="RETRAIN"),
+        pause(2, ts=2000),
+        send(second_train),
+    ]
+
+
+def test_counters_carry_on_across_rounds_and_optimise_rounds_keep_observations() -> None:
+    rtcef = m.MachineConfig(
+        dialect="rtcef",
+        profile=msgspec.structs.replace(optimizer.PROFILES["rtcef"], budget=3, keep=2),
+        initial_params=(("confidence", 0.2), ("order", 2), ("pmin", 0.001), ("gamma", 0.001)),
+    )
+    state, _ = m.advance(None, instruction(OPTIMIZE), key=KEY, config=rtcef)
+    for number in (1, 2, 3):
+        state, _ = m.advance(state, report(number, f_val=-0.1 * number), key=KEY, config=rtcef)
+    state, _ = m.advance(state, report(4, model_id=5), key=KEY, config=rtcef)
+    state, effects = m.advance(state, instruction(OPTIMIZE), key=KEY, config=rtcef)
+
+    assert [e.command.id for e in effects if isinstance(e, m.SendCommand)] == [5, 6]
+    assert [e.command.optimisation_id for e in effects if isinstance(e, m.SendCommand)] == [1, 1]
+    assert state.round is not None
+    assert state.round.optimiser is not None
+    assert [o.y for o in state.round.optimiser.prior] == [-0.2, -0.30000000000000004]
+    assert (state.next_command, state.optimisations, state.rounds) == (7, 2, 2)
+
+
+# --------------------------------------------------------------------------- multi-model mode
+
+MULTI = seed_config(keys=("a", "b", "c"))
+
+
+def test_multi_model_command_ids_lead_back_to_their_session_key() -> None:
+    _, for_b = m.advance(None, instruction(RETRAIN), key="b", config=MULTI)
+    command = next(e.command for e in for_b if isinstance(e, m.SendCommand))
+
+    assert command.id == "cmd-1"  # counter 0, index 1 of 3
+    routed = m.route_report(report(command.id).report, MULTI)
+    assert routed == "b"
+
+
+def test_multi_model_instruction_is_routed_by_model_id_or_rejected() -> None:
+    assert m.route_instruction(Instruction(RETRAIN, 1, model_id="c"), MULTI) == "c"
+    assert m.route_instruction(Instruction(RETRAIN, 1, model_id="z"), MULTI) == m.Rejection(
+        "instruction: `$.model_id` 'z' is not one of the configured models ['a', 'b', 'c']"
+    )
+    assert m.route_instruction(Instruction(RETRAIN, 1), seed_config()) == KEY
+
+
+def test_a_report_routed_to_the_wrong_session_is_foreign_there() -> None:
+    state, _ = m.advance(None, instruction(RETRAIN), key="a", config=MULTI)
+
+    same, effects = m.advance(state, report("cmd-1", model_id=3), key="a", config=MULTI)
+
+    assert same == state
+    assert effects == [
+        m.Reject("a", "report 'cmd-1': foreign reply_id (not a command of session 'a')")
+    ]

@@ -1,0 +1,138 @@
+"""The optimiser: pure proposals, small snapshots, exact resume, warm starts, both modes."""
+
+from __future__ import annotations
+
+import copy
+import json
+import pickle
+
+import msgspec
+import pytest
+
+from dataflow.domain import optimizer as o
+from dataflow.domain.errors import ConfigError, SnapshotError
+from tests.support import RECORDINGS
+
+RTCEF, SEED = o.PROFILES["rtcef"], o.PROFILES["seed"]
+
+
+def bowl(params: o.Params) -> float:
+    """A smooth test function with its minimum inside both spaces' bounds."""
+    values = dict(params)
+    return sum((float(v) - 0.004) ** 2 for v in values.values())
+
+
+def grown(profile: o.Profile, count: int, key: str = "k") -> o.OptimiserSnapshot:
+    snapshot = o.start(msgspec.structs.replace(profile, budget=count + 1), key, 0)
+    for _ in range(count):
+        point, snapshot = o.propose(snapshot)
+        snapshot = o.learn(snapshot, bowl(o.named(profile, point)))
+    return snapshot
+
+
+def test_the_same_snapshot_always_proposes_the_same_point() -> None:
+    snapshot = grown(RTCEF, 7)
+    assert o.propose(snapshot) == o.propose(snapshot)
+
+
+def test_a_restored_snapshot_proposes_exactly_what_the_uninterrupted_run_would() -> None:
+    snapshot = grown(RTCEF, 9)
+    data = o.snapshot_bytes(snapshot)
+
+    assert o.restore(data) == snapshot
+    assert o.propose(o.restore(data)) == o.propose(snapshot)
+    assert o.propose(pickle.loads(pickle.dumps(snapshot))) == o.propose(copy.deepcopy(snapshot))
+
+
+def test_proposals_depend_on_the_session_key() -> None:
+    assert o.propose(grown(SEED, 2, key="a"))[0] != o.propose(grown(SEED, 2, key="b"))[0]
+
+
+def test_a_snapshot_with_fifty_four_dimensional_observations_is_under_16_kb() -> None:
+    snapshot = grown(RTCEF, 50)
+    assert len(snapshot.observations) == 50
+    assert len(o.snapshot_bytes(snapshot)) < 16 * 1024
+    assert len(pickle.dumps(snapshot)) < 16 * 1024
+
+
+@pytest.mark.parametrize("profile", [SEED, RTCEF], ids=lambda p: p.name)
+def test_every_proposal_is_inside_the_space_with_integers_on_integer_axes(profile) -> None:
+    snapshot = grown(profile, 12)
+    for observation in snapshot.observations:
+        for d, value in zip(profile.dimensions, observation.x, strict=True):
+            assert d.low <= value <= d.high
+            assert isinstance(value, int if d.kind == "Integer" else float)
+
+
+def test_blocking_mode_runs_the_budget_on_the_step_wise_code() -> None:
+    snapshot = o.run_optimization(bowl, SEED, key="offline")
+
+    stepwise = o.start(SEED, "offline", 0)
+    while stepwise.remaining:
+        point, stepwise = o.propose(stepwise)
+        stepwise = o.learn(stepwise, bowl(o.named(SEED, point)))
+    assert snapshot == stepwise
+    best_i, best = o.finalise(snapshot)
+    assert bowl(best) == min(ob.y for ob in snapshot.observations)
+    assert best_i == [ob.y for ob in snapshot.observations].index(bowl(best))
+
+
+def test_the_model_based_phase_beats_its_own_random_start_on_a_smooth_function() -> None:
+    snapshot = o.run_optimization(bowl, msgspec.structs.replace(SEED, budget=15), key="k")
+    random_best = min(ob.y for ob in snapshot.observations[: SEED.n_initial])
+    model_best = min(ob.y for ob in snapshot.observations[SEED.n_initial :])
+    assert model_best < random_best
+
+
+def test_a_recorded_offline_optimisation_warm_starts_by_dimension_name() -> None:
+    document = json.loads((RECORDINGS / "month_0" / "offline_optimisation.json").read_text())
+
+    observations = o.observations_from_warm_start(RTCEF, document)
+
+    # The file lists [order, confidence, pmin, gamma]; commands use [confidence, order, ...].
+    first = document["x_iters"][0]
+    assert observations[0] == o.Observation((first[1], first[0], first[2], first[3]),
+                                            document["func_vals"][0])  # fmt: skip
+    assert len(observations) == len(document["x_iters"]) == 32
+
+
+def test_a_warm_start_document_round_trips() -> None:
+    snapshot = o.run_optimization(bowl, SEED)
+    document = json.loads(json.dumps(o.warm_start_document(SEED, snapshot.observations)))
+    assert o.observations_from_warm_start(SEED, document) == snapshot.observations
+
+
+def test_a_warm_start_with_other_dimensions_is_refused() -> None:
+    document = {"dimensions": [{"name": "x"}], "x_iters": [[1]], "func_vals": [0.0]}
+    with pytest.raises(ConfigError, match=r"dimensions \['x'\] do not match"):
+        o.observations_from_warm_start(SEED, document)
+
+
+def test_the_next_round_carries_the_newest_observations() -> None:
+    snapshot = grown(RTCEF, 8)
+    assert o.carried(snapshot) == snapshot.observations[-5:]
+    assert o.carried(grown(SEED, 3)) == ()
+
+
+def test_misuse_of_the_step_wise_api_is_a_snapshot_error() -> None:
+    fresh = o.start(SEED, "k", 0)
+    _, pending = o.propose(fresh)
+    with pytest.raises(SnapshotError, match="already awaiting"):
+        o.propose(pending)
+    with pytest.raises(SnapshotError, match="no proposal"):
+        o.learn(fresh, 1.0)
+    with pytest.raises(SnapshotError, match="budget is spent"):
+        o.propose(o.run_optimization(bowl, msgspec.structs.replace(SEED, budget=1)))
+    with pytest.raises(SnapshotError, match="version 2 is not 1"):
+        o.propose(msgspec.structs.replace(fresh, version=2))
+
+
+def test_a_bad_profile_lists_every_problem() -> None:
+    dims = (o.Dimension("a", "Real", 1.0, 0.0), o.Dimension("a", "Integer", 0.5, 2))
+    bad = o.Profile("bad", dims, budget=0, n_initial=1, acquisition="EI")
+    with pytest.raises(ConfigError) as error:
+        bad.validate()
+    assert str(error.value) == (
+        "optimiser profile 'bad': duplicate dimension names ('a', 'a'); a: low 1.0 must be below"
+        " high 0.0; a: Integer bounds must be integers; budget 0 must be at least 1"
+    )
