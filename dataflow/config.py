@@ -1,0 +1,374 @@
+"""Settings: every environment variable the controller reads, named once, validated at start.
+
+Role: the only place that reads the environment. ``Settings.from_env()`` collects
+*every* problem before raising one ``SettingsError`` that lists them all, so an
+operator fixes a deployment in one go. Secrets are ``Secret`` values whose
+``repr`` is redacted. Bytewax's own ``BYTEWAX_*`` variables (recovery directory,
+snapshot interval, workers...) stay Bytewax's and are not read here.
+
+The table ``VARIABLES`` is the documentation: the README's configuration table
+is checked against it by a test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import msgspec
+
+from dataflow.domain import machine, optimizer
+from dataflow.domain.errors import ConfigError
+from dataflow.domain.messages import DEFAULT_MAX_MESSAGE_BYTES, DIALECTS, Dialect, Params
+
+
+class SettingsError(ValueError):
+    """The environment does not describe a runnable controller; ``problems`` lists why."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("invalid settings:\n  - " + "\n  - ".join(problems))
+        self.problems = problems
+
+
+class Secret:
+    """A string that never shows itself in logs, reprs or tracebacks."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        """The secret itself, for the Kafka client configuration only."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True)
+class Variable:
+    """One environment variable: its name, default (as text) and meaning."""
+
+    name: str
+    default: str | None
+    help: str
+    secret: bool = False
+
+
+#: Topic defaults differ by dialect: the seed services' names and the originals'.
+TOPIC_DEFAULTS: Final[Mapping[Dialect, Mapping[str, str]]] = {
+    "seed": {
+        "INSTRUCTION_TOPIC": "instructions",
+        "REPORT_TOPIC": "factory_reports",
+        "COMMAND_TOPIC": "factory_commands",
+        "SYNC_TOPIC": "enginesync",
+    },
+    "rtcef": {
+        "INSTRUCTION_TOPIC": "optimiser_instructions",
+        "REPORT_TOPIC": "factory_reports",
+        "COMMAND_TOPIC": "factory_commands",
+        "SYNC_TOPIC": "engine_sync",
+    },
+}
+
+#: The current best parameters before any round, per profile (wire order kept).
+INITIAL_PARAMS: Final[Mapping[str, Params]] = {
+    "seed": (("pMin", 0.05), ("gamma", 0.001)),
+    "rtcef": (("confidence", 0.25), ("order", 3), ("pmin", 0.005), ("gamma", 0.005)),
+}
+
+VARIABLES: Final[tuple[Variable, ...]] = (
+    Variable("KAFKA_BOOTSTRAP_SERVERS", "kafka:29092", "Kafka bootstrap servers, comma-separated."),
+    Variable("CONTROLLER_DIALECT", "seed",
+             "Wire dialect of the other services: `seed` (Flink/Java) or `rtcef` (originals)."),
+    Variable("INSTRUCTION_TOPIC", "instructions (seed) / optimiser_instructions (rtcef)",
+             "Observer instructions (input)."),
+    Variable("REPORT_TOPIC", "factory_reports", "ModelFactory reports (input)."),
+    Variable("COMMAND_TOPIC", "factory_commands", "ModelFactory commands (output)."),
+    Variable("SYNC_TOPIC", "enginesync (seed) / engine_sync (rtcef)",
+             "Engine pause/play messages (output)."),
+    Variable("DEAD_LETTER_TOPIC", "controller_dead_letters",
+             "Undecodable or rejected input, with the reason in headers (output)."),
+    Variable("OPTIMISER_PROFILE", "the dialect's name",
+             "Search space and strategy: `seed` (pMin, gamma; 10 steps, EI) or `rtcef` "
+             "(confidence, order, pmin, gamma; 15 steps, gp_hedge, keeps 5)."),
+    Variable("OPTIMISER_SPACE", "the profile's",
+             'JSON list replacing the space: [{"name": "pMin", "kind": "Real", "low": 0.001, '
+             '"high": 0.1}, ...].'),
+    Variable("OPTIMISER_BUDGET", "the profile's (10 / 15)", "opt_step commands per round."),
+    Variable("OPTIMISER_INITIAL_POINTS", "5", "Random proposals before the GP takes over."),
+    Variable("OPTIMISER_KEEP", "the profile's (0 / 5)",
+             "Observations of a round carried into the next round."),
+    Variable("INITIAL_PARAMS", "the profile's",
+             'JSON object: the current best parameters before any round, e.g. '
+             '{"pMin": 0.05, "gamma": 0.001}.'),
+    Variable("WARM_START_FILE", "", "Offline optimisation JSON (dimensions, x_iters, func_vals) "
+             "whose newest observations warm-start the first round."),
+    Variable("SESSION_KEYS", "", "Comma-separated model ids for multi-model mode (one session "
+             "per model_id); empty: one session for everything. Never reorder a running set."),
+    Variable("REPORT_TIMEOUT_S", "600", "Seconds to wait for a report before resending."),
+    Variable("MAX_RETRIES", "2", "Resends of a failed or unanswered command before aborting."),
+    Variable("TICK_INTERVAL_S", "5", "Seconds between deadline checks."),
+    Variable("MAX_MESSAGE_BYTES", str(DEFAULT_MAX_MESSAGE_BYTES),
+             "Larger input messages go to the dead-letter topic."),
+    Variable("CREATE_TOPICS", "true", "Create missing topics at start (else: exit with an error)."),
+    Variable("TOPIC_PARTITIONS", "1", "Partitions of topics the controller creates."),
+    Variable("TOPIC_REPLICATION", "1", "Replication factor of topics the controller creates."),
+    Variable("STARTUP_TIMEOUT_S", "30", "Exit non-zero if the broker is unreachable this long."),
+    Variable("DELIVERY_TIMEOUT_S", "30",
+             "Seconds to wait for the broker to acknowledge output before crashing (to replay)."),
+    Variable("KAFKA_SECURITY_PROTOCOL", "", "librdkafka security.protocol (e.g. SASL_SSL)."),
+    Variable("KAFKA_SASL_MECHANISM", "", "librdkafka sasl.mechanism (e.g. SCRAM-SHA-512)."),
+    Variable("KAFKA_SASL_USERNAME", "", "SASL user name."),
+    Variable("KAFKA_SASL_PASSWORD", "", "SASL password (never logged).", secret=True),
+    Variable("KAFKA_SSL_CA_LOCATION", "", "CA certificate file."),
+    Variable("KAFKA_SSL_CERTIFICATE_LOCATION", "", "Client certificate file."),
+    Variable("KAFKA_SSL_KEY_LOCATION", "", "Client key file."),
+    Variable("KAFKA_SSL_KEY_PASSWORD", "", "Client key password (never logged).", secret=True),
+    Variable("LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR."),
+    Variable("LOG_FORMAT", "json", "`json` (one object per line) or `text`."),
+)  # fmt: skip
+
+_SECURITY: Final = {
+    "KAFKA_SECURITY_PROTOCOL": "security.protocol",
+    "KAFKA_SASL_MECHANISM": "sasl.mechanism",
+    "KAFKA_SASL_USERNAME": "sasl.username",
+    "KAFKA_SASL_PASSWORD": "sasl.password",
+    "KAFKA_SSL_CA_LOCATION": "ssl.ca.location",
+    "KAFKA_SSL_CERTIFICATE_LOCATION": "ssl.certificate.location",
+    "KAFKA_SSL_KEY_LOCATION": "ssl.key.location",
+    "KAFKA_SSL_KEY_PASSWORD": "ssl.key.password",
+}
+
+
+@dataclass(frozen=True)
+class Topics:
+    """The five topics the controller reads and writes."""
+
+    instructions: str
+    reports: str
+    commands: str
+    sync: str
+    dead_letters: str
+
+    def all(self) -> tuple[str, ...]:
+        """Every topic, inputs first."""
+        return (self.instructions, self.reports, self.commands, self.sync, self.dead_letters)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The controller's whole configuration, validated."""
+
+    brokers: str
+    topics: Topics
+    machine: machine.MachineConfig
+    tick_interval_s: float
+    max_message_bytes: int
+    create_topics: bool
+    topic_partitions: int
+    topic_replication: int
+    startup_timeout_s: float
+    delivery_timeout_s: float
+    log_level: str
+    log_format: str
+    security: Mapping[str, str | Secret] = field(default_factory=dict)
+
+    @property
+    def dialect(self) -> Dialect:
+        """The wire dialect."""
+        return self.machine.dialect
+
+    def kafka_config(self) -> dict[str, str]:
+        """Librdkafka settings shared by every client: brokers and security, secrets revealed."""
+        config = {"bootstrap.servers": self.brokers}
+        for key, value in self.security.items():
+            config[key] = value.reveal() if isinstance(value, Secret) else value
+        return config
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read and validate every variable; raise ``SettingsError`` listing all problems."""
+        env = os.environ if environ is None else environ
+        return _Reader(env).settings()
+
+
+class _Reader:
+    """Collects problems while reading, so that all of them are reported at once."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+        self.problems: list[str] = []
+        unknown = sorted(k for k in env if k.startswith(("OPTIMISER_", "CONTROLLER_"))
+                         and k not in {v.name for v in VARIABLES})  # fmt: skip
+        self.problems += [f"{name}: unknown variable (misspelt?)" for name in unknown]
+
+    def text(self, name: str, default: str) -> str:
+        return self.env.get(name, "").strip() or default
+
+    def number(self, name: str, default: float, kind: Callable[[str], Any], low: float) -> Any:
+        raw = self.env.get(name, "").strip()
+        if not raw:
+            return kind(str(default))
+        try:
+            value = kind(raw)
+        except ValueError:
+            self.problems.append(f"{name}: {raw!r} is not a valid {kind.__name__}")
+            return kind(str(default))
+        if value < low:
+            self.problems.append(f"{name}: {value} must be at least {low}")
+        return value
+
+    def flag(self, name: str, default: bool) -> bool:
+        raw = self.env.get(name, "").strip().lower()
+        if not raw:
+            return default
+        if raw in ("1", "true", "yes", "on"):
+            return True
+        if raw in ("0", "false", "no", "off"):
+            return False
+        self.problems.append(f"{name}: {raw!r} is not a boolean (true/false)")
+        return default
+
+    def choice(self, name: str, default: str, options: tuple[str, ...]) -> str:
+        value = self.text(name, default)
+        if value not in options:
+            self.problems.append(f"{name}: {value!r} is not one of {list(options)}")
+            return default
+        return value
+
+    def json_value(self, name: str) -> Any:
+        raw = self.env.get(name, "").strip()
+        if not raw:
+            return None
+        try:
+            return json.loads(raw)
+        except ValueError as error:
+            self.problems.append(f"{name}: not valid JSON ({error})")
+            return None
+
+    def profile(self, dialect: Dialect) -> optimizer.Profile:
+        name = self.choice("OPTIMISER_PROFILE", dialect, tuple(optimizer.PROFILES))
+        profile = optimizer.PROFILES[name]
+        changes: dict[str, Any] = {}
+        space = self.json_value("OPTIMISER_SPACE")
+        if space is not None:
+            try:
+                changes["dimensions"] = msgspec.convert(space, tuple[optimizer.Dimension, ...])
+            except msgspec.ValidationError as error:
+                self.problems.append(f"OPTIMISER_SPACE: {error}")
+        for variable, attribute in (("OPTIMISER_BUDGET", "budget"),
+                                    ("OPTIMISER_INITIAL_POINTS", "n_initial"),
+                                    ("OPTIMISER_KEEP", "keep")):  # fmt: skip
+            if self.env.get(variable, "").strip():
+                low = 0 if attribute == "keep" else 1
+                changes[attribute] = self.number(variable, getattr(profile, attribute), int, low)
+        profile = msgspec.structs.replace(profile, **changes)
+        try:
+            profile.validate()
+        except ConfigError as error:
+            self.problems.append(f"OPTIMISER_*: {error}")
+        return profile
+
+    def initial_params(self, profile: optimizer.Profile) -> Params:
+        value = self.json_value("INITIAL_PARAMS")
+        if value is None:
+            default = INITIAL_PARAMS.get(profile.name)
+            if default is not None and sorted(n for n, _ in default) == sorted(profile.names):
+                return default
+            # A custom space: start from the middle of every axis.
+            return tuple((d.name, _middle(d)) for d in profile.dimensions)
+        if not isinstance(value, dict) or not all(
+            isinstance(v, int | float) and not isinstance(v, bool) for v in value.values()
+        ):
+            self.problems.append("INITIAL_PARAMS: must be a JSON object of numbers")
+            return INITIAL_PARAMS.get(profile.name, ())
+        return tuple(value.items())
+
+    def warm_start(self, profile: optimizer.Profile) -> tuple[optimizer.Observation, ...]:
+        path = self.text("WARM_START_FILE", "")
+        if not path:
+            return ()
+        try:
+            document = json.loads(Path(path).read_text())
+            return optimizer.observations_from_warm_start(profile, document)
+        except (OSError, ValueError) as error:
+            self.problems.append(f"WARM_START_FILE: cannot read {path!r} ({error})")
+        except ConfigError as error:
+            self.problems.append(f"WARM_START_FILE: {error}")
+        return ()
+
+    def security(self) -> dict[str, str | Secret]:
+        found: dict[str, str | Secret] = {}
+        secret_names = {v.name for v in VARIABLES if v.secret}
+        for variable, key in _SECURITY.items():
+            value = self.env.get(variable, "").strip()
+            if value:
+                found[key] = Secret(value) if variable in secret_names else value
+        return found
+
+    def settings(self) -> Settings:
+        dialect: Dialect = self.choice("CONTROLLER_DIALECT", "seed", DIALECTS)  # type: ignore[assignment]
+        defaults = TOPIC_DEFAULTS[dialect]
+        topics = Topics(
+            instructions=self.text("INSTRUCTION_TOPIC", defaults["INSTRUCTION_TOPIC"]),
+            reports=self.text("REPORT_TOPIC", defaults["REPORT_TOPIC"]),
+            commands=self.text("COMMAND_TOPIC", defaults["COMMAND_TOPIC"]),
+            sync=self.text("SYNC_TOPIC", defaults["SYNC_TOPIC"]),
+            dead_letters=self.text("DEAD_LETTER_TOPIC", "controller_dead_letters"),
+        )
+        if len(set(topics.all())) != len(topics.all()):
+            self.problems.append(f"topics must be five distinct names, got {list(topics.all())}")
+        profile = self.profile(dialect)
+        keys_text = self.text("SESSION_KEYS", "")
+        keys = tuple(k.strip() for k in keys_text.split(",") if k.strip()) or (machine.DEFAULT_KEY,)
+        config = machine.MachineConfig(
+            dialect=dialect,
+            profile=profile,
+            initial_params=self.initial_params(profile),
+            keys=keys,
+            report_timeout_ms=int(self.number("REPORT_TIMEOUT_S", 600, float, 0.001) * 1000),
+            max_retries=self.number("MAX_RETRIES", 2, int, 0),
+            warm_start=self.warm_start(profile),
+        )
+        try:
+            config.validate()
+        except ConfigError as error:
+            self.problems.append(f"controller: {error}")
+        settings = Settings(
+            brokers=self.text("KAFKA_BOOTSTRAP_SERVERS", "kafka:29092"),
+            topics=topics,
+            machine=config,
+            tick_interval_s=self.number("TICK_INTERVAL_S", 5, float, 0.01),
+            max_message_bytes=self.number("MAX_MESSAGE_BYTES", DEFAULT_MAX_MESSAGE_BYTES, int, 1),
+            create_topics=self.flag("CREATE_TOPICS", True),
+            topic_partitions=self.number("TOPIC_PARTITIONS", 1, int, 1),
+            topic_replication=self.number("TOPIC_REPLICATION", 1, int, 1),
+            startup_timeout_s=self.number("STARTUP_TIMEOUT_S", 30, float, 0.1),
+            delivery_timeout_s=self.number("DELIVERY_TIMEOUT_S", 30, float, 0.1),
+            log_level=self.choice("LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
+            log_format=self.choice("LOG_FORMAT", "json", ("json", "text")),
+            security=self.security(),
+        )
+        if self.problems:
+            raise SettingsError(self.problems)
+        return settings
+
+
+def _middle(dimension: optimizer.Dimension) -> float | int:
+    if dimension.kind == "Integer":
+        return (int(dimension.low) + int(dimension.high)) // 2
+    return (float(dimension.low) + float(dimension.high)) / 2

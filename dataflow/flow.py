@@ -1,0 +1,285 @@
+"""The Bytewax dataflow: Kafka in, decode, merge, key, ``stateful_map(advance)``, branch, Kafka out.
+
+Role: wiring only. Decisions are the domain's (``dataflow.domain.machine``); the
+``session`` step is a few lines that call ``advance``. Run it with::
+
+    python -m bytewax.run "dataflow.flow:get_flow()" -r recovery -s 5 -b 30
+
+Shape::
+
+    instructions ─ decode ┐                      ┌ commands ─ factory_commands
+    reports ────── decode ┼ merge ─ key ─ session ┼ syncs ──── enginesync
+    ticks ──── fan out ───┘   (dead letters) ────┴ dead letters ─ controller_dead_letters
+
+Step ids are a persisted schema (Bytewax recovery keys them as
+``<flow>.<step>``): renaming the stateful step drops every session, renaming an
+input re-reads its topic from the start. ``STEP_IDS`` is frozen by a test.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import timedelta
+from functools import partial
+from typing import Any, Final, TypeAlias
+
+import bytewax.operators as op
+from bytewax.connectors.kafka import KafkaError, KafkaSource, KafkaSourceMessage
+from bytewax.dataflow import Dataflow, Stream
+from bytewax.inputs import SimplePollingSource, Source
+from bytewax.outputs import Sink
+
+from dataflow import observability
+from dataflow.config import Settings, SettingsError
+from dataflow.domain import machine
+from dataflow.domain import messages as msg
+from dataflow.kafka import (
+    MESSAGE_ID_HEADER,
+    SESSION_HEADER,
+    OutMessage,
+    SafeKafkaSink,
+    StartupError,
+    dead_letter,
+    preflight,
+    source_config,
+)
+
+log = logging.getLogger(__name__)
+
+# Persisted names: never rename (see the module docstring).
+FLOW_ID: Final = "rtcef_controller"
+INSTRUCTIONS_STEP: Final = "instructions"
+REPORTS_STEP: Final = "reports"
+TICKS_STEP: Final = "ticks"
+SESSION_STEP: Final = "session"
+
+RawInput: TypeAlias = KafkaSourceMessage[bytes | None, bytes | None] | KafkaError[Any, Any]
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where an input came from: what a dead letter must carry."""
+
+    topic: str | None
+    partition: int | None
+    offset: int | None
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """A decoded event on its way to a session."""
+
+    key: str
+    event: machine.Event
+    origin: Origin | None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a session's step produced, with the input's origin (for dead letters)."""
+
+    origin: Origin | None
+    effects: list[machine.Effect]
+
+
+@dataclass(frozen=True)
+class Routed:
+    """An output message and the sink it goes to."""
+
+    sink: str
+    message: OutMessage
+
+
+class TickSource(SimplePollingSource[int, None]):
+    """Emits the wall-clock time (ms) every interval, so deadlines pass without other input."""
+
+    def next_item(self) -> int:
+        """The time now, in epoch milliseconds."""
+        return int(time.time() * 1000)
+
+
+@dataclass(frozen=True)
+class FlowIO:
+    """The flow's sources and sinks: Kafka in production, testing ones in the flow tier."""
+
+    instructions: Source[Any]
+    reports: Source[Any]
+    ticks: Source[int]
+    commands: Sink[OutMessage]
+    syncs: Sink[OutMessage]
+    dead_letters: Sink[OutMessage]
+
+
+def kafka_io(settings: Settings) -> FlowIO:
+    """Kafka sources (errors kept as values, not raised) and safe sinks for every topic."""
+    brokers = [settings.brokers]
+    extra = source_config(settings)
+
+    def source(topic: str) -> KafkaSource:
+        return KafkaSource(brokers, [topic], tail=True, add_config=extra, raise_on_errors=False,
+                           batch_size=100)  # fmt: skip
+
+    return FlowIO(
+        instructions=source(settings.topics.instructions),
+        reports=source(settings.topics.reports),
+        ticks=TickSource(timedelta(seconds=settings.tick_interval_s)),
+        commands=SafeKafkaSink(settings, settings.topics.commands),
+        syncs=SafeKafkaSink(settings, settings.topics.sync),
+        dead_letters=SafeKafkaSink(settings, settings.topics.dead_letters),
+    )
+
+
+# --------------------------------------------------------------------------- steps
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _origin(item: RawInput) -> Origin:
+    message = item.msg if isinstance(item, KafkaError) else item
+    return Origin(message.topic, message.partition, message.offset, message.key, message.value,
+                  tuple(message.headers or ()))  # fmt: skip
+
+
+def decode_instruction(settings: Settings, item: RawInput) -> Envelope | Routed:
+    """Bytes from the instruction topic to an event for its session, or a dead letter."""
+    origin = _origin(item)
+    if isinstance(item, KafkaError):
+        return _dead(origin, f"kafka: {item.err}", "consume")
+    limit = settings.max_message_bytes
+    decoded = msg.decode_instruction(item.value or b"", settings.dialect, limit)
+    if isinstance(decoded, msg.Rejection):
+        return _dead(origin, decoded.reason, "decode")
+    key = machine.route_instruction(decoded, settings.machine)
+    if isinstance(key, msg.Rejection):
+        return _dead(origin, key.reason, "route")
+    return Envelope(key, machine.InstructionArrived(decoded, _now_ms()), origin)
+
+
+def decode_report(settings: Settings, item: RawInput) -> Envelope | Routed:
+    """Bytes from the report topic to an event for its session, or a dead letter."""
+    origin = _origin(item)
+    if isinstance(item, KafkaError):
+        return _dead(origin, f"kafka: {item.err}", "consume")
+    decoded = msg.decode_report(item.value or b"", settings.dialect, settings.max_message_bytes)
+    if isinstance(decoded, msg.Rejection):
+        return _dead(origin, decoded.reason, "decode")
+    key = machine.route_report(decoded, settings.machine)
+    if isinstance(key, msg.Rejection):
+        return _dead(origin, key.reason, "route")
+    return Envelope(key, machine.ReportArrived(decoded, _now_ms()), origin)
+
+
+def fan_out_tick(keys: tuple[str, ...], now_ms: int) -> list[Envelope]:
+    """One tick for every configured session key."""
+    return [Envelope(key, machine.Tick(now_ms), None) for key in keys]
+
+
+def session_step(
+    config: machine.MachineConfig, state: machine.Session | None, envelope: Envelope
+) -> tuple[machine.Session | None, Outcome]:
+    """The ``stateful_map`` mapper: the whole controller is ``advance``."""
+    state, effects = machine.advance(state, envelope.event, key=envelope.key, config=config)
+    return state, Outcome(envelope.origin, effects)
+
+
+def to_outputs(keyed: tuple[str, Outcome]) -> Iterable[Routed]:
+    """Effects to output messages; notes become log lines and metrics on the way."""
+    key, outcome = keyed
+    session = [(SESSION_HEADER, key.encode())]
+    for effect in outcome.effects:
+        if isinstance(effect, machine.SendCommand):
+            headers = [(MESSAGE_ID_HEADER, effect.message_id.encode()), *session]
+            yield Routed("commands", OutMessage(key.encode(), msg.encode_command(effect.command),
+                                                headers))  # fmt: skip
+        elif isinstance(effect, machine.SendSync):
+            headers = [(MESSAGE_ID_HEADER, effect.message_id.encode()), *session]
+            yield Routed("syncs", OutMessage(key.encode(), msg.encode_sync(effect.sync), headers))
+        elif isinstance(effect, machine.Reject):
+            origin = outcome.origin or Origin(None, None, None, None, None)
+            yield _dead(origin, effect.reason, "session", key)
+        else:
+            observability.record_note(effect)
+
+
+def _dead(origin: Origin, reason: str, stage: str, key: str | None = None) -> Routed:
+    fields = {"topic": origin.topic, "partition": origin.partition, "offset": origin.offset}
+    if key is not None:
+        fields["key"] = key
+    observability.record_dead_letter(stage, reason, fields)
+    letter = dead_letter(origin.value, origin.key, reason, stage, origin.topic, origin.partition,
+                         origin.offset, origin.headers)  # fmt: skip
+    return Routed("dead_letters", letter)
+
+
+def _only(sink: str, routed: Routed) -> OutMessage | None:
+    return routed.message if routed.sink == sink else None
+
+
+# --------------------------------------------------------------------------- the flow
+
+
+def build_flow(settings: Settings, io: FlowIO | None = None) -> Dataflow:
+    """Wire the controller. ``io`` defaults to Kafka; the flow tier passes testing IO."""
+    io = io or kafka_io(settings)
+    flow = Dataflow(FLOW_ID)
+    instructions = op.input(INSTRUCTIONS_STEP, flow, io.instructions)
+    reports = op.input(REPORTS_STEP, flow, io.reports)
+    ticks = op.input(TICKS_STEP, flow, io.ticks)
+
+    decoded = op.merge(
+        "merge_inputs",
+        op.map("decode_instructions", instructions, partial(decode_instruction, settings)),
+        op.map("decode_reports", reports, partial(decode_report, settings)),
+    )
+    accepted = op.branch("accepted", decoded, lambda x: isinstance(x, Envelope))
+    events: Stream[Envelope] = op.merge(
+        "merge_ticks",
+        accepted.trues,
+        op.flat_map("fan_out_ticks", ticks, partial(fan_out_tick, settings.machine.keys)),
+    )
+    keyed = op.key_on("key_by_session", events, lambda envelope: envelope.key)
+    outcomes = op.stateful_map(SESSION_STEP, keyed, partial(session_step, settings.machine))
+    routed = op.merge(
+        "merge_outputs", op.flat_map("effects_to_messages", outcomes, to_outputs), accepted.falses
+    )
+    op.output("commands_out", op.filter_map("commands", routed, partial(_only, "commands")),
+              io.commands)  # fmt: skip
+    op.output("syncs_out", op.filter_map("syncs", routed, partial(_only, "syncs")), io.syncs)
+    op.output("dead_letters_out",
+              op.filter_map("dead_letters", routed, partial(_only, "dead_letters")),
+              io.dead_letters)  # fmt: skip
+    return flow
+
+
+def get_flow() -> Dataflow:
+    """Entry point for ``python -m bytewax.run "dataflow.flow:get_flow()"``.
+
+    Reads the settings, checks the broker (bounded), creates missing topics, and
+    exits non-zero with a clear message instead of hanging or tracing back.
+    """
+    try:
+        settings = Settings.from_env()
+    except SettingsError as error:
+        print(f"controller: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    observability.configure_logging(settings.log_level, settings.log_format)
+    try:
+        preflight(settings)
+    except StartupError as error:
+        print(f"controller: {error}", file=sys.stderr)
+        raise SystemExit(3) from None
+    log.info("controller starting", extra={"fields": {
+        "brokers": settings.brokers, "dialect": settings.dialect,
+        "profile": settings.machine.profile.name, "keys": list(settings.machine.keys),
+        "topics": list(settings.topics.all()),
+    }})  # fmt: skip
+    return build_flow(settings)

@@ -1,0 +1,193 @@
+"""Kafka at the edges: broker preflight, topic set-up, a sink that cannot lose messages.
+
+Role: the I/O adapters of the flow. Each works around a Bytewax 0.21.1 Kafka
+connector behaviour (see ``shared/docs/bytewax-notes.md``):
+
+* ``KafkaSource`` hangs forever in ``list_topics()`` when the brokers are
+  unreachable: ``preflight`` checks reachability first, with a deadline.
+* The stock ``KafkaSink`` flushes without delivery callbacks and so loses
+  messages (and exits 0) when delivery fails: ``SafeKafkaSink`` registers a
+  callback per message, uses the idempotent producer with ``acks=all``, flushes
+  with a timeout and raises on any failure, so Bytewax crashes and replays from
+  the last snapshot instead of forgetting.
+* Offsets live only in Bytewax's recovery store; ``auto.offset.reset`` is set
+  explicitly so that an offset removed by retention does not skip data silently.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from confluent_kafka import KafkaError as ConfluentKafkaError
+from confluent_kafka import KafkaException, Message, Producer
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
+
+from dataflow.config import Settings
+
+log = logging.getLogger(__name__)
+
+#: Header names on every output message.
+MESSAGE_ID_HEADER: Final = "message-id"
+SESSION_HEADER: Final = "session-key"
+#: Headers on dead letters (besides the original message's own headers).
+DLQ_REASON: Final = "dlq-reason"
+DLQ_SOURCE_TOPIC: Final = "dlq-source-topic"
+DLQ_SOURCE_PARTITION: Final = "dlq-source-partition"
+DLQ_SOURCE_OFFSET: Final = "dlq-source-offset"
+DLQ_STAGE: Final = "dlq-stage"
+
+
+class StartupError(RuntimeError):
+    """The controller cannot start: broker unreachable, topics missing or not creatable."""
+
+
+class DeliveryError(RuntimeError):
+    """The broker did not acknowledge every output message: crash, so Bytewax replays."""
+
+
+@dataclass(frozen=True)
+class OutMessage:
+    """One message for one output topic."""
+
+    key: bytes | None
+    value: bytes
+    headers: list[tuple[str, bytes]] = field(default_factory=list)
+
+
+def source_config(settings: Settings) -> dict[str, str]:
+    """Extra librdkafka settings for the Kafka sources."""
+    config = settings.kafka_config()
+    config.pop("bootstrap.servers")
+    # Bytewax keeps offsets in its recovery store; if one was removed by retention,
+    # read what is left rather than jumping to the end (librdkafka's default).
+    config["auto.offset.reset"] = "earliest"
+    config["fetch.message.max.bytes"] = str(max(1_048_576, settings.max_message_bytes * 2))
+    return config
+
+
+def preflight(settings: Settings) -> None:
+    """Fail fast, with a clear message, unless the broker answers and the topics exist.
+
+    Missing topics are created when ``CREATE_TOPICS`` is on; otherwise listed in
+    the error. Never hangs: every call has a deadline of ``STARTUP_TIMEOUT_S``.
+    """
+    deadline = time.monotonic() + settings.startup_timeout_s
+    admin = AdminClient({**settings.kafka_config(), "socket.connection.setup.timeout.ms": "5000"})
+    metadata = None
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            metadata = admin.list_topics(timeout=max(0.5, min(5.0, deadline - time.monotonic())))
+            break
+        except KafkaException as error:
+            last_error = error
+            time.sleep(0.2)
+    if metadata is None:
+        raise StartupError(
+            f"Kafka brokers {settings.brokers} unreachable for {settings.startup_timeout_s:g}s"
+            f" (KAFKA_BOOTSTRAP_SERVERS); last error: {last_error}"
+        )
+    missing = [t for t in settings.topics.all() if t not in metadata.topics]
+    if not missing:
+        return
+    if not settings.create_topics:
+        raise StartupError(f"topics missing and CREATE_TOPICS is off: {missing}")
+    new = [NewTopic(t, settings.topic_partitions, settings.topic_replication) for t in missing]
+    futures = admin.create_topics(new, operation_timeout=settings.startup_timeout_s)
+    for topic, future in futures.items():
+        try:
+            future.result(timeout=settings.startup_timeout_s)
+            log.info("created topic", extra={"fields": {"topic": topic}})
+        except KafkaException as error:
+            if error.args[0].code() != ConfluentKafkaError.TOPIC_ALREADY_EXISTS:
+                raise StartupError(f"cannot create topic {topic!r}: {error}") from error
+
+
+class SafeKafkaSink(DynamicSink[OutMessage]):
+    """Writes ``OutMessage`` values to one topic and raises unless every one is acknowledged."""
+
+    def __init__(self, settings: Settings, topic: str) -> None:
+        self._config = {
+            **settings.kafka_config(),
+            "enable.idempotence": "true",
+            "acks": "all",
+            "linger.ms": "5",
+            "message.max.bytes": str(max(1_048_576, settings.max_message_bytes * 2)),
+        }
+        self._topic = topic
+        self._timeout = settings.delivery_timeout_s
+
+    def build(
+        self, step_id: str, worker_index: int, worker_count: int
+    ) -> StatelessSinkPartition[OutMessage]:
+        """One idempotent producer per worker."""
+        return _SafePartition(Producer(self._config), self._topic, self._timeout)
+
+
+class _SafePartition(StatelessSinkPartition[OutMessage]):
+    def __init__(self, producer: Producer, topic: str, timeout: float) -> None:
+        self._producer = producer
+        self._topic = topic
+        self._timeout = timeout
+
+    def write_batch(self, items: list[OutMessage]) -> None:
+        failures: list[str] = []
+
+        def on_delivery(error: ConfluentKafkaError | None, message: Message) -> None:
+            if error is not None:
+                failures.append(f"{error.name()}: {error.str()}")
+
+        for item in items:
+            self._produce(item, on_delivery)
+        remaining = self._producer.flush(self._timeout)
+        if remaining or failures:
+            raise DeliveryError(
+                f"{self._topic}: {remaining} message(s) unacknowledged after {self._timeout:g}s,"
+                f" {len(failures)} failed ({'; '.join(failures[:3])}); crashing to replay"
+            )
+
+    def _produce(self, item: OutMessage, on_delivery: Any) -> None:
+        while True:
+            try:
+                headers: list[tuple[str, str | bytes | None]] = list(item.headers)
+                self._producer.produce(self._topic, value=item.value, key=item.key,
+                                       headers=headers, on_delivery=on_delivery)  # fmt: skip
+                return
+            except BufferError:
+                self._producer.poll(0.1)  # local queue full: let deliveries drain
+
+    def close(self) -> None:
+        remaining = self._producer.flush(self._timeout)
+        if remaining:
+            raise DeliveryError(f"{self._topic}: {remaining} message(s) unacknowledged at close")
+
+
+def dead_letter(
+    value: bytes | None,
+    key: bytes | None,
+    reason: str,
+    stage: str,
+    topic: str | None,
+    partition: int | None,
+    offset: int | None,
+    headers: Iterable[tuple[str, bytes]] = (),
+) -> OutMessage:
+    """A dead letter: the original bytes and key, the reason and origin in headers."""
+    return OutMessage(
+        key=key,
+        value=value or b"",
+        headers=[
+            *headers,
+            (DLQ_REASON, reason.encode()),
+            (DLQ_STAGE, stage.encode()),
+            (DLQ_SOURCE_TOPIC, (topic or "").encode()),
+            (DLQ_SOURCE_PARTITION, str(-1 if partition is None else partition).encode()),
+            (DLQ_SOURCE_OFFSET, str(-1 if offset is None else offset).encode()),
+        ],
+    )

@@ -1,0 +1,117 @@
+"""A ModelFactory stand-in that answers commands exactly as the real factories do.
+
+Pure core (``FactorySimulator.respond``: one command in, report payloads out)
+plus a Kafka loop (``serve``). Faithful to both dialects: no report for
+``opt_initialise``; ``f_val`` inside the ``metrics`` JSON text; ``params_dict``
+keeps the ``{"params": ...}`` wrapper for rtcef train reports; a global model id
+counter; seed adds ``status``, ``model_path`` and ``creation_method``. Optional
+misbehaviour for tests and demos: latency, errors, silence and duplicate replies.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field
+
+from dataflow.domain import messages as msg
+from dataflow.domain.optimizer import Profile
+from dataflow.sim.surfaces import Surface
+
+
+@dataclass
+class Behaviour:
+    """How the simulated factory misbehaves (probabilities per command)."""
+
+    error_rate: float = 0.0
+    silence_rate: float = 0.0
+    duplicate_rate: float = 0.0
+    latency_s: float = 0.0
+    #: Command ids (wire form) never to answer, whatever the rates.
+    silent_ids: frozenset[int | str] = frozenset()
+    #: Command ids to answer with an error report the first time they arrive.
+    failing_once: frozenset[int | str] = frozenset()
+
+
+@dataclass
+class FactorySimulator:
+    """Answers factory commands; remembers each optimisation's steps for its finalise."""
+
+    dialect: msg.Dialect
+    profile: Profile
+    surface: Surface
+    behaviour: Behaviour = field(default_factory=Behaviour)
+    seed: int = 0
+    next_model: int = 0
+    steps: dict[int, list[tuple[msg.Params, int]]] = field(default_factory=dict)
+    failed: set[int | str] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self._random = random.Random(self.seed)
+
+    def respond(self, command: msg.FactoryCommand) -> list[bytes]:
+        """The report payloads for ``command`` (none, one, or a duplicated one)."""
+        b = self.behaviour
+        if command.id in b.silent_ids or self._random.random() < b.silence_rate:
+            return []
+        if command.type == msg.CommandType.OPT_INITIALISE:
+            self.steps[command.optimisation_id] = []
+            return []
+        if (command.id in b.failing_once and command.id not in self.failed) or (
+            self._random.random() < b.error_rate
+        ):
+            self.failed.add(command.id)
+            error = self._error(command, "simulated factory failure")
+            return [error] if error else []
+        report = self._report(command)
+        if report is None:
+            return []
+        copies = 2 if self._random.random() < b.duplicate_rate else 1
+        return [report] * copies
+
+    def _report(self, command: msg.FactoryCommand) -> bytes | None:
+        body = json.loads(command.params)["params"]
+        model = self.next_model
+        self.next_model += 1
+        if command.type == msg.CommandType.TRAIN:
+            params_dict = command.params if self.dialect == "rtcef" else json.dumps(body)
+            return self._encode(command, model, params_dict, "", "retrain")
+        if command.type == msg.CommandType.OPT_STEP:
+            named = tuple(zip(self.profile.names, body, strict=True))
+            f_val = self.surface(named)
+            self.steps.setdefault(command.optimisation_id, []).append((named, model))
+            metrics = json.dumps({"mcc": -f_val, "f_val": f_val})
+            return self._encode(command, model, json.dumps(dict(named)), metrics, None)
+        # opt_finalise: the factory builds the best step's model anew, under a new id
+        # (as in the recordings: steps 1..15, finalise 16).
+        steps = self.steps.get(command.optimisation_id, [])
+        if not 0 <= command.best_i < len(steps):
+            self.next_model -= 1
+            return self._error(command, f"no step {command.best_i} in this optimisation")
+        named, _ = steps[command.best_i]
+        return self._encode(command, model, json.dumps(dict(named)), "", "optimisation")
+
+    def _encode(
+        self,
+        command: msg.FactoryCommand,
+        model: int,
+        params_dict: str,
+        metrics: str,
+        method: str | None,
+    ) -> bytes:
+        if self.dialect == "rtcef":
+            return msg.encode_report(
+                msg.RtcefReportWire(int(command.id), params_dict, model, metrics)
+            )
+        return msg.encode_report(
+            msg.SeedReportWire(
+                reply_id=command.id, params_dict=params_dict, model_id=model, metrics=metrics,
+                status="success", model_path=f"/models/wayeb_{model}.model" if method else None,
+                creation_method=method if command.type == "opt_finalise" else None,
+            )
+        )  # fmt: skip
+
+    def _error(self, command: msg.FactoryCommand, reason: str) -> bytes | None:
+        if self.dialect == "rtcef":
+            return None  # the original factories have no error reports: an error is silence
+        return msg.encode_report(msg.SeedReportWire(command.id, status="error", error=reason))

@@ -1,0 +1,52 @@
+"""The Kafka loop shared by the stand-ins: read a topic by assignment, answer, produce.
+
+Reading by partition assignment (no consumer group) from a given offset keeps a
+stand-in independent of group rebalances; ``stop`` ends the loop cleanly.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable
+
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, Producer
+from confluent_kafka.cimpl import TopicPartition
+
+Handler = Callable[[bytes, list[tuple[str, bytes]]], Iterable[tuple[str, bytes | None, bytes]]]
+
+
+def serve(
+    bootstrap: str,
+    topic: str,
+    handler: Handler,
+    stop: threading.Event,
+    *,
+    from_start: bool = False,
+    partitions: int = 1,
+    delay_s: float = 0.0,
+) -> None:
+    """Call ``handler(value, headers)`` for each message; produce the (topic, key, value) it yields."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "stand-in",
+                         "enable.auto.commit": False})  # fmt: skip
+    start = OFFSET_BEGINNING if from_start else OFFSET_END
+    consumer.assign([TopicPartition(topic, p, start) for p in range(partitions)])
+    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
+    try:
+        while not stop.is_set():
+            message = consumer.poll(0.1)
+            if message is None:
+                continue
+            error = message.error()
+            if error is not None:
+                if error.code() != KafkaError._PARTITION_EOF:
+                    raise RuntimeError(f"stand-in consuming {topic}: {error}")
+                continue
+            if delay_s:
+                time.sleep(delay_s)
+            for out_topic, key, value in handler(message.value() or b"", message.headers() or []):
+                producer.produce(out_topic, value=value, key=key)
+            producer.flush(10)
+    finally:
+        consumer.close()
+        producer.flush(10)

@@ -1,0 +1,175 @@
+"""Integration-tier helpers: the controller as a real process, a simulated factory thread."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import Message
+
+from dataflow import recovery
+from dataflow.domain import messages as msg
+from dataflow.domain.optimizer import PROFILES, Profile
+from dataflow.sim.factory import Behaviour, FactorySimulator
+from dataflow.sim.runner import serve
+from dataflow.sim.surfaces import bowl
+from tests.kafka import client
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class Wiring:
+    """One test's unique topics and the controller's environment for them."""
+
+    bootstrap: str
+    dialect: msg.Dialect
+    instructions: str
+    reports: str
+    commands: str
+    sync: str
+    dead_letters: str
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def env(self) -> dict[str, str]:
+        return {
+            "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
+            "CONTROLLER_DIALECT": self.dialect,
+            "INSTRUCTION_TOPIC": self.instructions,
+            "REPORT_TOPIC": self.reports,
+            "COMMAND_TOPIC": self.commands,
+            "SYNC_TOPIC": self.sync,
+            "DEAD_LETTER_TOPIC": self.dead_letters,
+            "TICK_INTERVAL_S": "0.2",
+            "LOG_FORMAT": "json",
+            **self.extra,
+        }
+
+    @property
+    def profile(self) -> Profile:
+        return PROFILES[self.extra.get("OPTIMISER_PROFILE", self.dialect)]
+
+    def send_instruction(self, instruction: msg.Instruction) -> None:
+        client.produce(self.bootstrap, self.instructions,
+                       [msg.encode_instruction(instruction, self.dialect)])  # fmt: skip
+
+    def read(self, topic: str, **kwargs: Any) -> list[Message]:
+        return client.read_messages(self.bootstrap, topic, **kwargs)
+
+    def commands_sent(self, **kwargs: Any) -> list[msg.FactoryCommand]:
+        out = []
+        for message in self.read(self.commands, **kwargs):
+            command = msg.decode_command(message.value())
+            assert isinstance(command, msg.FactoryCommand), command
+            out.append(command)
+        return out
+
+    def syncs_sent(self, **kwargs: Any) -> list[msg.SyncMessage]:
+        out = []
+        for message in self.read(self.sync, **kwargs):
+            sync = msg.decode_sync(message.value())
+            assert isinstance(sync, msg.SyncMessage), sync
+            out.append(sync)
+        return out
+
+    def wait_for_plays(self, count: int, timeout: float = 120.0) -> list[msg.SyncMessage]:
+        """Poll the sync topic until ``count`` plays were sent; return every sync message."""
+        deadline = time.monotonic() + timeout
+        syncs: list[msg.SyncMessage] = []
+        while time.monotonic() < deadline:
+            syncs = self.syncs_sent(idle=1.0, timeout=10)
+            if sum(s.type == "play" for s in syncs) >= count:
+                return syncs
+            time.sleep(0.5)
+        raise AssertionError(f"only {syncs} after {timeout}s")
+
+
+class Controller:
+    """The controller run as ``python -m bytewax.run`` with a recovery directory."""
+
+    def __init__(self, wiring: Wiring, workdir: Path, partitions: int = 1) -> None:
+        self.wiring = wiring
+        self.recovery = workdir / "recovery"
+        self.log_path = workdir / "controller.log"
+        self.process: subprocess.Popen[bytes] | None = None
+        recovery.ensure(self.recovery, partitions)
+
+    def command(self, workers: int = 1, processes: int = 1) -> list[str]:
+        target = "dataflow.flow:get_flow()"
+        recovery_args = ["-r", str(self.recovery), "-s", "1", "-b", "10"]
+        if processes > 1:
+            return [sys.executable, "-m", "bytewax.testing", target, "-p", str(processes),
+                    "-w", str(workers), *recovery_args]  # fmt: skip
+        return [sys.executable, "-m", "bytewax.run", target, "-w", str(workers), *recovery_args]
+
+    def start(self, workers: int = 1, processes: int = 1) -> None:
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            self.command(workers, processes), cwd=ROOT, env={**os.environ, **self.wiring.env()},
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group: a crash, no clean-up."""
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(30)
+
+    def stop(self) -> None:
+        """Interrupt (as Ctrl-C) and wait; kill if it does not stop."""
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGINT)
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def log_lines(self) -> list[dict[str, Any]]:
+        lines = []
+        for raw in self.log_path.read_text(errors="replace").splitlines():
+            if raw.startswith("{"):
+                lines.append(json.loads(raw))
+        return lines
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@contextmanager
+def factory(
+    wiring: Wiring,
+    behaviour: Behaviour | None = None,
+    surface: Callable[[msg.Params], float] | None = None,
+    respond: Callable[[msg.FactoryCommand], list[bytes]] | None = None,
+) -> Iterator[FactorySimulator]:
+    """A simulated factory answering the test's command topic from a thread."""
+    simulator = FactorySimulator(wiring.dialect, wiring.profile,
+                                 surface or bowl(wiring.profile), behaviour or Behaviour())  # fmt: skip
+    answer = respond or simulator.respond
+
+    def handle(value: bytes, headers: list[tuple[str, bytes]]):
+        command = msg.decode_command(value)
+        assert isinstance(command, msg.FactoryCommand), command
+        return [(wiring.reports, None, report) for report in answer(command)]
+
+    stop = threading.Event()
+    thread = threading.Thread(
+        target=serve, args=(wiring.bootstrap, wiring.commands, handle, stop),
+        kwargs={"from_start": True}, daemon=True,
+    )  # fmt: skip
+    thread.start()
+    try:
+        yield simulator
+    finally:
+        stop.set()
+        thread.join(15)
