@@ -35,7 +35,7 @@ def ensure(directory: Path, partitions: int) -> list[str]:
     if not missing:
         return []
     with tempfile.TemporaryDirectory(dir=directory, prefix=".init-") as scratch:
-        init_db_dir(Path(scratch), partitions)
+        init_db_dir(Path(scratch), partitions)  # type: ignore[no-untyped-call]
         for name in missing:
             shutil.move(str(Path(scratch) / name), str(directory / name))
     return missing

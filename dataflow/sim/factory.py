@@ -47,7 +47,7 @@ class FactorySimulator:
     failed: set[int | str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
-        self._random = random.Random(self.seed)
+        self._random = random.Random(self.seed)  # noqa: S311 - simulation, not security
 
     def respond(self, command: msg.FactoryCommand) -> list[bytes]:
         """The report payloads for ``command`` (none, one, or a duplicated one)."""

@@ -26,7 +26,7 @@ def serve(
     partitions: int = 1,
     delay_s: float = 0.0,
 ) -> None:
-    """Call ``handler(value, headers)`` for each message; produce the (topic, key, value) it yields."""
+    """Call ``handler(value, headers)`` per message; produce the (topic, key, value) it yields."""
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "stand-in",
                          "enable.auto.commit": False})  # fmt: skip
     start = OFFSET_BEGINNING if from_start else OFFSET_END
@@ -44,7 +44,9 @@ def serve(
                 continue
             if delay_s:
                 time.sleep(delay_s)
-            for out_topic, key, value in handler(message.value() or b"", message.headers() or []):
+            headers = [(str(k), v if isinstance(v, bytes) else str(v or "").encode())
+                       for k, v in list(message.headers() or [])]  # fmt: skip
+            for out_topic, key, value in handler(message.value() or b"", headers):
                 producer.produce(out_topic, value=value, key=key)
             producer.flush(10)
     finally:

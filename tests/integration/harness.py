@@ -153,8 +153,8 @@ def factory(
     respond: Callable[[msg.FactoryCommand], list[bytes]] | None = None,
 ) -> Iterator[FactorySimulator]:
     """A simulated factory answering the test's command topic from a thread."""
-    simulator = FactorySimulator(wiring.dialect, wiring.profile,
-                                 surface or bowl(wiring.profile), behaviour or Behaviour())  # fmt: skip
+    score = surface or bowl(wiring.profile)
+    simulator = FactorySimulator(wiring.dialect, wiring.profile, score, behaviour or Behaviour())
     answer = respond or simulator.respond
 
     def handle(value: bytes, headers: list[tuple[str, bytes]]):

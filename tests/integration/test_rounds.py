@@ -30,13 +30,13 @@ def test_an_optimize_round_then_a_retrain_run_end_to_end(
 
     commands = wiring.commands_sent(count=7, timeout=30)
     steps = [c for c in commands if c.type == "opt_step"]
-    scores = [simulator.surface(tuple(zip(wiring.profile.names,
-                                          json.loads(c.params)["params"], strict=True)))
+    names = wiring.profile.names
+    scores = [simulator.surface(tuple(zip(names, json.loads(c.params)["params"], strict=True)))
               for c in steps]  # fmt: skip
     best_i = scores.index(min(scores))
-    assert [
-        (c.id, c.type, c.optimisation_id, c.train_id, c.timestamp, c.best_i) for c in commands
-    ] == [  # fmt: skip
+    summary = [(c.id, c.type, c.optimisation_id, c.train_id, c.timestamp, c.best_i)
+               for c in commands]  # fmt: skip
+    assert summary == [
         (ids[0], "opt_initialise", 0, -1, 1000, -1),
         (ids[1], "opt_step", 0, -1, 1000, -1),
         (ids[2], "opt_step", 0, -1, 1000, -1),
