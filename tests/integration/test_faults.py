@@ -1,0 +1,145 @@
+"""What production does to the controller: bad input, a silent factory, no broker at all."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from dataflow.domain import messages as msg
+from dataflow.domain.messages import Instruction, InstructionKind
+from dataflow.kafka import (
+    DLQ_REASON,
+    DLQ_SOURCE_OFFSET,
+    DLQ_SOURCE_PARTITION,
+    DLQ_SOURCE_TOPIC,
+    DLQ_STAGE,
+    MESSAGE_ID_HEADER,
+)
+from dataflow.sim.factory import Behaviour
+from tests.integration.harness import ROOT, factory
+from tests.kafka import client
+
+pytestmark = pytest.mark.integration
+
+HOSTILE_INSTRUCTIONS = [
+    (b"not json at all", "instruction: JSON is malformed: invalid character (byte 4)"),
+    (b'{"id": "seven", "instruction_type": "optimize", "timestamp": "soon"}',
+     "instruction: Expected `int | null`, got `str` - at `$.timestamp`"),
+    (b'{"id": 8, "instruction_type": "self_destruct", "timestamp": 5}',
+     "instruction: `$.instruction_type` has unknown instruction 'self_destruct'"),
+    (b'{"id": 9, "instruction_type": "optimize", "timestamp": 5, "pad": "' + b"x" * 20_000 + b'"}',
+     "instruction: message of 20068 bytes exceeds the 10000 limit"),
+]  # fmt: skip
+
+
+def _headers(message) -> dict[str, bytes]:
+    return dict(message.headers() or [])
+
+
+def test_malformed_and_hostile_input_is_dead_lettered_and_the_round_completes(
+    wiring_factory, controller_factory
+) -> None:
+    wiring = wiring_factory("seed", OPTIMISER_BUDGET="3", MAX_MESSAGE_BYTES="10000")
+    controller = controller_factory(wiring)
+    with factory(wiring):
+        controller.start()
+        wiring.send_instruction(Instruction(InstructionKind.OPTIMIZE, 1000, 1))
+        client.produce(wiring.bootstrap, wiring.instructions, [m for m, _ in HOSTILE_INSTRUCTIONS])
+        client.produce(wiring.bootstrap, wiring.reports, [
+            b'{"reply_id": "cmd-999", "status": "success", "model_id": 1, "metrics": ""}',
+            b'{"reply_id": "nobody", "status": "success", "model_id": 1, "metrics": ""}',
+            b'{"reply_id": 5}',
+        ])  # fmt: skip
+        syncs = wiring.wait_for_plays(1)
+    controller.stop()
+
+    assert [s.type for s in syncs] == ["pause", "play"]
+    letters = wiring.read(wiring.dead_letters, count=7, timeout=30)
+    by_reason = {_headers(m)[DLQ_REASON].decode(): m for m in letters}
+    for payload, reason in HOSTILE_INSTRUCTIONS:
+        letter = by_reason[reason]
+        assert letter.value() == payload
+        assert _headers(letter)[DLQ_SOURCE_TOPIC] == wiring.instructions.encode()
+        assert _headers(letter)[DLQ_SOURCE_PARTITION] == b"0"
+        assert _headers(letter)[DLQ_STAGE] == b"decode"
+    assert {r: _headers(m)[DLQ_STAGE] for r, m in by_reason.items() if "report" in r} == {
+        "report 'cmd-999': foreign reply_id (no such command was sent)": b"session",
+        "report: `$.reply_id` 'nobody' is not a command id": b"route",
+        "report 5: foreign reply_id (no such command was sent)": b"session",
+    }
+    offsets = sorted(int(_headers(m)[DLQ_SOURCE_OFFSET]) for m in letters
+                     if _headers(m)[DLQ_SOURCE_TOPIC] == wiring.instructions.encode())  # fmt: skip
+    assert offsets == [1, 2, 3, 4]
+
+
+def test_a_silent_factory_gets_retries_then_the_engine_plays_its_old_model(
+    wiring_factory, controller_factory
+) -> None:
+    wiring = wiring_factory("seed", REPORT_TIMEOUT_S="1", MAX_RETRIES="2")
+    controller = controller_factory(wiring)
+    with factory(wiring, Behaviour(silence_rate=1.0)):
+        controller.start()
+        wiring.send_instruction(Instruction(InstructionKind.RETRAIN, 1000, 1))
+        syncs = wiring.wait_for_plays(1, timeout=60)
+    controller.stop()
+
+    assert syncs == [msg.SyncMessage("pause", 1000, -1), msg.SyncMessage("play", 1000, -1)]
+    sent = wiring.read(wiring.commands, count=3, timeout=10)
+    assert [m.value() for m in sent] == [sent[0].value()] * 3
+    assert [_headers(m)[MESSAGE_ID_HEADER] for m in sent] == [
+        b"controller/cmd/cmd-0/0", b"controller/cmd/cmd-0/1", b"controller/cmd/cmd-0/2",
+    ]  # fmt: skip
+    events = [line.get("event") for line in controller.log_lines()]
+    assert events.count("timeout") == 3
+    assert events.count("round_aborted") == 1
+
+
+def test_a_factory_error_is_retried_and_the_round_still_completes(
+    wiring_factory, controller_factory
+) -> None:
+    wiring = wiring_factory("seed", OPTIMISER_BUDGET="2")
+    controller = controller_factory(wiring)
+    with factory(wiring, Behaviour(failing_once=frozenset({"cmd-1", "cmd-3"}))):
+        controller.start()
+        wiring.send_instruction(Instruction(InstructionKind.OPTIMIZE, 7, 1))
+        syncs = wiring.wait_for_plays(1)
+    controller.stop()
+
+    assert syncs[-1].type == "play"
+    assert syncs[-1].model_id != -1
+    ids = [c.id for c in wiring.commands_sent(count=6, timeout=10)]
+    assert ids == ["cmd-0", "cmd-1", "cmd-1", "cmd-2", "cmd-3", "cmd-3"]
+
+
+def test_an_unreachable_broker_makes_the_controller_exit_non_zero_within_its_bound() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        dead = f"127.0.0.1:{sock.getsockname()[1]}"  # bound, never listening: refused
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": dead, "STARTUP_TIMEOUT_S": "3"}
+    began = time.monotonic()
+
+    run = subprocess.run([sys.executable, "-m", "bytewax.run", "dataflow.flow:get_flow()"],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+                         check=False)  # fmt: skip
+
+    assert run.returncode == 3
+    assert time.monotonic() - began < 30
+    assert f"Kafka brokers {dead} unreachable for 3s" in run.stderr
+
+
+def test_invalid_settings_exit_with_every_problem_listed() -> None:
+    env = {**os.environ, "CONTROLLER_DIALECT": "klingon", "MAX_RETRIES": "-1",
+           "REPORT_TIMEOUT_S": "soon"}  # fmt: skip
+    run = subprocess.run([sys.executable, "-m", "bytewax.run", "dataflow.flow:get_flow()"],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+                         check=False)  # fmt: skip
+
+    assert run.returncode == 2
+    assert "CONTROLLER_DIALECT: 'klingon' is not one of ['seed', 'rtcef']" in run.stderr
+    assert "MAX_RETRIES: -1 must be at least 0" in run.stderr
+    assert "REPORT_TIMEOUT_S: 'soon' is not a valid float" in run.stderr
