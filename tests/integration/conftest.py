@@ -24,7 +24,7 @@ def wiring_factory(
             commands=topic_factory("commands", partitions),
             sync=topic_factory("sync", partitions),
             dead_letters=topic_factory("dlq", partitions),
-            extra=dict(extra),
+            extra=dict(extra), partitions=partitions,
         )  # fmt: skip
 
     return make

@@ -40,6 +40,7 @@ class Wiring:
     sync: str
     dead_letters: str
     extra: dict[str, str] = field(default_factory=dict)
+    partitions: int = 1
 
     def env(self) -> dict[str, str]:
         return {
@@ -64,6 +65,7 @@ class Wiring:
                        [msg.encode_instruction(instruction, self.dialect)])  # fmt: skip
 
     def read(self, topic: str, **kwargs: Any) -> list[Message]:
+        kwargs.setdefault("partitions", self.partitions)
         return client.read_messages(self.bootstrap, topic, **kwargs)
 
     def commands_sent(self, **kwargs: Any) -> list[msg.FactoryCommand]:
@@ -74,9 +76,14 @@ class Wiring:
             out.append(command)
         return out
 
-    def syncs_sent(self, **kwargs: Any) -> list[msg.SyncMessage]:
-        out = []
+    def syncs_sent(self, *, unique: bool = False, **kwargs: Any) -> list[msg.SyncMessage]:
+        """Sync messages in order; ``unique`` drops replayed ones by their message id."""
+        out, seen = [], set()
         for message in self.read(self.sync, **kwargs):
+            message_id = dict(message.headers() or []).get("message-id")
+            if unique and message_id in seen:
+                continue
+            seen.add(message_id)
             sync = msg.decode_sync(message.value())
             assert isinstance(sync, msg.SyncMessage), sync
             out.append(sync)
@@ -150,22 +157,26 @@ def factory(
     wiring: Wiring,
     behaviour: Behaviour | None = None,
     surface: Callable[[msg.Params], float] | None = None,
-    respond: Callable[[msg.FactoryCommand], list[bytes]] | None = None,
+    before: Callable[[msg.FactoryCommand], None] | None = None,
 ) -> Iterator[FactorySimulator]:
-    """A simulated factory answering the test's command topic from a thread."""
+    """A simulated factory answering the test's command topic from a thread.
+
+    ``before(command)`` runs before each answer: a test can hold one there.
+    """
     score = surface or bowl(wiring.profile)
     simulator = FactorySimulator(wiring.dialect, wiring.profile, score, behaviour or Behaviour())
-    answer = respond or simulator.respond
 
     def handle(value: bytes, headers: list[tuple[str, bytes]]):
         command = msg.decode_command(value)
         assert isinstance(command, msg.FactoryCommand), command
-        return [(wiring.reports, None, report) for report in answer(command)]
+        if before is not None:
+            before(command)
+        return [(wiring.reports, None, report) for report in simulator.respond(command)]
 
     stop = threading.Event()
     thread = threading.Thread(
         target=serve, args=(wiring.bootstrap, wiring.commands, handle, stop),
-        kwargs={"from_start": True}, daemon=True,
+        kwargs={"from_start": True, "partitions": wiring.partitions}, daemon=True,
     )  # fmt: skip
     thread.start()
     try:

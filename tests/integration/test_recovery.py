@@ -1,0 +1,76 @@
+"""Crash recovery: SIGKILL mid-round, restart on the same recovery directory, finish the round."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import defaultdict
+
+import pytest
+
+from dataflow.domain import messages as msg
+from dataflow.domain.messages import Instruction, InstructionKind
+from tests.integration.harness import Wiring, factory
+
+pytestmark = pytest.mark.integration
+
+BUDGET = 5
+# Command numbers: 0 opt_initialise, 1..5 opt_step, 6 opt_finalise, then 7 train.
+KILL_POINTS = {"before_the_first_step": 1, "mid_steps": 3, "during_finalise": 6}
+
+
+def _wait_for_command(wiring: Wiring, number: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(c.id == number for c in wiring.commands_sent(idle=0.5, timeout=5)):
+            return
+    raise AssertionError(f"command {number} never sent")
+
+
+@pytest.mark.parametrize("kill_at", list(KILL_POINTS))
+def test_a_round_killed_mid_way_completes_after_restart_and_loses_no_instruction(
+    kill_at, wiring_factory, controller_factory
+) -> None:
+    wiring = wiring_factory("rtcef", OPTIMISER_BUDGET=str(BUDGET))
+    controller = controller_factory(wiring)
+    held = KILL_POINTS[kill_at]
+    release = threading.Event()
+
+    def hold(command: msg.FactoryCommand) -> None:
+        if command.id == held:
+            release.wait(120)  # the answer waits until the controller was killed
+
+    with factory(wiring, before=hold):
+        controller.start()
+        wiring.send_instruction(Instruction(InstructionKind.OPTIMIZE, 1000, 1))
+        _wait_for_command(wiring, held)
+        time.sleep(1.5)  # let at least one snapshot (every 1 s) include the round
+        controller.kill()
+        # Sent while the controller is down: it must be read and queued after restart.
+        wiring.send_instruction(Instruction(InstructionKind.RETRAIN, 2000, 2))
+        controller.start()
+        release.set()
+        wiring.wait_for_plays(2, timeout=180)
+    controller.stop()
+
+    commands = wiring.read(wiring.commands, idle=2.0, timeout=30)
+    payloads: dict[int, set[bytes]] = defaultdict(set)
+    for message in commands:
+        payloads[json.loads(message.value())["id"]].add(message.value())
+    assert {number: len(p) for number, p in payloads.items()} == {n: 1 for n in range(8)}
+    kinds = [json.loads(next(iter(payloads[n])))["type"] for n in range(8)]
+    assert kinds == ["opt_initialise"] + ["opt_step"] * BUDGET + ["opt_finalise", "train"]
+
+    reports = [json.loads(m.value()) for m in wiring.read(wiring.reports, idle=1.0, timeout=30)]
+    first_model = {}
+    for report in reports:
+        first_model.setdefault(report["reply_id"], report["model_id"])
+    # Replay re-emits what followed the last snapshot; the message ids let the engine
+    # drop those duplicates, after which the conversation is exactly one per round.
+    assert wiring.syncs_sent(unique=True, idle=1.0, timeout=30) == [
+        msg.SyncMessage("pause", 1000, -1),
+        msg.SyncMessage("play", 1000, first_model[6]),
+        msg.SyncMessage("pause", 2000, -1),
+        msg.SyncMessage("play", 2000, first_model[7]),
+    ]
