@@ -40,8 +40,15 @@ kafka-up: jars
 kafka-down:
     {{py}} tests/kafka/broker.py down --state .kafka
 
-# Run the controller end to end on a local broker with simulated services
+# Run the controller end to end: a local broker, the controller, simulated factory and engine
 run *args: jars
+    #!/usr/bin/env bash
+    set -euo pipefail
+    if [ -z "${KAFKA_BOOTSTRAP_SERVERS:-}" ]; then
+        trap '{{py}} tests/kafka/broker.py down --state .kafka/demo' EXIT
+        {{py}} tests/kafka/broker.py up --state .kafka/demo > /dev/null
+        export KAFKA_BOOTSTRAP_SERVERS="$(cat .kafka/demo/bootstrap)"
+    fi
     {{py}} -m dataflow.demo "$@"
 
 # Run everything CI runs: lint, then unit, flow and integration tests (real Kafka broker)

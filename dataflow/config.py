@@ -230,6 +230,7 @@ class _Reader:
             return kind(str(default))
         if value < low:
             self.problems.append(f"{name}: {value} must be at least {low}")
+            return kind(str(default))
         return value
 
     def flag(self, name: str, default: bool) -> bool:

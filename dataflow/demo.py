@@ -1,0 +1,301 @@
+"""The quick-start demo: the controller, a simulated factory and engine, one OPTIMIZE, one RETRAIN.
+
+Role: a newcomer's first run (``just run``). Needs a broker address in
+``KAFKA_BOOTSTRAP_SERVERS`` (the Justfile recipe starts a local one). Starts the
+controller as ``python -m bytewax.run`` with recovery on, answers its commands
+with the factory stand-in (a surface with a known optimum), follows its
+pause/play with the engine stand-in, prints live progress and a summary, and
+writes the trace (JSON and CSV) and a convergence plot (PNG) to an output folder.
+Ctrl-C stops everything it started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, Producer
+from confluent_kafka.cimpl import TopicPartition
+
+from dataflow import recovery
+from dataflow.config import TOPIC_DEFAULTS
+from dataflow.domain import messages as msg
+from dataflow.domain.optimizer import PROFILES
+from dataflow.sim.engine import EngineSimulator
+from dataflow.sim.factory import Behaviour, FactorySimulator
+from dataflow.sim.runner import serve
+from dataflow.sim.surfaces import SYNTHETIC
+
+
+def _args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m dataflow.demo", description=__doc__)
+    parser.add_argument("--dialect", choices=msg.DIALECTS, default="seed")
+    parser.add_argument("--budget", type=int, default=None, help="opt_step commands per round")
+    parser.add_argument("--surface", choices=sorted(SYNTHETIC), default="bowl")
+    parser.add_argument("--latency", type=float, default=0.05, help="factory seconds per command")
+    parser.add_argument("--output", type=Path, default=Path("demo-output"))
+    parser.add_argument("--timeout", type=float, default=300.0, help="give up after this long")
+    return parser.parse_args(argv)
+
+
+class Demo:
+    """Everything the demo started, so that it can all be stopped."""
+
+    def __init__(self, args: argparse.Namespace, bootstrap: str) -> None:
+        self.args = args
+        self.bootstrap = bootstrap
+        self.run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:4]
+        self.folder = args.output / self.run_id
+        self.folder.mkdir(parents=True, exist_ok=True)
+        names = TOPIC_DEFAULTS[args.dialect]
+        self.topics = {k: f"demo-{self.run_id}-{v}" for k, v in names.items()}
+        self.topics["DEAD_LETTER_TOPIC"] = f"demo-{self.run_id}-dead_letters"
+        self.profile = PROFILES[args.dialect]
+        if args.budget:
+            self.profile = self.profile.__class__(**{
+                **{f: getattr(self.profile, f) for f in self.profile.__struct_fields__},
+                "budget": args.budget,
+            })  # fmt: skip
+        self.stop = threading.Event()
+        self.engine = EngineSimulator()
+        self.threads: list[threading.Thread] = []
+        self.controller: subprocess.Popen[bytes] | None = None
+        self.log_path = self.folder / "controller.log"
+
+    # ------------------------------------------------------------------ processes
+
+    def start_controller(self) -> None:
+        recovery_dir = self.folder / "recovery"
+        recovery.ensure(recovery_dir, 1)
+        env = {**os.environ, **self.topics, "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
+               "CONTROLLER_DIALECT": self.args.dialect, "OPTIMISER_BUDGET": str(self.profile.budget),
+               "TICK_INTERVAL_S": "1", "REPORT_TIMEOUT_S": "30", "LOG_FORMAT": "json"}  # fmt: skip
+        command = [sys.executable, "-m", "bytewax.run", "dataflow.flow:get_flow()",
+                   "-r", str(recovery_dir), "-s", "1", "-b", "10"]  # fmt: skip
+        with self.log_path.open("wb") as log:
+            self.controller = subprocess.Popen(command, env=env, stdout=log,
+                                               stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+
+    def start_factory(self) -> FactorySimulator:
+        surface = SYNTHETIC[self.args.surface](self.profile)
+        simulator = FactorySimulator(self.args.dialect, self.profile, surface, Behaviour())
+
+        def handle(value: bytes, headers: list[tuple[str, bytes]]) -> list[Any]:
+            command = msg.decode_command(value)
+            if isinstance(command, msg.Rejection):
+                return []
+            return [(self.topics["REPORT_TOPIC"], None, r) for r in simulator.respond(command)]
+
+        self._thread(serve, self.bootstrap, self.topics["COMMAND_TOPIC"], handle, self.stop,
+                     from_start=True, delay_s=self.args.latency)  # fmt: skip
+        return simulator
+
+    def start_engine(self) -> None:
+        def follow() -> None:
+            consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": "demo-engine"})
+            consumer.assign([TopicPartition(self.topics["SYNC_TOPIC"], 0, 0)])
+            while not self.stop.is_set():
+                message = consumer.poll(0.2)
+                if message is None or message.error():
+                    continue
+                message_id = dict(message.headers() or []).get("message-id")
+                self.engine.apply(message.value() or b"", message_id, int(time.time() * 1000))
+            consumer.close()
+
+        self._thread(follow)
+
+    def _thread(self, target: Any, *args: Any, **kwargs: Any) -> None:
+        thread = threading.Thread(target=target, args=args, kwargs=kwargs, daemon=True)
+        thread.start()
+        self.threads.append(thread)
+
+    def send(self, kind: msg.InstructionKind, ident: int) -> None:
+        instruction = msg.Instruction(kind, int(time.time() * 1000), ident)
+        producer = Producer({"bootstrap.servers": self.bootstrap})
+        producer.produce(self.topics["INSTRUCTION_TOPIC"],
+                         msg.encode_instruction(instruction, self.args.dialect))  # fmt: skip
+        producer.flush(10)
+
+    def shutdown(self) -> None:
+        self.stop.set()
+        if self.controller and self.controller.poll() is None:
+            os.killpg(self.controller.pid, signal.SIGINT)
+            try:
+                self.controller.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.controller.pid, signal.SIGKILL)
+                self.controller.wait(10)
+        for thread in self.threads:
+            thread.join(10)
+
+    # ------------------------------------------------------------------ progress
+
+    def events(self) -> list[dict[str, Any]]:
+        lines = []
+        for raw in self.log_path.read_text(errors="replace").splitlines():
+            if raw.startswith("{"):
+                try:
+                    lines.append(json.loads(raw))
+                except ValueError:
+                    continue
+        return lines
+
+    def wait_for_rounds(self, count: int, began: float) -> None:
+        shown = ""
+        while True:
+            if self.controller and self.controller.poll() is not None:
+                raise RuntimeError(f"controller exited ({self.controller.returncode}); "
+                                   f"see {self.log_path}")  # fmt: skip
+            if time.monotonic() - began > self.args.timeout:
+                raise TimeoutError(f"rounds not finished after {self.args.timeout:g}s")
+            events = self.events()
+            done = [e for e in events if e.get("event") in ("round_completed", "round_aborted")]
+            line = self._progress(events)
+            if line != shown:
+                print(f"[{time.monotonic() - began:5.1f}s] {line}", flush=True)
+                shown = line
+            if len(done) >= count:
+                return
+            time.sleep(0.3)
+
+    def _progress(self, events: list[dict[str, Any]]) -> str:
+        rounds = [e for e in events if e.get("event") == "round_started"]
+        if not rounds:
+            return "waiting for the controller..."
+        current = rounds[-1]
+        number = current["round"]
+        scores = [e["value"] for e in events if e.get("event") == "score" and e["round"] == number]
+        ended = [e for e in events if e.get("event") in ("round_completed", "round_aborted")
+                 and e["round"] == number]  # fmt: skip
+        kind = current.get("detail", "?")
+        if ended:
+            how = ended[-1]["event"].replace("round_", "")
+            return f"round {number} ({kind}) {how}: model {ended[-1].get('detail')}"
+        if kind == "OPTIMIZE":
+            best = f"{min(scores):.4f}" if scores else "-"
+            return (f"round {number} (OPTIMIZE) step {len(scores)}/{self.profile.budget}"
+                    f"  best f_val {best}")  # fmt: skip
+        return f"round {number} ({kind}) training..."
+
+    # ------------------------------------------------------------------ results
+
+    def write_results(self, simulator: FactorySimulator) -> dict[str, Any]:
+        events = self.events()
+        trace = [{"round": e["round"], "step": e["step"], "f_val": e["value"]}
+                 for e in events if e.get("event") == "score"]  # fmt: skip
+        (self.folder / "trace.json").write_text(json.dumps(trace, indent=1))
+        with (self.folder / "trace.csv").open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, ["round", "step", "f_val"])
+            writer.writeheader()
+            writer.writerows(trace)
+        plot = self._plot(trace)
+        dead = self._count(self.topics["DEAD_LETTER_TOPIC"])
+        return {
+            "rounds_completed": sum(e.get("event") == "round_completed" for e in events),
+            "rounds_aborted": sum(e.get("event") == "round_aborted" for e in events),
+            "steps": len(trace),
+            "best_f_val": min((t["f_val"] for t in trace), default=None),
+            "surface_optimum": -1.0,
+            "engine_model": self.engine.model_id,
+            "engine_paused": self.engine.paused,
+            "engine_complaints": self.engine.complaints,
+            "dead_letters": dead,
+            "trace": str(self.folder / "trace.csv"),
+            "plot": str(plot) if plot else None,
+            "controller_log": str(self.log_path),
+        }
+
+    def _plot(self, trace: list[dict[str, Any]]) -> Path | None:
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError:
+            print("(matplotlib not installed: no plot)", file=sys.stderr)
+            return None
+        figure, axes = plt.subplots(figsize=(7, 4))
+        values = [t["f_val"] for t in trace]
+        best = [min(values[: i + 1]) for i in range(len(values))]
+        axes.plot(range(1, len(values) + 1), values, "o", alpha=0.6, label="f_val of each step")
+        axes.plot(range(1, len(values) + 1), best, "-", label="best so far")
+        axes.axhline(-1.0, color="grey", linestyle=":", label="surface optimum")
+        axes.set_xlabel("opt_step")
+        axes.set_ylabel("f_val (lower is better)")
+        axes.set_title(f"Controller convergence ({self.args.dialect} dialect, {self.args.surface})")
+        axes.legend()
+        path = self.folder / "convergence.png"
+        figure.tight_layout()
+        figure.savefig(path, dpi=100)
+        plt.close(figure)
+        return path
+
+    def _count(self, topic: str) -> int:
+        consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": "demo-count",
+                             "enable.partition.eof": True})  # fmt: skip
+        consumer.assign([TopicPartition(topic, 0, 0)])
+        count, deadline = 0, time.monotonic() + 5
+        while time.monotonic() < deadline:
+            message = consumer.poll(0.2)
+            if message is None:
+                continue
+            if message.error():
+                if message.error().code() == KafkaError._PARTITION_EOF:
+                    break
+                continue
+            count += 1
+        consumer.close()
+        return count
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the demo; exit 0 when both rounds ended with the engine playing."""
+    args = _args(argv)
+    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if not bootstrap:
+        print("demo: set KAFKA_BOOTSTRAP_SERVERS (or use `just run`, which starts a broker)",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    demo = Demo(args, bootstrap)
+    print(f"demo: output in {demo.folder}; broker {bootstrap}; dialect {args.dialect}")
+    began = time.monotonic()
+    try:
+        simulator = demo.start_factory()
+        demo.start_engine()
+        demo.start_controller()
+        demo.send(msg.InstructionKind.OPTIMIZE, 0)
+        demo.wait_for_rounds(1, began)
+        demo.send(msg.InstructionKind.RETRAIN, 1)
+        demo.wait_for_rounds(2, began)
+        time.sleep(1.0)  # let the engine read the last play
+    except KeyboardInterrupt:
+        print("\ndemo: interrupted, stopping everything", file=sys.stderr)
+        demo.shutdown()
+        return 130
+    except (RuntimeError, TimeoutError) as error:
+        print(f"demo: {error}", file=sys.stderr)
+        demo.shutdown()
+        return 1
+    demo.shutdown()
+    summary = demo.write_results(simulator)
+    summary["elapsed_s"] = round(time.monotonic() - began, 1)
+    (demo.folder / "summary.json").write_text(json.dumps(summary, indent=1))
+    print("\nsummary:")
+    for key, value in summary.items():
+        print(f"  {key:18} {value}")
+    ok = summary["rounds_completed"] == 2 and not summary["engine_paused"]
+    return 0 if ok and not summary["engine_complaints"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

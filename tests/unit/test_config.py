@@ -1,0 +1,104 @@
+"""Settings: read once, validated, every problem listed, secrets never shown."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from dataflow.config import VARIABLES, Secret, Settings, SettingsError, Topics
+from dataflow.domain import optimizer
+from tests.support import RECORDINGS, ROOT
+
+
+def test_defaults_follow_the_seed_services() -> None:
+    settings = Settings.from_env({})
+
+    assert settings.brokers == "kafka:29092"
+    assert settings.topics == Topics("instructions", "factory_reports", "factory_commands",
+                                     "enginesync", "controller_dead_letters")  # fmt: skip
+    assert settings.machine.profile == optimizer.PROFILES["seed"]
+    assert settings.machine.keys == ("controller",)
+    assert settings.machine.report_timeout_ms == 600_000
+
+
+def test_the_rtcef_dialect_defaults_to_the_original_topic_names_and_profile() -> None:
+    settings = Settings.from_env({"CONTROLLER_DIALECT": "rtcef"})
+
+    assert settings.topics.instructions == "optimiser_instructions"
+    assert settings.topics.sync == "engine_sync"
+    assert settings.machine.profile.name == "rtcef"
+
+
+def test_every_problem_is_listed_at_once() -> None:
+    with pytest.raises(SettingsError) as raised:
+        Settings.from_env({
+            "CONTROLLER_DIALECT": "klingon", "MAX_RETRIES": "-2", "TICK_INTERVAL_S": "often",
+            "INITIAL_PARAMS": "{", "CREATE_TOPICS": "perhaps", "OPTIMISER_BUGDET": "3",
+            "SYNC_TOPIC": "factory_commands",
+        })  # fmt: skip
+
+    assert raised.value.problems == [
+        "OPTIMISER_BUGDET: unknown variable (misspelt?)",
+        "CONTROLLER_DIALECT: 'klingon' is not one of ['seed', 'rtcef']",
+        "topics must be five distinct names, got ['instructions', 'factory_reports',"
+        " 'factory_commands', 'factory_commands', 'controller_dead_letters']",
+        "INITIAL_PARAMS: not valid JSON (Expecting property name enclosed in double quotes:"
+        " line 1 column 2 (char 1))",
+        "MAX_RETRIES: -2 must be at least 0",
+        "TICK_INTERVAL_S: 'often' is not a valid float",
+        "CREATE_TOPICS: 'perhaps' is not a boolean (true/false)",
+    ]
+
+
+def test_initial_params_must_name_the_search_space() -> None:
+    with pytest.raises(SettingsError) as raised:
+        Settings.from_env({"INITIAL_PARAMS": '{"pmin": 0.1}'})
+    assert raised.value.problems == [
+        "controller: initial params ['pmin'] must name exactly ['pMin', 'gamma']"
+    ]
+
+
+def test_a_custom_space_budget_and_session_keys_are_read() -> None:
+    space = [{"name": "x", "kind": "Real", "low": 0, "high": 2}]
+    settings = Settings.from_env({"OPTIMISER_SPACE": json.dumps(space), "OPTIMISER_BUDGET": "7",
+                                  "SESSION_KEYS": "m1, m2"})  # fmt: skip
+
+    assert settings.machine.profile.dimensions == (optimizer.Dimension("x", "Real", 0, 2),)
+    assert settings.machine.profile.budget == 7
+    assert settings.machine.initial_params == (("x", 1.0),)
+    assert settings.machine.keys == ("m1", "m2")
+
+
+def test_a_warm_start_file_seeds_the_first_round(tmp_path: Path) -> None:
+    path = RECORDINGS / "month_3" / "offline_optimisation.json"
+    settings = Settings.from_env({"CONTROLLER_DIALECT": "rtcef", "WARM_START_FILE": str(path)})
+    assert len(settings.machine.warm_start) == 32
+
+    with pytest.raises(SettingsError, match="WARM_START_FILE: cannot read"):
+        Settings.from_env({"WARM_START_FILE": str(tmp_path / "missing.json")})
+
+
+def test_secrets_are_passed_to_kafka_but_never_shown() -> None:
+    settings = Settings.from_env({
+        "KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+        "KAFKA_SASL_USERNAME": "controller", "KAFKA_SASL_PASSWORD": "hunter2",
+    })  # fmt: skip
+
+    assert settings.kafka_config() == {
+        "bootstrap.servers": "kafka:29092", "security.protocol": "SASL_SSL",
+        "sasl.mechanism": "SCRAM-SHA-512", "sasl.username": "controller",
+        "sasl.password": "hunter2",
+    }  # fmt: skip
+    assert "hunter2" not in repr(settings)
+    assert "hunter2" not in str(Secret("hunter2"))
+
+
+def test_the_readme_documents_every_variable_with_its_default() -> None:
+    readme = (ROOT / "README.md").read_text()
+    for variable in VARIABLES:
+        row = next((line for line in readme.splitlines()
+                    if line.startswith(f"| `{variable.name}` |")), None)  # fmt: skip
+        assert row is not None, f"{variable.name} missing from the README's table"
+        assert f"| {variable.default or '(unset)'} |" in row, row
