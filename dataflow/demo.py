@@ -75,18 +75,22 @@ class Demo:
     # ------------------------------------------------------------------ processes
 
     def start_controller(self) -> None:
+        """Start the controller process (recovery on), logging JSON lines to a file."""
         recovery_dir = self.folder / "recovery"
         recovery.ensure(recovery_dir, 1)
         env = {**os.environ, **self.topics, "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
-               "CONTROLLER_DIALECT": self.args.dialect, "OPTIMISER_BUDGET": str(self.profile.budget),
-               "TICK_INTERVAL_S": "1", "REPORT_TIMEOUT_S": "30", "LOG_FORMAT": "json"}  # fmt: skip
+               "CONTROLLER_DIALECT": self.args.dialect, "TICK_INTERVAL_S": "1",
+               "OPTIMISER_BUDGET": str(self.profile.budget), "REPORT_TIMEOUT_S": "30",
+               "LOG_FORMAT": "json"}  # fmt: skip
         command = [sys.executable, "-m", "bytewax.run", "dataflow.flow:get_flow()",
                    "-r", str(recovery_dir), "-s", "1", "-b", "10"]  # fmt: skip
         with self.log_path.open("wb") as log:
-            self.controller = subprocess.Popen(command, env=env, stdout=log,
-                                               stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+            self.controller = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+                command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
 
     def start_factory(self) -> FactorySimulator:
+        """Answer the controller's commands from a thread."""
         surface = SYNTHETIC[self.args.surface](self.profile)
         simulator = FactorySimulator(self.args.dialect, self.profile, surface, Behaviour())
 
@@ -101,6 +105,8 @@ class Demo:
         return simulator
 
     def start_engine(self) -> None:
+        """Follow the sync topic with the engine stand-in from a thread."""
+
         def follow() -> None:
             consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": "demo-engine"})
             consumer.assign([TopicPartition(self.topics["SYNC_TOPIC"], 0, 0)])
@@ -108,7 +114,8 @@ class Demo:
                 message = consumer.poll(0.2)
                 if message is None or message.error():
                     continue
-                message_id = dict(message.headers() or []).get("message-id")
+                found = dict(message.headers() or []).get("message-id")
+                message_id = found.encode() if isinstance(found, str) else found
                 self.engine.apply(message.value() or b"", message_id, int(time.time() * 1000))
             consumer.close()
 
@@ -120,6 +127,7 @@ class Demo:
         self.threads.append(thread)
 
     def send(self, kind: msg.InstructionKind, ident: int) -> None:
+        """Send an instruction as the Observer would."""
         instruction = msg.Instruction(kind, int(time.time() * 1000), ident)
         producer = Producer({"bootstrap.servers": self.bootstrap})
         producer.produce(self.topics["INSTRUCTION_TOPIC"],
@@ -127,6 +135,7 @@ class Demo:
         producer.flush(10)
 
     def shutdown(self) -> None:
+        """Stop the controller (Ctrl-C, then kill) and the stand-in threads."""
         self.stop.set()
         if self.controller and self.controller.poll() is None:
             os.killpg(self.controller.pid, signal.SIGINT)
@@ -141,6 +150,7 @@ class Demo:
     # ------------------------------------------------------------------ progress
 
     def events(self) -> list[dict[str, Any]]:
+        """The controller's structured log lines so far."""
         lines = []
         for raw in self.log_path.read_text(errors="replace").splitlines():
             if raw.startswith("{"):
@@ -151,6 +161,7 @@ class Demo:
         return lines
 
     def wait_for_rounds(self, count: int, began: float) -> None:
+        """Print progress until ``count`` rounds ended."""
         shown = ""
         while True:
             if self.controller and self.controller.poll() is not None:
@@ -190,6 +201,7 @@ class Demo:
     # ------------------------------------------------------------------ results
 
     def write_results(self, simulator: FactorySimulator) -> dict[str, Any]:
+        """Write the trace and plot; return the summary."""
         events = self.events()
         trace = [{"round": e["round"], "step": e["step"], "f_val": e["value"]}
                  for e in events if e.get("event") == "score"]  # fmt: skip
@@ -238,7 +250,7 @@ class Demo:
         figure.tight_layout()
         figure.savefig(path, dpi=100)
         plt.close(figure)
-        return path
+        return Path(path)
 
     def _count(self, topic: str) -> int:
         consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": "demo-count",
@@ -249,8 +261,9 @@ class Demo:
             message = consumer.poll(0.2)
             if message is None:
                 continue
-            if message.error():
-                if message.error().code() == KafkaError._PARTITION_EOF:
+            error = message.error()
+            if error is not None:
+                if error.code() == KafkaError._PARTITION_EOF:
                     break
                 continue
             count += 1

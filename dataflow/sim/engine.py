@@ -1,4 +1,4 @@
-"""An Engine stand-in: follows pause/play and complains about anything a real engine would not survive.
+"""An Engine stand-in: follows pause/play and complains about what a real engine would not survive.
 
 Pure core (``EngineSimulator.apply``); the demo and tests feed it the sync topic.
 Replayed messages (same ``message-id`` header) are dropped first, as a careful
