@@ -94,7 +94,8 @@ def test_a_retrain_round_spans_two_executions_and_resumes_from_recovery(tmp_path
     assert harness.commands == [
         OutMessage(b"controller",
                    b'{"train_id":0,"optimisation_id":-1,"id":"cmd-0","timestamp":42,'
-                   b'"type":"train","params":"{\\"params\\": {\\"pMin\\": 0.05, \\"gamma\\": 0.001}}","best_i":-1}',
+                   b'"type":"train","params":"{\\"params\\": {\\"pMin\\": 0.05, '
+                   b'\\"gamma\\": 0.001}}","best_i":-1}',
                    [("message-id", b"controller/cmd/cmd-0/0"), ("session-key", b"controller")]),
     ]  # fmt: skip
 
