@@ -149,33 +149,26 @@ def _origin(item: RawInput) -> Origin:
                   tuple(message.headers or ()))  # fmt: skip
 
 
-def decode_instruction(settings: Settings, item: RawInput) -> Envelope | Routed:
-    """Bytes from the instruction topic to an event for its session, or a dead letter."""
+def decode_input(kind: str, settings: Settings, item: RawInput) -> Envelope | Routed:
+    """Bytes from an input topic (``kind``: instruction or report) to an event, or a dead letter."""
     origin = _origin(item)
     if isinstance(item, KafkaError):
         return _dead(origin, f"kafka: {item.err}", "consume")
-    limit = settings.max_message_bytes
-    decoded = msg.decode_instruction(item.value or b"", settings.dialect, limit)
+    decode, route, arrived = _INPUTS[kind]
+    decoded = decode(item.value or b"", settings.dialect, settings.max_message_bytes)
     if isinstance(decoded, msg.Rejection):
         return _dead(origin, decoded.reason, "decode")
-    key = machine.route_instruction(decoded, settings.machine)
+    key = route(decoded, settings.machine)
     if isinstance(key, msg.Rejection):
         return _dead(origin, key.reason, "route")
-    return Envelope(key, machine.InstructionArrived(decoded, _now_ms()), origin)
+    return Envelope(key, arrived(decoded, _now_ms()), origin)
 
 
-def decode_report(settings: Settings, item: RawInput) -> Envelope | Routed:
-    """Bytes from the report topic to an event for its session, or a dead letter."""
-    origin = _origin(item)
-    if isinstance(item, KafkaError):
-        return _dead(origin, f"kafka: {item.err}", "consume")
-    decoded = msg.decode_report(item.value or b"", settings.dialect, settings.max_message_bytes)
-    if isinstance(decoded, msg.Rejection):
-        return _dead(origin, decoded.reason, "decode")
-    key = machine.route_report(decoded, settings.machine)
-    if isinstance(key, msg.Rejection):
-        return _dead(origin, key.reason, "route")
-    return Envelope(key, machine.ReportArrived(decoded, _now_ms()), origin)
+#: Per input: its decoder, its router, and the event it becomes.
+_INPUTS: Final[dict[str, tuple[Any, Any, Any]]] = {
+    "instruction": (msg.decode_instruction, machine.route_instruction, machine.InstructionArrived),
+    "report": (msg.decode_report, machine.route_report, machine.ReportArrived),
+}
 
 
 def fan_out_tick(keys: tuple[str, ...], now_ms: int) -> list[Envelope]:
@@ -237,8 +230,8 @@ def build_flow(settings: Settings, io: FlowIO | None = None) -> Dataflow:
 
     decoded = op.merge(
         "merge_inputs",
-        op.map("decode_instructions", instructions, partial(decode_instruction, settings)),
-        op.map("decode_reports", reports, partial(decode_report, settings)),
+        op.map("decode_instructions", instructions, partial(decode_input, "instruction", settings)),
+        op.map("decode_reports", reports, partial(decode_input, "report", settings)),
     )
     accepted = op.branch("accepted", decoded, lambda x: isinstance(x, Envelope))
     events: Stream[Envelope] = op.merge(

@@ -66,6 +66,7 @@ from dataflow.domain.messages import (
 from dataflow.domain.optimizer import Observation, OptimiserSnapshot, Profile
 
 STATE_VERSION: Final = 1
+_NO_PARAMS: Final = params_text(None, named=False)
 DEFAULT_KEY: Final = "controller"
 NO_MODEL: Final = -1
 
@@ -322,42 +323,30 @@ def _begin(
     out.append(Note(state.key, "round_started", rounds, detail=instruction.kind.value))
     out.append(SendSync(state.key, _sync_id(state.key, rounds, SyncType.PAUSE), pause))
     if instruction.kind is InstructionKind.RETRAIN:
-        params = params_text(state.best_params, named=True)
-        train = _command(state, config, state.next_command, CommandType.TRAIN, ts,
-                         train_id=state.trains, params=params)  # fmt: skip
         round_ = Round("train", rounds, ts, state.trains, -1, state.next_command)
-        state = msgspec.structs.replace(
-            state, phase=Phase.TRAINING, rounds=rounds, trains=state.trains + 1, round=round_,
-            next_command=state.next_command + 1,
-        )  # fmt: skip
-        return _send(state, train, state.next_command - 1, 0, at_ms, config, out)
+        state = msgspec.structs.replace(state, rounds=rounds, trains=state.trains + 1, round=round_)
+        params = params_text(state.best_params, named=True)
+        return _issue(state, config, CommandType.TRAIN, Phase.TRAINING, at_ms, out, params)
     # OPTIMIZE: IDLE -> INITIALIZING (opt_initialise) -> WAITING_FOR_REPORT (first step).
     opt_id = state.optimisations
-    init = _command(state, config, state.next_command, CommandType.OPT_INITIALISE, ts,
-                    optimisation_id=opt_id, params=params_text(None, named=False))  # fmt: skip
-    out.append(SendCommand(state.key, _command_message_id(state.key, init, 0), init))
     snapshot = optimizer.start(config.profile, state.key, opt_id, state.history)
     round_ = Round("optimise", rounds, ts, -1, opt_id, state.next_command, snapshot)
-    state = msgspec.structs.replace(
-        state, phase=Phase.INITIALIZING, rounds=rounds, optimisations=opt_id + 1,
-        round=round_, next_command=state.next_command + 1,
-    )  # fmt: skip
+    state = msgspec.structs.replace(state, rounds=rounds, optimisations=opt_id + 1, round=round_)
+    state, out = _issue(state, config, CommandType.OPT_INITIALISE, Phase.INITIALIZING, at_ms, out,
+                        _NO_PARAMS, answered=False)  # fmt: skip
     return _propose_step(state, at_ms, config, out)
 
 
 def _propose_step(state: Session, at_ms: int, config: MachineConfig, out: list[Effect]) -> Result:
     round_ = _round_of(state)
     point, snapshot = optimizer.propose(_optimiser_of(round_))
-    step = len(snapshot.observations)
-    command = _command(state, config, state.next_command, CommandType.OPT_STEP, round_.timestamp,
-                       optimisation_id=round_.optimisation_id,
-                       params=params_text(point, named=False))  # fmt: skip
-    out.append(Note(state.key, "step", round_.number, step=step, detail=command.params))
+    params = params_text(point, named=False)
+    out.append(Note(state.key, "step", round_.number, step=len(snapshot.observations),
+                    detail=params))  # fmt: skip
     state = msgspec.structs.replace(
-        state, phase=Phase.WAITING_FOR_REPORT, next_command=state.next_command + 1,
-        round=msgspec.structs.replace(round_, optimiser=snapshot),
-    )  # fmt: skip
-    return _send(state, command, state.next_command - 1, 0, at_ms, config, out)
+        state, round=msgspec.structs.replace(round_, optimiser=snapshot)
+    )
+    return _issue(state, config, CommandType.OPT_STEP, Phase.WAITING_FOR_REPORT, at_ms, out, params)
 
 
 def _on_step_report(state: Session, event: ReportArrived, config: MachineConfig) -> Result:
@@ -375,14 +364,8 @@ def _on_step_report(state: Session, event: ReportArrived, config: MachineConfig)
     )  # fmt: skip
     if snapshot.remaining > 0:
         return _propose_step(state, at_ms, config, out)
-    best_i = optimizer.best_index(snapshot)
-    finalise = _command(state, config, state.next_command, CommandType.OPT_FINALISE,
-                        round_.timestamp, optimisation_id=round_.optimisation_id,
-                        params=params_text(None, named=False), best_i=best_i)  # fmt: skip
-    state = msgspec.structs.replace(
-        state, phase=Phase.FINALIZING, next_command=state.next_command + 1
-    )
-    return _send(state, finalise, state.next_command - 1, 0, at_ms, config, out)
+    return _issue(state, config, CommandType.OPT_FINALISE, Phase.FINALIZING, at_ms, out,
+                  _NO_PARAMS, best_i=optimizer.best_index(snapshot))  # fmt: skip
 
 
 def _on_final_report(state: Session, event: ReportArrived, config: MachineConfig) -> Result:
@@ -496,6 +479,41 @@ TRANSITIONS: Final[dict[tuple[Phase, str], Handler]] = {
 # --------------------------------------------------------------------------- shared steps
 
 
+def _issue(
+    state: Session,
+    config: MachineConfig,
+    kind: CommandType,
+    phase: Phase,
+    at_ms: int,
+    out: list[Effect],
+    params: str,
+    *,
+    best_i: int = -1,
+    answered: bool = True,
+) -> Result:
+    """Send the round's next command (the next counter value) and move to ``phase``.
+
+    An answered command becomes the outstanding one, with a deadline;
+    ``opt_initialise`` is never answered, so nothing waits for it.
+    """
+    round_ = _round_of(state)
+    number = state.next_command
+    command = FactoryCommand(
+        train_id=round_.train_id,
+        optimisation_id=round_.optimisation_id,
+        id=command_id(config.dialect, number * len(config.keys) + config.keys.index(state.key)),
+        timestamp=round_.timestamp,
+        type=kind.value,
+        params=params,
+        best_i=best_i,
+    )
+    state = msgspec.structs.replace(state, phase=phase, next_command=number + 1)
+    if not answered:
+        out.append(SendCommand(state.key, _command_message_id(state.key, command, 0), command))
+        return state, out
+    return _send(state, command, number, 0, at_ms, config, out)
+
+
 def _send(
     state: Session,
     command: FactoryCommand,
@@ -550,30 +568,6 @@ def _end_round(
     if pending is None:
         return state, out
     return _begin(state, pending, at_ms, config, out)
-
-
-def _command(
-    state: Session,
-    config: MachineConfig,
-    number: int,
-    kind: CommandType,
-    timestamp: int,
-    *,
-    params: str,
-    train_id: int = -1,
-    optimisation_id: int = -1,
-    best_i: int = -1,
-) -> FactoryCommand:
-    wire_number = number * len(config.keys) + config.keys.index(state.key)
-    return FactoryCommand(
-        train_id=train_id,
-        optimisation_id=optimisation_id,
-        id=command_id(config.dialect, wire_number),
-        timestamp=timestamp,
-        type=kind.value,
-        params=params,
-        best_i=best_i,
-    )
 
 
 def _matches(state: Session, report: Report, config: MachineConfig) -> bool:
