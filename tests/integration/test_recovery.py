@@ -12,6 +12,8 @@ import pytest
 from dataflow.domain import messages as msg
 from dataflow.domain.messages import Instruction, InstructionKind
 from tests.integration.harness import Wiring, factory
+from tests.kafka import broker as harness
+from tests.kafka import client
 
 pytestmark = pytest.mark.integration
 
@@ -20,7 +22,7 @@ BUDGET = 5
 KILL_POINTS = {"before_the_first_step": 1, "mid_steps": 3, "during_finalise": 6}
 
 
-def _wait_for_command(wiring: Wiring, number: int, timeout: float = 60) -> None:
+def _wait_for_command(wiring: Wiring, number: int | str, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if any(c.id == number for c in wiring.commands_sent(idle=0.5, timeout=5)):
@@ -74,3 +76,38 @@ def test_a_round_killed_mid_way_completes_after_restart_and_loses_no_instruction
         msg.SyncMessage("pause", 2000, -1),
         msg.SyncMessage("play", 2000, first_model[7]),
     ]
+
+
+def test_a_broker_restart_mid_round_is_ridden_out_and_the_round_completes(
+    tmp_path, controller_factory
+) -> None:
+    own = harness.start(tmp_path / "broker")  # this test restarts it: not the shared one
+    try:
+        names = [client.unique_topic(p) for p in ("i", "r", "c", "s", "d")]
+        client.create_topics(own.bootstrap, names)
+        wiring = Wiring(own.bootstrap, "seed", *names, extra={"OPTIMISER_BUDGET": "4"})
+        controller = controller_factory(wiring)
+        release = threading.Event()
+
+        def hold(command: msg.FactoryCommand) -> None:
+            if command.id == "cmd-2":
+                release.wait(120)
+
+        with factory(wiring, before=hold):
+            controller.start()
+            wiring.send_instruction(Instruction(InstructionKind.OPTIMIZE, 1000, 1))
+            _wait_for_command(wiring, "cmd-2")
+            own.stop()
+            time.sleep(3)
+            own = harness.start(own.workdir)  # same data and ports
+            release.set()
+            syncs = wiring.wait_for_plays(1, timeout=180)
+        assert controller.process is not None
+        assert controller.process.poll() is None  # rode it out: no crash, no restart
+        controller.stop()
+
+        assert [s.type for s in syncs if s.type == "play"] == ["play"]
+        kinds = [c.type for c in dict.fromkeys(wiring.commands_sent(idle=1.0, timeout=30))]
+        assert kinds == ["opt_initialise"] + ["opt_step"] * 4 + ["opt_finalise"]
+    finally:
+        own.stop()

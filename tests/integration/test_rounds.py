@@ -3,21 +3,27 @@
 from __future__ import annotations
 
 import json
+import urllib.request
+from pathlib import Path
 
 import pytest
 
 from dataflow.domain import messages as msg
 from dataflow.domain.messages import Instruction, InstructionKind
 from tests.integration.harness import factory
+from tests.kafka.broker import free_port
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.mark.parametrize("dialect", ["seed", "rtcef"])
 def test_an_optimize_round_then_a_retrain_run_end_to_end(
-    dialect, wiring_factory, controller_factory
+    dialect, wiring_factory, controller_factory, tmp_path: Path
 ) -> None:
-    wiring = wiring_factory(dialect, OPTIMISER_BUDGET="4")
+    port = free_port()
+    wiring = wiring_factory(dialect, OPTIMISER_BUDGET="4", BYTEWAX_DATAFLOW_API_ENABLED="1",
+                            BYTEWAX_DATAFLOW_API_PORT=str(port),
+                            BYTEWAX_DATAFLOW_API_CACHE_PATH=str(tmp_path))  # fmt: skip
     controller = controller_factory(wiring)
     ids = [msg.command_id(dialect, n) for n in range(7)]  # type: ignore[arg-type]
     with factory(wiring) as simulator:
@@ -26,7 +32,20 @@ def test_an_optimize_round_then_a_retrain_run_end_to_end(
         wiring.wait_for_plays(1)
         wiring.send_instruction(Instruction(InstructionKind.RETRAIN, 2000, 2))
         syncs = wiring.wait_for_plays(2)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as page:
+            metrics = page.read().decode()
     controller.stop()
+
+    for line in [
+        'controller_rounds_started_total{key="controller",kind="OPTIMIZE"} 1.0',
+        'controller_rounds_started_total{key="controller",kind="RETRAIN"} 1.0',
+        'controller_rounds_completed_total{key="controller"} 2.0',
+        'controller_steps_total{key="controller"} 4.0',
+    ]:
+        assert line in metrics.splitlines()
+    steps = [(e["key"], e["round"], e["step"]) for e in controller.log_lines()
+             if e.get("event") == "step"]  # fmt: skip
+    assert steps == [("controller", 1, n) for n in range(4)]
 
     commands = wiring.commands_sent(count=7, timeout=30)
     steps = [c for c in commands if c.type == "opt_step"]
