@@ -7,8 +7,16 @@ consumer of an at-least-once stream does.
 
 from __future__ import annotations
 
+import argparse
+import os
+import sys
+import time
 from dataclasses import dataclass, field
 
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer
+from confluent_kafka.cimpl import TopicPartition
+
+from dataflow.config import TOPIC_DEFAULTS
 from dataflow.domain import messages as msg
 
 
@@ -22,6 +30,16 @@ class EngineSimulator:
     seen: set[bytes] = field(default_factory=set)
     complaints: list[str] = field(default_factory=list)
     switches: list[int | str] = field(default_factory=list)
+    #: Model ids the factory reported (when the engine also follows the reports).
+    known_models: set[int | str] = field(default_factory=set)
+    follows_reports: bool = False
+
+    def learn_report(self, value: bytes, dialect: msg.Dialect) -> None:
+        """Remember a model the factory built (a play may only name one of these)."""
+        self.follows_reports = True
+        report = msg.decode_report(value, dialect)
+        if isinstance(report, msg.Report) and report.ok and report.model_id is not None:
+            self.known_models.add(report.model_id)
 
     def apply(self, value: bytes, message_id: bytes | None = None, now_ms: int = 0) -> None:
         """Handle one sync message."""
@@ -40,6 +58,9 @@ class EngineSimulator:
             return
         if not self.paused:
             self.complaints.append(f"play of model {sync.model_id!r} without a pause")
+        unknown = sync.model_id not in self.known_models and sync.model_id != self.model_id
+        if self.follows_reports and unknown:
+            self.complaints.append(f"play of model {sync.model_id!r} the factory never reported")
         self.paused, self.paused_since_ms = False, None
         self.model_id = sync.model_id
         self.switches.append(sync.model_id)
@@ -56,3 +77,57 @@ class EngineSimulator:
                 self.complaints.append(complaint)
             return True
         return False
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Follow the sync (and report) topics until Ctrl-C; exit 1 if anything was wrong."""
+    parser = argparse.ArgumentParser(prog="python -m dataflow.sim.engine", description=__doc__)
+    parser.add_argument("--dialect", choices=msg.DIALECTS, default="seed")
+    parser.add_argument(
+        "--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "localhost:9092")
+    )
+    parser.add_argument("--sync-topic", default=None, help="default: the dialect's")
+    parser.add_argument("--reports-topic", default="factory_reports")
+    parser.add_argument(
+        "--stuck-after",
+        type=float,
+        default=900.0,
+        help="complain when paused longer than this many seconds",
+    )
+    parser.add_argument("--from-start", action="store_true", help="replay the topics from offset 0")
+    args = parser.parse_args(argv)
+    sync_topic = args.sync_topic or TOPIC_DEFAULTS[args.dialect]["SYNC_TOPIC"]
+    consumer = Consumer({"bootstrap.servers": args.bootstrap, "group.id": "engine-stand-in"})
+    start = OFFSET_BEGINNING if args.from_start else OFFSET_END
+    consumer.assign(
+        [TopicPartition(sync_topic, 0, start), TopicPartition(args.reports_topic, 0, start)]
+    )
+    engine = EngineSimulator()
+    shown = 0
+    try:
+        while True:
+            message = consumer.poll(0.5)
+            now = int(time.time() * 1000)
+            if message is not None and message.error() is None:
+                if message.topic() == args.reports_topic:
+                    engine.learn_report(message.value() or b"", args.dialect)
+                else:
+                    headers = dict(message.headers() or [])
+                    found = headers.get("message-id")
+                    ident = found.encode() if isinstance(found, str) else found
+                    engine.apply(message.value() or b"", ident, now)
+                    state = "PAUSED" if engine.paused else "PLAYING"
+                    print(f"engine: {state} model {engine.model_id!r}", flush=True)
+            engine.check_stuck(now, int(args.stuck_after * 1000))
+            for complaint in engine.complaints[shown:]:
+                print(f"ENGINE COMPLAINT: {complaint}", file=sys.stderr, flush=True)
+            shown = len(engine.complaints)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        consumer.close()
+    return 1 if engine.complaints else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -10,13 +10,19 @@ misbehaviour for tests and demos: latency, errors, silence and duplicate replies
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
 import random
+import sys
+import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from dataflow.domain import messages as msg
-from dataflow.domain.optimizer import Profile
-from dataflow.sim.surfaces import Surface
+from dataflow.domain.optimizer import PROFILES, Profile
+from dataflow.sim.runner import serve
+from dataflow.sim.surfaces import SYNTHETIC, Surface, recorded
 
 
 @dataclass
@@ -105,13 +111,114 @@ class FactorySimulator:
             )
         return msg.encode_report(
             msg.SeedReportWire(
-                reply_id=command.id, params_dict=params_dict, model_id=model, metrics=metrics,
-                status="success", model_path=f"/models/wayeb_{model}.model" if method else None,
+                reply_id=command.id,
+                params_dict=params_dict,
+                model_id=model,
+                metrics=metrics,
+                status="success",
+                model_path=f"/models/wayeb_{model}.model" if method else None,
                 creation_method=method if command.type == "opt_finalise" else None,
             )
-        )  # fmt: skip
+        )
 
     def _error(self, command: msg.FactoryCommand, reason: str) -> bytes | None:
         if self.dialect == "rtcef":
             return None  # the original factories have no error reports: an error is silence
         return msg.encode_report(msg.SeedReportWire(command.id, status="error", error=reason))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Serve as a ModelFactory until interrupted (Ctrl-C)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m dataflow.sim.factory",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--dialect",
+        choices=msg.DIALECTS,
+        default="seed",
+        help="wire shape of commands and reports (default seed)",
+    )
+    parser.add_argument(
+        "--bootstrap",
+        default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "localhost:9092"),
+        help="Kafka bootstrap servers (default: $KAFKA_BOOTSTRAP_SERVERS)",
+    )
+    parser.add_argument("--commands-topic", default="factory_commands")
+    parser.add_argument("--reports-topic", default="factory_reports")
+    parser.add_argument(
+        "--profile",
+        choices=sorted(PROFILES),
+        default=None,
+        help="search space the opt_step lists follow (default: the dialect's)",
+    )
+    parser.add_argument(
+        "--surface",
+        choices=[*sorted(SYNTHETIC), "recorded"],
+        default="bowl",
+        help="score of a candidate: a synthetic function with optimum -1, or "
+        "the recorded RTCEF reports (rtcef profile, needs --recordings)",
+    )
+    parser.add_argument(
+        "--recordings",
+        type=Path,
+        default=None,
+        help="folder of month_*/ recordings for --surface recorded",
+    )
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds per command")
+    parser.add_argument(
+        "--error-rate",
+        type=float,
+        default=0.0,
+        help="probability of an error report (seed; rtcef has none: silence)",
+    )
+    parser.add_argument(
+        "--silence-rate", type=float, default=0.0, help="probability of never answering a command"
+    )
+    parser.add_argument(
+        "--duplicate-rate", type=float, default=0.0, help="probability of sending a report twice"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="random seed of the misbehaviour")
+    parser.add_argument(
+        "--from-start",
+        action="store_true",
+        help="answer commands already on the topic (default: only new ones)",
+    )
+    args = parser.parse_args(argv)
+    profile = PROFILES[args.profile or args.dialect]
+    if args.surface == "recorded":
+        if args.recordings is None:
+            parser.error("--surface recorded needs --recordings DIR")
+        surface = recorded(profile, args.recordings)
+    else:
+        surface = SYNTHETIC[args.surface](profile)
+    behaviour = Behaviour(args.error_rate, args.silence_rate, args.duplicate_rate, args.latency)
+    simulator = FactorySimulator(args.dialect, profile, surface, behaviour, seed=args.seed)
+
+    def handle(value: bytes, headers: list[tuple[str, bytes]]) -> list[tuple[str, None, bytes]]:
+        command = msg.decode_command(value)
+        if isinstance(command, msg.Rejection):
+            print(f"factory: ignoring {command.reason}", file=sys.stderr)
+            return []
+        replies = simulator.respond(command)
+        print(f"factory: {command.type} {command.id!r} -> {len(replies)} report(s)", flush=True)
+        return [(args.reports_topic, None, reply) for reply in replies]
+
+    stop = threading.Event()
+    try:
+        serve(
+            args.bootstrap,
+            args.commands_topic,
+            handle,
+            stop,
+            from_start=args.from_start,
+            delay_s=args.latency,
+        )
+    except KeyboardInterrupt:
+        stop.set()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

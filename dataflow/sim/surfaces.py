@@ -7,9 +7,13 @@ parameter into [0, 1] with the profile's bounds.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
+from pathlib import Path
 from typing import Final
+
+import numpy as np
 
 from dataflow.domain.messages import Params
 from dataflow.domain.optimizer import Profile
@@ -47,3 +51,37 @@ SYNTHETIC: Final[dict[str, Callable[[Profile], Surface]]] = {
     "bowl": bowl,
     "rastrigin": rastrigin,
 }
+
+
+def recorded(profile: Profile, directory: Path, neighbours: int = 3) -> Surface:
+    """The recorded RTCEF step reports as a surface: parameters -> ``f_val``.
+
+    Reads every ``month_*/factory_reports.jsonl`` under ``directory`` whose
+    ``params_dict`` names exactly the profile's parameters and whose metrics
+    carry ``f_val``; a query scores the inverse-distance-weighted mean of its
+    nearest recorded points in the unit cube (exact matches score as recorded).
+    """
+    points: list[list[float]] = []
+    scores: list[float] = []
+    for path in sorted(directory.glob("month_*/factory_reports.jsonl")):
+        for line in path.read_text().splitlines():
+            report = json.loads(line)
+            metrics = json.loads(report["metrics"]) if report["metrics"] else {}
+            params = json.loads(report["params_dict"]) if report["params_dict"] else {}
+            if "f_val" not in metrics or sorted(params) != sorted(profile.names):
+                continue
+            points.append(_unit(profile, tuple(params.items())))
+            scores.append(float(metrics["f_val"]))
+    if not points:
+        raise ValueError(f"no recorded step reports for {list(profile.names)} under {directory}")
+    table, values = np.array(points), np.array(scores)
+
+    def score(params: Params) -> float:
+        distances = np.linalg.norm(table - np.array(_unit(profile, params)), axis=1)
+        nearest = np.argsort(distances, kind="stable")[:neighbours]
+        if distances[nearest[0]] < 1e-12:
+            return float(values[nearest[0]])
+        weights = 1.0 / distances[nearest]
+        return float(np.sum(weights * values[nearest]) / np.sum(weights))
+
+    return score

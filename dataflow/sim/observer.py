@@ -1,0 +1,121 @@
+"""An Observer stand-in: send one instruction (OPTIMIZE, RETRAIN or UPDATE_PARAMS) to Kafka.
+
+Examples::
+
+    python -m dataflow.sim.observer optimize
+    python -m dataflow.sim.observer retrain --dialect rtcef --id 7
+    python -m dataflow.sim.observer update-params --param pMin=0.02 --param gamma=0.001
+    python -m dataflow.sim.observer optimize --model-id m2 --bootstrap broker:9092
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+from confluent_kafka import Producer
+
+from dataflow.config import TOPIC_DEFAULTS
+from dataflow.domain import messages as msg
+
+KINDS = {
+    "optimize": msg.InstructionKind.OPTIMIZE,
+    "retrain": msg.InstructionKind.RETRAIN,
+    "update-params": msg.InstructionKind.UPDATE_PARAMS,
+}
+
+
+def _param(text: str) -> tuple[str, float | int]:
+    name, _, raw = text.partition("=")
+    if not name or not raw:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    try:
+        return name, int(raw) if raw.lstrip("-").isdigit() else float(raw)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"{name}: {raw!r} is not a number") from error
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command line, with every option explained."""
+    p = argparse.ArgumentParser(
+        prog="python -m dataflow.sim.observer",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "instruction",
+        choices=sorted(KINDS),
+        help="optimize: a Bayesian-optimisation round; retrain: train with the current "
+        "best parameters; update-params: replace them (seed dialect only)",
+    )
+    p.add_argument(
+        "--dialect",
+        choices=msg.DIALECTS,
+        default="seed",
+        help="wire shape: seed (Flink/Java Observer) or rtcef (original Observer); default seed",
+    )
+    p.add_argument(
+        "--bootstrap",
+        default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "localhost:9092"),
+        help="Kafka bootstrap servers (default: $KAFKA_BOOTSTRAP_SERVERS or localhost:9092)",
+    )
+    p.add_argument("--topic", help="instruction topic (default: the dialect's, e.g. instructions)")
+    p.add_argument("--id", type=int, default=0, help="the instruction's id field (default 0)")
+    p.add_argument(
+        "--timestamp",
+        type=int,
+        default=None,
+        help="stream time copied into every command (default: now, in ms)",
+    )
+    p.add_argument(
+        "--model-id",
+        default=None,
+        help="seed only: the model the instruction is about (the session key in multi-model mode)",
+    )
+    p.add_argument(
+        "--param",
+        type=_param,
+        action="append",
+        default=[],
+        help="update-params only: NAME=VALUE, repeat for each parameter",
+    )
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Send the instruction and wait for the broker's acknowledgement."""
+    args = parser().parse_args(argv)
+    kind = KINDS[args.instruction]
+    if args.dialect == "rtcef" and (kind is msg.InstructionKind.UPDATE_PARAMS or args.model_id):
+        print("observer: the rtcef dialect has no update_params and no model_id", file=sys.stderr)
+        return 2
+    if kind is msg.InstructionKind.UPDATE_PARAMS and not args.param:
+        print("observer: update-params needs at least one --param NAME=VALUE", file=sys.stderr)
+        return 2
+    instruction = msg.Instruction(
+        kind,
+        args.timestamp if args.timestamp is not None else int(time.time() * 1000),
+        args.id,
+        args.model_id,
+        tuple(args.param) or None,
+    )
+    topic = args.topic or TOPIC_DEFAULTS[args.dialect]["INSTRUCTION_TOPIC"]
+    failures: list[str] = []
+    producer = Producer({"bootstrap.servers": args.bootstrap, "acks": "all"})
+    payload = msg.encode_instruction(instruction, args.dialect)
+    producer.produce(
+        topic, payload, on_delivery=lambda e, _m: failures.append(str(e)) if e else None
+    )
+    if producer.flush(15) or failures:
+        print(
+            f"observer: not delivered to {topic} at {args.bootstrap}: {failures}", file=sys.stderr
+        )
+        return 1
+    print(f"observer: sent to {topic}: {payload.decode()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
