@@ -24,6 +24,7 @@ import msgspec
 from dataflow.domain import machine, optimizer
 from dataflow.domain.errors import ConfigError
 from dataflow.domain.messages import DEFAULT_MAX_MESSAGE_BYTES, DIALECTS, Dialect, Params
+from dataflow.wire import ENCODINGS, Codec, Encoding
 
 
 class SettingsError(ValueError):
@@ -94,6 +95,9 @@ VARIABLES: Final[tuple[Variable, ...]] = (
     Variable("KAFKA_BOOTSTRAP_SERVERS", "kafka:29092", "Kafka bootstrap servers, comma-separated."),
     Variable("CONTROLLER_DIALECT", "seed",
              "Wire dialect of the other services: `seed` (Flink/Java) or `rtcef` (originals)."),
+    Variable("WIRE_ENCODING", "json",
+             "`json`, or `avro`: schemaless Avro with the original RTCEF schemas and keys "
+             "(rtcef dialect only)."),
     Variable("INSTRUCTION_TOPIC", "instructions (seed) / optimiser_instructions (rtcef)",
              "Observer instructions (input)."),
     Variable("REPORT_TOPIC", "factory_reports", "ModelFactory reports (input)."),
@@ -176,6 +180,7 @@ class Settings:
     brokers: str
     topics: Topics
     machine: machine.MachineConfig
+    encoding: Encoding
     tick_interval_s: float
     max_message_bytes: int
     create_topics: bool
@@ -191,6 +196,11 @@ class Settings:
     def dialect(self) -> Dialect:
         """The wire dialect."""
         return self.machine.dialect
+
+    @property
+    def codec(self) -> Codec:
+        """Encoder and decoder of every topic's messages."""
+        return Codec(self.dialect, self.encoding)
 
     def kafka_config(self) -> dict[str, str]:
         """Librdkafka settings shared by every client: brokers and security, secrets revealed."""
@@ -323,6 +333,10 @@ class _Reader:
 
     def settings(self) -> Settings:
         dialect: Dialect = self.choice("CONTROLLER_DIALECT", "seed", DIALECTS)  # type: ignore[assignment]
+        encoding: Encoding = self.choice("WIRE_ENCODING", "json", ENCODINGS)  # type: ignore[assignment]
+        if encoding == "avro" and dialect != "rtcef":
+            self.problems.append("WIRE_ENCODING: avro is the rtcef services' encoding; "
+                                 "set CONTROLLER_DIALECT=rtcef")  # fmt: skip
         defaults = TOPIC_DEFAULTS[dialect]
         topics = Topics(
             instructions=self.text("INSTRUCTION_TOPIC", defaults["INSTRUCTION_TOPIC"]),
@@ -353,6 +367,7 @@ class _Reader:
             brokers=self.text("KAFKA_BOOTSTRAP_SERVERS", "kafka:29092"),
             topics=topics,
             machine=config,
+            encoding=encoding,
             tick_interval_s=self.number("TICK_INTERVAL_S", 5, float, 0.01),
             max_message_bytes=self.number("MAX_MESSAGE_BYTES", DEFAULT_MAX_MESSAGE_BYTES, int, 1),
             create_topics=self.flag("CREATE_TOPICS", True),

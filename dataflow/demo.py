@@ -35,11 +35,18 @@ from dataflow.sim.engine import EngineSimulator
 from dataflow.sim.factory import Behaviour, FactorySimulator
 from dataflow.sim.runner import serve
 from dataflow.sim.surfaces import SYNTHETIC
+from dataflow.wire import ENCODINGS, Codec
 
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m dataflow.demo", description=__doc__)
     parser.add_argument("--dialect", choices=msg.DIALECTS, default="seed")
+    parser.add_argument(
+        "--encoding",
+        choices=ENCODINGS,
+        default="json",
+        help="json, or avro (the original services' wire; needs --dialect rtcef)",
+    )
     parser.add_argument("--budget", type=int, default=None, help="opt_step commands per round")
     parser.add_argument("--surface", choices=sorted(SYNTHETIC), default="bowl")
     parser.add_argument("--latency", type=float, default=0.05, help="factory seconds per command")
@@ -67,7 +74,8 @@ class Demo:
                 "budget": args.budget,
             })  # fmt: skip
         self.stop = threading.Event()
-        self.engine = EngineSimulator()
+        self.codec = Codec(args.dialect, args.encoding)
+        self.engine = EngineSimulator(codec=self.codec)
         self.threads: list[threading.Thread] = []
         self.controller: subprocess.Popen[bytes] | None = None
         self.log_path = self.folder / "controller.log"
@@ -79,7 +87,8 @@ class Demo:
         recovery_dir = self.folder / "recovery"
         recovery.ensure(recovery_dir, 1)
         env = {**os.environ, **self.topics, "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
-               "CONTROLLER_DIALECT": self.args.dialect, "TICK_INTERVAL_S": "1",
+               "CONTROLLER_DIALECT": self.args.dialect, "WIRE_ENCODING": self.args.encoding,
+               "TICK_INTERVAL_S": "1",
                "OPTIMISER_BUDGET": str(self.profile.budget), "REPORT_TIMEOUT_S": "30",
                "LOG_FORMAT": "json"}  # fmt: skip
         command = [sys.executable, "-m", "bytewax.run", "dataflow.flow:get_flow()",
@@ -92,13 +101,15 @@ class Demo:
     def start_factory(self) -> FactorySimulator:
         """Answer the controller's commands from a thread."""
         surface = SYNTHETIC[self.args.surface](self.profile)
-        simulator = FactorySimulator(self.args.dialect, self.profile, surface, Behaviour())
+        simulator = FactorySimulator(self.args.dialect, self.profile, surface, Behaviour(),
+                                     encoding=self.args.encoding)  # fmt: skip
 
         def handle(value: bytes, headers: list[tuple[str, bytes]]) -> list[Any]:
-            command = msg.decode_command(value)
+            command = self.codec.decode_command(value)
             if isinstance(command, msg.Rejection):
                 return []
-            return [(self.topics["REPORT_TOPIC"], None, r) for r in simulator.respond(command)]
+            topic = self.topics["REPORT_TOPIC"]
+            return [(topic, key, report) for key, report in simulator.respond(command)]
 
         self._thread(serve, self.bootstrap, self.topics["COMMAND_TOPIC"], handle, self.stop,
                      from_start=True, delay_s=self.args.latency)  # fmt: skip
@@ -130,8 +141,8 @@ class Demo:
         """Send an instruction as the Observer would."""
         instruction = msg.Instruction(kind, int(time.time() * 1000), ident)
         producer = Producer({"bootstrap.servers": self.bootstrap})
-        producer.produce(self.topics["INSTRUCTION_TOPIC"],
-                         msg.encode_instruction(instruction, self.args.dialect))  # fmt: skip
+        key, value = self.codec.encode_instruction(instruction)
+        producer.produce(self.topics["INSTRUCTION_TOPIC"], value, key)
         producer.flush(10)
 
     def shutdown(self) -> None:
@@ -278,6 +289,9 @@ def main(argv: list[str] | None = None) -> int:
     if not bootstrap:
         print("demo: set KAFKA_BOOTSTRAP_SERVERS (or use `just run`, which starts a broker)",
               file=sys.stderr)  # fmt: skip
+        return 2
+    if args.encoding == "avro" and args.dialect != "rtcef":
+        print("demo: --encoding avro needs --dialect rtcef", file=sys.stderr)
         return 2
     demo = Demo(args, bootstrap)
     print(f"demo: output in {demo.folder}; broker {bootstrap}; dialect {args.dialect}")

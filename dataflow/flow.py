@@ -47,6 +47,7 @@ from dataflow.kafka import (
     preflight,
     source_config,
 )
+from dataflow.wire import Codec
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +156,7 @@ def decode_input(kind: str, settings: Settings, item: RawInput) -> Envelope | Ro
     if isinstance(item, KafkaError):
         return _dead(origin, f"kafka: {item.err}", "consume")
     decode, route, arrived = _INPUTS[kind]
-    decoded = decode(item.value or b"", settings.dialect, settings.max_message_bytes)
+    decoded = decode(settings.codec, item.value or b"", settings.max_message_bytes)
     if isinstance(decoded, msg.Rejection):
         return _dead(origin, decoded.reason, "decode")
     key = route(decoded, settings.machine)
@@ -166,8 +167,12 @@ def decode_input(kind: str, settings: Settings, item: RawInput) -> Envelope | Ro
 
 #: Per input: its decoder, its router, and the event it becomes.
 _INPUTS: Final[dict[str, tuple[Any, Any, Any]]] = {
-    "instruction": (msg.decode_instruction, machine.route_instruction, machine.InstructionArrived),
-    "report": (msg.decode_report, machine.route_report, machine.ReportArrived),
+    "instruction": (
+        Codec.decode_instruction,
+        machine.route_instruction,
+        machine.InstructionArrived,
+    ),
+    "report": (Codec.decode_report, machine.route_report, machine.ReportArrived),
 }
 
 
@@ -184,18 +189,22 @@ def session_step(
     return state, Outcome(envelope.origin, effects)
 
 
-def to_outputs(keyed: tuple[str, Outcome]) -> Iterable[Routed]:
-    """Effects to output messages; notes become log lines and metrics on the way."""
+def to_outputs(codec: Codec, keyed: tuple[str, Outcome]) -> Iterable[Routed]:
+    """Effects to output messages; notes become log lines and metrics on the way.
+
+    JSON messages are keyed by session; Avro ones as the originals key them.
+    """
     key, outcome = keyed
     session = [(SESSION_HEADER, key.encode())]
     for effect in outcome.effects:
         if isinstance(effect, machine.SendCommand):
             headers = [(MESSAGE_ID_HEADER, effect.message_id.encode()), *session]
-            yield Routed("commands", OutMessage(key.encode(), msg.encode_command(effect.command),
-                                                headers))  # fmt: skip
+            record_key, value = codec.encode_command(effect.command)
+            yield Routed("commands", OutMessage(record_key or key.encode(), value, headers))
         elif isinstance(effect, machine.SendSync):
             headers = [(MESSAGE_ID_HEADER, effect.message_id.encode()), *session]
-            yield Routed("syncs", OutMessage(key.encode(), msg.encode_sync(effect.sync), headers))
+            record_key, value = codec.encode_sync(effect.sync)
+            yield Routed("syncs", OutMessage(record_key or key.encode(), value, headers))
         elif isinstance(effect, machine.Reject):
             origin = outcome.origin or Origin(None, None, None, None, None)
             yield _dead(origin, effect.reason, "session", key)
@@ -242,7 +251,9 @@ def build_flow(settings: Settings, io: FlowIO | None = None) -> Dataflow:
     keyed = op.key_on("key_by_session", events, lambda envelope: envelope.key)
     outcomes = op.stateful_map(SESSION_STEP, keyed, partial(session_step, settings.machine))
     routed = op.merge(
-        "merge_outputs", op.flat_map("effects_to_messages", outcomes, to_outputs), accepted.falses
+        "merge_outputs",
+        op.flat_map("effects_to_messages", outcomes, partial(to_outputs, settings.codec)),
+        accepted.falses,
     )
     op.output("commands_out", op.filter_map("commands", routed, partial(_only, "commands")),
               io.commands)  # fmt: skip

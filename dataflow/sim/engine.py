@@ -18,6 +18,7 @@ from confluent_kafka.cimpl import TopicPartition
 
 from dataflow.config import TOPIC_DEFAULTS
 from dataflow.domain import messages as msg
+from dataflow.wire import Codec
 
 
 @dataclass
@@ -33,11 +34,12 @@ class EngineSimulator:
     #: Model ids the factory reported (when the engine also follows the reports).
     known_models: set[int | str] = field(default_factory=set)
     follows_reports: bool = False
+    codec: Codec = field(default_factory=lambda: Codec("seed"))
 
-    def learn_report(self, value: bytes, dialect: msg.Dialect) -> None:
+    def learn_report(self, value: bytes) -> None:
         """Remember a model the factory built (a play may only name one of these)."""
         self.follows_reports = True
-        report = msg.decode_report(value, dialect)
+        report = self.codec.decode_report(value)
         if isinstance(report, msg.Report) and report.ok and report.model_id is not None:
             self.known_models.add(report.model_id)
 
@@ -47,7 +49,7 @@ class EngineSimulator:
             if message_id in self.seen:
                 return
             self.seen.add(message_id)
-        sync = msg.decode_sync(value)
+        sync = self.codec.decode_sync(value)
         if isinstance(sync, msg.Rejection):
             self.complaints.append(f"unknown message: {sync.reason}")
             return
@@ -102,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     consumer.assign(
         [TopicPartition(sync_topic, 0, start), TopicPartition(args.reports_topic, 0, start)]
     )
-    engine = EngineSimulator()
+    engine = EngineSimulator(codec=Codec(args.dialect, args.encoding))
     shown = 0
     try:
         while True:
@@ -110,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
             now = int(time.time() * 1000)
             if message is not None and message.error() is None:
                 if message.topic() == args.reports_topic:
-                    engine.learn_report(message.value() or b"", args.dialect)
+                    engine.learn_report(message.value() or b"")
                 else:
                     headers = dict(message.headers() or [])
                     found = headers.get("message-id")

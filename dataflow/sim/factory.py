@@ -1,6 +1,6 @@
 """A ModelFactory stand-in that answers commands exactly as the real factories do.
 
-Pure core (``FactorySimulator.respond``: one command in, report payloads out)
+Pure core (``FactorySimulator.respond``: one command in, (key, report) pairs out)
 plus a Kafka loop (``serve``). Faithful to both dialects: no report for
 ``opt_initialise``; ``f_val`` inside the ``metrics`` JSON text; ``params_dict``
 keeps the ``{"params": ...}`` wrapper for rtcef train reports; a global model id
@@ -23,6 +23,10 @@ from dataflow.domain import messages as msg
 from dataflow.domain.optimizer import PROFILES, Profile
 from dataflow.sim.runner import serve
 from dataflow.sim.surfaces import SYNTHETIC, Surface, recorded
+from dataflow.wire import ENCODINGS, Codec, Encoding
+
+#: A report as it goes on the wire: its key (``None``: unkeyed) and value.
+Reply = tuple[bytes | None, bytes]
 
 
 @dataclass
@@ -48,15 +52,18 @@ class FactorySimulator:
     surface: Surface
     behaviour: Behaviour = field(default_factory=Behaviour)
     seed: int = 0
+    #: Wire encoding of the reports (JSON, or Avro for the rtcef dialect).
+    encoding: Encoding = "json"
     next_model: int = 0
     steps: dict[int, list[tuple[msg.Params, int]]] = field(default_factory=dict)
     failed: set[int | str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self._random = random.Random(self.seed)  # noqa: S311 - simulation, not security
+        self.codec = Codec(self.dialect, self.encoding)
 
-    def respond(self, command: msg.FactoryCommand) -> list[bytes]:
-        """The report payloads for ``command`` (none, one, or a duplicated one)."""
+    def respond(self, command: msg.FactoryCommand) -> list[Reply]:
+        """The reports for ``command`` (none, one, or a duplicated one), as (key, value)."""
         b = self.behaviour
         if command.id in b.silent_ids or self._random.random() < b.silence_rate:
             return []
@@ -75,7 +82,7 @@ class FactorySimulator:
         copies = 2 if self._random.random() < b.duplicate_rate else 1
         return [report] * copies
 
-    def _report(self, command: msg.FactoryCommand) -> bytes | None:
+    def _report(self, command: msg.FactoryCommand) -> Reply | None:
         body = json.loads(command.params)["params"]
         model = self.next_model
         self.next_model += 1
@@ -104,12 +111,12 @@ class FactorySimulator:
         params_dict: str,
         metrics: str,
         method: str | None,
-    ) -> bytes:
+    ) -> Reply:
         if self.dialect == "rtcef":
-            return msg.encode_report(
+            return self.codec.encode_report(
                 msg.RtcefReportWire(int(command.id), params_dict, model, metrics)
             )
-        return msg.encode_report(
+        return self.codec.encode_report(
             msg.SeedReportWire(
                 reply_id=command.id,
                 params_dict=params_dict,
@@ -121,10 +128,12 @@ class FactorySimulator:
             )
         )
 
-    def _error(self, command: msg.FactoryCommand, reason: str) -> bytes | None:
+    def _error(self, command: msg.FactoryCommand, reason: str) -> Reply | None:
         if self.dialect == "rtcef":
             return None  # the original factories have no error reports: an error is silence
-        return msg.encode_report(msg.SeedReportWire(command.id, status="error", error=reason))
+        return self.codec.encode_report(
+            msg.SeedReportWire(command.id, status="error", error=reason)
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -144,6 +153,12 @@ def main(argv: list[str] | None = None) -> int:
         "--bootstrap",
         default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "localhost:9092"),
         help="Kafka bootstrap servers (default: $KAFKA_BOOTSTRAP_SERVERS)",
+    )
+    parser.add_argument(
+        "--encoding",
+        choices=ENCODINGS,
+        default="json",
+        help="json, or avro (schemaless, the original services'; rtcef only)",
     )
     parser.add_argument("--commands-topic", default="factory_commands")
     parser.add_argument("--reports-topic", default="factory_reports")
@@ -194,16 +209,19 @@ def main(argv: list[str] | None = None) -> int:
     else:
         surface = SYNTHETIC[args.surface](profile)
     behaviour = Behaviour(args.error_rate, args.silence_rate, args.duplicate_rate, args.latency)
-    simulator = FactorySimulator(args.dialect, profile, surface, behaviour, seed=args.seed)
+    simulator = FactorySimulator(args.dialect, profile, surface, behaviour, seed=args.seed,
+                                 encoding=args.encoding)  # fmt: skip
 
-    def handle(value: bytes, headers: list[tuple[str, bytes]]) -> list[tuple[str, None, bytes]]:
-        command = msg.decode_command(value)
+    def handle(
+        value: bytes, headers: list[tuple[str, bytes]]
+    ) -> list[tuple[str, bytes | None, bytes]]:
+        command = simulator.codec.decode_command(value)
         if isinstance(command, msg.Rejection):
             print(f"factory: ignoring {command.reason}", file=sys.stderr)
             return []
         replies = simulator.respond(command)
         print(f"factory: {command.type} {command.id!r} -> {len(replies)} report(s)", flush=True)
-        return [(args.reports_topic, None, reply) for reply in replies]
+        return [(args.reports_topic, key, reply) for key, reply in replies]
 
     stop = threading.Event()
     try:

@@ -19,6 +19,7 @@ from confluent_kafka import Producer
 
 from dataflow.config import TOPIC_DEFAULTS
 from dataflow.domain import messages as msg
+from dataflow.wire import Codec
 
 KINDS = {
     "optimize": msg.InstructionKind.OPTIMIZE,
@@ -91,6 +92,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.dialect == "rtcef" and (kind is msg.InstructionKind.UPDATE_PARAMS or args.model_id):
         print("observer: the rtcef dialect has no update_params and no model_id", file=sys.stderr)
         return 2
+    if args.encoding == "avro" and args.dialect != "rtcef":
+        print(
+            "observer: avro is the rtcef services' encoding (add --dialect rtcef)", file=sys.stderr
+        )
+        return 2
     if kind is msg.InstructionKind.UPDATE_PARAMS and not args.param:
         print("observer: update-params needs at least one --param NAME=VALUE", file=sys.stderr)
         return 2
@@ -104,16 +110,16 @@ def main(argv: list[str] | None = None) -> int:
     topic = args.topic or TOPIC_DEFAULTS[args.dialect]["INSTRUCTION_TOPIC"]
     failures: list[str] = []
     producer = Producer({"bootstrap.servers": args.bootstrap, "acks": "all"})
-    payload = msg.encode_instruction(instruction, args.dialect)
+    key, payload = Codec(args.dialect, args.encoding).encode_instruction(instruction)
     producer.produce(
-        topic, payload, on_delivery=lambda e, _m: failures.append(str(e)) if e else None
+        topic, payload, key, on_delivery=lambda e, _m: failures.append(str(e)) if e else None
     )
     if producer.flush(15) or failures:
         print(
             f"observer: not delivered to {topic} at {args.bootstrap}: {failures}", file=sys.stderr
         )
         return 1
-    print(f"observer: sent to {topic}: {payload.decode()}")
+    print(f"observer: sent {instruction} to {topic}")
     return 0
 
 

@@ -23,6 +23,7 @@ from dataflow.domain.optimizer import PROFILES, Profile
 from dataflow.sim.factory import Behaviour, FactorySimulator
 from dataflow.sim.runner import serve
 from dataflow.sim.surfaces import bowl
+from dataflow.wire import Codec
 from tests.kafka import client
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -60,9 +61,13 @@ class Wiring:
     def profile(self) -> Profile:
         return PROFILES[self.extra.get("OPTIMISER_PROFILE", self.dialect)]
 
+    @property
+    def codec(self) -> Codec:
+        return Codec(self.dialect, self.extra.get("WIRE_ENCODING", "json"))  # type: ignore[arg-type]
+
     def send_instruction(self, instruction: msg.Instruction) -> None:
-        client.produce(self.bootstrap, self.instructions,
-                       [msg.encode_instruction(instruction, self.dialect)])  # fmt: skip
+        key, value = self.codec.encode_instruction(instruction)
+        client.produce(self.bootstrap, self.instructions, [value], key=key)
 
     def read(self, topic: str, **kwargs: Any) -> list[Message]:
         kwargs.setdefault("partitions", self.partitions)
@@ -71,7 +76,7 @@ class Wiring:
     def commands_sent(self, **kwargs: Any) -> list[msg.FactoryCommand]:
         out = []
         for message in self.read(self.commands, **kwargs):
-            command = msg.decode_command(message.value())
+            command = self.codec.decode_command(message.value())
             assert isinstance(command, msg.FactoryCommand), command
             out.append(command)
         return out
@@ -84,7 +89,7 @@ class Wiring:
             if unique and message_id in seen:
                 continue
             seen.add(message_id)
-            sync = msg.decode_sync(message.value())
+            sync = self.codec.decode_sync(message.value())
             assert isinstance(sync, msg.SyncMessage), sync
             out.append(sync)
         return out
@@ -164,14 +169,15 @@ def factory(
     ``before(command)`` runs before each answer: a test can hold one there.
     """
     score = surface or bowl(wiring.profile)
-    simulator = FactorySimulator(wiring.dialect, wiring.profile, score, behaviour or Behaviour())
+    simulator = FactorySimulator(wiring.dialect, wiring.profile, score, behaviour or Behaviour(),
+                                 encoding=wiring.codec.encoding)  # fmt: skip
 
     def handle(value: bytes, headers: list[tuple[str, bytes]]):
-        command = msg.decode_command(value)
+        command = wiring.codec.decode_command(value)
         assert isinstance(command, msg.FactoryCommand), command
         if before is not None:
             before(command)
-        return [(wiring.reports, None, report) for report in simulator.respond(command)]
+        return [(wiring.reports, key, report) for key, report in simulator.respond(command)]
 
     stop = threading.Event()
     thread = threading.Thread(

@@ -11,6 +11,7 @@ from dataflow.domain.optimizer import PROFILES
 from dataflow.sim.engine import EngineSimulator
 from dataflow.sim.factory import Behaviour, FactorySimulator
 from dataflow.sim.surfaces import SYNTHETIC, bowl, recorded
+from dataflow.wire import Codec
 from tests.support import RECORDINGS, jsonl, loads, recorded_runs
 
 RTCEF = PROFILES["rtcef"]
@@ -31,7 +32,7 @@ def test_the_rtcef_factory_answers_recorded_commands_in_the_recorded_shape(run) 
             continue
         if command.id not in recorded_reports:
             continue  # the recording ended before this report
-        ours, theirs = loads(replies[0]), recorded_reports[command.id]
+        ours, theirs = loads(replies[0][1]), recorded_reports[command.id]
         assert list(ours) == list(theirs)  # same fields, same order
         assert (ours["reply_id"], ours["model_id"]) == (theirs["reply_id"], theirs["model_id"])
         if command.type == "opt_step":
@@ -51,10 +52,10 @@ def test_the_seed_factory_reports_success_with_metadata_and_errors_as_status() -
     failing = msg.FactoryCommand(-1, 0, "cmd-2", 5, "opt_step", '{"params": [0.06, 0.001]}', -1)
     finalise = msg.FactoryCommand(-1, 0, "cmd-3", 5, "opt_finalise", '{"params": null}', 0)
 
-    (report,) = factory.respond(step)
-    (error,) = factory.respond(failing)
-    (retried,) = factory.respond(failing)
-    (final,) = factory.respond(finalise)
+    ((_, report),) = factory.respond(step)
+    ((_, error),) = factory.respond(failing)
+    ((_, retried),) = factory.respond(failing)
+    ((key, final),) = factory.respond(finalise)
 
     assert msg.decode_report(report, "seed") == msg.Report(
         "cmd-1", True, 0, bowl(profile)((("pMin", 0.05), ("gamma", 0.001))),
@@ -63,6 +64,7 @@ def test_the_seed_factory_reports_success_with_metadata_and_errors_as_status() -
     assert loads(error) == {"reply_id": "cmd-2", "status": "error",
                             "error": "simulated factory failure"}  # fmt: skip
     assert msg.decode_report(retried, "seed").ok  # type: ignore[union-attr]
+    assert key is None  # JSON reports are unkeyed, as the seed factory sends them
     assert loads(final) == {
         "reply_id": "cmd-3", "params_dict": '{"pMin": 0.05, "gamma": 0.001}', "model_id": 2,
         "metrics": "", "status": "success", "model_path": "/models/wayeb_2.model",
@@ -136,9 +138,8 @@ def test_the_engine_detects_a_pause_that_is_never_followed_by_a_play() -> None:
 
 
 def test_the_engine_following_reports_complains_about_a_model_nobody_built() -> None:
-    engine = EngineSimulator()
-    engine.learn_report(b'{"reply_id": 3, "params_dict": "", "model_id": 9, "metrics": ""}',
-                        "rtcef")  # fmt: skip
+    engine = EngineSimulator(codec=Codec("rtcef"))
+    engine.learn_report(b'{"reply_id": 3, "params_dict": "", "model_id": 9, "metrics": ""}')
     engine.apply(PAUSE)
     engine.apply(PLAY)
 

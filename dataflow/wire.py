@@ -1,0 +1,172 @@
+"""Wire encodings: JSON (both dialects) or schemaless Avro (the original RTCEF services).
+
+Role: the bytes boundary of every topic, for the flow and the stand-ins. JSON is
+the domain's own encoding (``dataflow.domain.messages``). Avro is what the
+original RTCEF services really write and read: ``fastavro.schemaless_writer``
+for the value and, separately, for the key (no magic byte, no schema id, no
+registry), with the schemas shipped in ``dataflow/schemas/rtcef``. Keys are built
+from record fields as the originals build them.
+
+An Avro record is decoded, then re-checked by the same decoders as JSON, so a
+message means the same in both encodings; bytes that are not a record of the
+topic's schema (truncated, another schema, trailing garbage) are a ``Rejection``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any, Final, Literal, TypeAlias
+
+import fastavro
+import msgspec
+
+from dataflow.domain import messages as msg
+
+Encoding: TypeAlias = Literal["json", "avro"]
+ENCODINGS: Final = ("json", "avro")
+SCHEMAS: Final = Path(__file__).resolve().parent / "schemas" / "rtcef"
+#: Topic role -> the originals' schema file stem.
+_STEMS: Final = {
+    "instructions": "optimiser_instructions",
+    "commands": "factory_commands",
+    "reports": "factory_reports",
+    "sync": "engine_sync",
+}
+#: Key fields per topic role, as the originals build their keys.
+KEY_FIELDS: Final = {
+    "instructions": ("id",),
+    "commands": ("id",),
+    "reports": ("reply_id",),
+    "sync": ("timestamp", "type"),
+}
+
+
+@cache
+def schema(role: str, part: Literal["key", "value"]) -> Any:
+    """The parsed Avro schema of a topic role's key or value."""
+    return fastavro.parse_schema(json.loads((SCHEMAS / f"{_STEMS[role]}-{part}.avsc").read_text()))
+
+
+def avro_write(role: str, part: Literal["key", "value"], record: dict[str, Any]) -> bytes:
+    """Schemaless Avro bytes of ``record``, exactly as ``fastavro.schemaless_writer`` writes."""
+    buffer = io.BytesIO()
+    fastavro.schemaless_writer(buffer, schema(role, part), record)
+    return buffer.getvalue()
+
+
+def avro_read(role: str, part: Literal["key", "value"], data: bytes) -> dict[str, Any] | str:
+    """The record in ``data``, or why it is not one (as text)."""
+    buffer = io.BytesIO(data)
+    try:
+        record = fastavro.schemaless_reader(buffer, schema(role, part), None)
+    except (EOFError, ValueError, TypeError, IndexError, UnicodeDecodeError, OverflowError) as e:
+        return f"not an Avro {_STEMS[role]} {part} ({type(e).__name__}: {e})"
+    if buffer.tell() != len(data):
+        return f"not an Avro {_STEMS[role]} {part} ({len(data) - buffer.tell()} trailing bytes)"
+    if not isinstance(record, dict):
+        return f"not an Avro {_STEMS[role]} {part} record"
+    return record
+
+
+@dataclass(frozen=True)
+class Codec:
+    """Encode and decode every topic's messages for one dialect and encoding.
+
+    Encoders return ``(key, value)``; a ``None`` key means "the caller's key"
+    (JSON messages are keyed by session in the flow).
+    """
+
+    dialect: msg.Dialect
+    encoding: Encoding = "json"
+
+    def __post_init__(self) -> None:
+        if self.encoding == "avro" and self.dialect != "rtcef":
+            raise ValueError("Avro is the original RTCEF services' encoding: use the rtcef dialect")
+
+    @property
+    def avro(self) -> bool:
+        """Whether messages are schemaless Avro."""
+        return self.encoding == "avro"
+
+    def _json_of(self, role: str, data: bytes, what: str, max_bytes: int) -> bytes | msg.Rejection:
+        if not self.avro:
+            return data
+        if len(data) > max_bytes:
+            return msg.Rejection(
+                f"{what}: message of {len(data)} bytes exceeds the {max_bytes} limit"
+            )
+        record = avro_read(role, "value", data)
+        if isinstance(record, str):
+            return msg.Rejection(f"{what}: {record}")
+        return msgspec.json.encode(record)
+
+    # ------------------------------------------------------------------ inputs
+
+    def decode_instruction(
+        self, data: bytes, max_bytes: int = msg.DEFAULT_MAX_MESSAGE_BYTES
+    ) -> msg.Instruction | msg.Rejection:
+        """An Observer instruction."""
+        text = self._json_of("instructions", data, "instruction", max_bytes)
+        if isinstance(text, msg.Rejection):
+            return text
+        return msg.decode_instruction(text, self.dialect, max_bytes)
+
+    def decode_report(
+        self, data: bytes, max_bytes: int = msg.DEFAULT_MAX_MESSAGE_BYTES
+    ) -> msg.Report | msg.Rejection:
+        """A factory report, normalised."""
+        text = self._json_of("reports", data, "report", max_bytes)
+        if isinstance(text, msg.Rejection):
+            return text
+        return msg.decode_report(text, self.dialect, max_bytes)
+
+    def decode_command(self, data: bytes) -> msg.FactoryCommand | msg.Rejection:
+        """A factory command (read by the factory stand-in and the tests)."""
+        text = self._json_of("commands", data, "command", msg.DEFAULT_MAX_MESSAGE_BYTES)
+        if isinstance(text, msg.Rejection):
+            return text
+        return msg.decode_command(text)
+
+    def decode_sync(self, data: bytes) -> msg.SyncMessage | msg.Rejection:
+        """A pause/play message (read by the engine stand-in and the tests)."""
+        text = self._json_of("sync", data, "sync", msg.DEFAULT_MAX_MESSAGE_BYTES)
+        if isinstance(text, msg.Rejection):
+            return text
+        return msg.decode_sync(text)
+
+    # ------------------------------------------------------------------ outputs
+
+    def encode_command(self, command: msg.FactoryCommand) -> tuple[bytes | None, bytes]:
+        """A factory command's key and value."""
+        if not self.avro:
+            return None, msg.encode_command(command)
+        return self._avro("commands", msgspec.structs.asdict(command))
+
+    def encode_sync(self, sync: msg.SyncMessage) -> tuple[bytes | None, bytes]:
+        """A pause/play message's key and value."""
+        if not self.avro:
+            return None, msg.encode_sync(sync)
+        return self._avro("sync", msgspec.structs.asdict(sync))
+
+    def encode_report(
+        self, report: msg.RtcefReportWire | msg.SeedReportWire
+    ) -> tuple[bytes | None, bytes]:
+        """A factory report's key and value (the factory stand-in writes these)."""
+        if not self.avro:
+            return None, msg.encode_report(report)
+        return self._avro("reports", msgspec.structs.asdict(report))
+
+    def encode_instruction(self, instruction: msg.Instruction) -> tuple[bytes | None, bytes]:
+        """An Observer instruction's key and value (the Observer stand-in writes these)."""
+        value = msg.encode_instruction(instruction, self.dialect)
+        if not self.avro:
+            return None, value
+        return self._avro("instructions", json.loads(value))
+
+    def _avro(self, role: str, record: dict[str, Any]) -> tuple[bytes, bytes]:
+        key = {name: record[name] for name in KEY_FIELDS[role]}
+        return avro_write(role, "key", key), avro_write(role, "value", record)

@@ -1,0 +1,102 @@
+"""Schemaless Avro as the original RTCEF services write it: round trips and byte equality."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import fastavro
+import msgspec
+import pytest
+
+from dataflow.domain import messages as msg
+from dataflow.wire import Codec, avro_read
+from tests.support import SCHEMAS, jsonl, loads, recorded_runs
+
+AVRO = Codec("rtcef", "avro")
+RUNS = recorded_runs()
+
+
+def original(stem: str, part: str):
+    """The schema as the originals ship it (``shared/``), not our packaged copy."""
+    return fastavro.parse_schema(
+        json.loads((SCHEMAS / "cards" / f"{stem}-{part}.avsc").read_text())
+    )
+
+
+def fastavro_bytes(stem: str, part: str, record: dict) -> bytes:
+    buffer = io.BytesIO()
+    fastavro.schemaless_writer(buffer, original(stem, part), record)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("run", RUNS, ids=lambda p: p.name)
+def test_recorded_commands_survive_json_struct_avro_struct_json_with_fastavros_bytes(run) -> None:
+    for line in jsonl(run / "factory_commands.jsonl"):
+        command = msg.decode_command(line)
+        assert isinstance(command, msg.FactoryCommand)
+        key, value = AVRO.encode_command(command)
+        record = loads(line)
+        assert value == fastavro_bytes("factory_commands", "value", record)
+        assert key == fastavro_bytes("factory_commands", "key", {"id": record["id"]})
+        back = AVRO.decode_command(value)
+        assert loads(msg.encode_command(back)) == record  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("run", RUNS, ids=lambda p: p.name)
+def test_recorded_reports_survive_json_struct_avro_struct_json_with_fastavros_bytes(run) -> None:
+    for line in jsonl(run / "factory_reports.jsonl"):
+        wire = msg.decode_report_wire(line, "rtcef")
+        assert isinstance(wire, msg.RtcefReportWire)
+        key, value = AVRO.encode_report(wire)
+        record = loads(line)
+        assert value == fastavro_bytes("factory_reports", "value", record)
+        assert key == fastavro_bytes("factory_reports", "key", {"reply_id": record["reply_id"]})
+        decoded = avro_read("reports", "value", value)
+        assert isinstance(decoded, dict)
+        again = msg.decode_report_wire(msgspec.json.encode(decoded), "rtcef")
+        assert loads(msg.encode_report(again)) == record  # type: ignore[arg-type]
+        assert AVRO.decode_report(value) == msg.decode_report(line, "rtcef")
+
+
+@pytest.mark.parametrize("run", RUNS, ids=lambda p: p.name)
+def test_recorded_instructions_survive_the_round_trip_with_fastavros_bytes(run) -> None:
+    for line in jsonl(run / "optimiser_instructions.jsonl"):
+        instruction = msg.decode_instruction(line, "rtcef")
+        assert isinstance(instruction, msg.Instruction)
+        key, value = AVRO.encode_instruction(instruction)
+        record = loads(line)
+        assert value == fastavro_bytes("optimiser_instructions", "value", record)
+        assert key == fastavro_bytes("optimiser_instructions", "key", {"id": record["id"]})
+        assert AVRO.decode_instruction(value) == instruction
+
+
+def test_a_sync_message_is_keyed_by_timestamp_and_type() -> None:
+    sync = msg.SyncMessage("play", 1472774967217, 17)
+    key, value = AVRO.encode_sync(sync)
+    assert value == fastavro_bytes("engine_sync", "value", msgspec.structs.asdict(sync))
+    assert key == fastavro_bytes("engine_sync", "key", {"timestamp": 1472774967217, "type": "play"})
+    assert AVRO.decode_sync(value) == sync
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"", "report: not an Avro factory_reports value (EOFError: )"),
+        (fastavro_bytes("factory_reports", "value",
+                        {"reply_id": 1, "params_dict": "", "model_id": 2, "metrics": ""})[:-1],
+         "report: not an Avro factory_reports value (EOFError: )"),
+        (fastavro_bytes("factory_reports", "value",
+                        {"reply_id": 1, "params_dict": "", "model_id": 2, "metrics": ""}) + b"\x00",
+         "report: not an Avro factory_reports value (1 trailing bytes)"),
+        (fastavro_bytes("engine_sync", "value", {"timestamp": 5, "type": "play", "model_id": 3}),
+         "report: not an Avro factory_reports value (EOFError: )"),
+    ],
+)  # fmt: skip
+def test_bytes_that_are_not_a_record_of_the_topics_schema_are_rejected(data, reason) -> None:
+    assert AVRO.decode_report(data) == msg.Rejection(reason)
+
+
+def test_avro_is_refused_for_the_seed_dialect() -> None:
+    with pytest.raises(ValueError, match="use the rtcef dialect"):
+        Codec("seed", "avro")
