@@ -1,4 +1,4 @@
-"""The original services' real wire: a recorded run replayed in schemaless Avro via the broker.
+"""The original services' real wire: a recorded run replayed in schemaless Avro via Kafka."""
 
 from __future__ import annotations
 
