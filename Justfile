@@ -74,9 +74,10 @@ fmt: bootstrap
     {{py}} -m ruff format dataflow tests
     {{py}} -m ruff check --fix dataflow tests
 
-# Re-resolve the lock file from pyproject.toml (needs network to PyPI)
+# Re-resolve the lock files from pyproject.toml: dev (.venv, CI) and runtime (the image)
 lock: bootstrap
     {{py}} -m uv pip compile pyproject.toml --group dev --python-version 3.11 --generate-hashes --quiet -o {{lock}}
+    {{py}} -m uv pip compile pyproject.toml --python-version 3.11 --generate-hashes --quiet -o .ci/runtime.lock
 
 # Remove the virtualenv, caches and local broker/recovery state
 clean: kafka-down

@@ -6,7 +6,7 @@ twice on the same directory, so every entry point (``just run``, the container's
 partitions that are missing and leaves existing ones (and their state) alone.
 The partition count is fixed forever once a directory is in use.
 
-Command line: ``python -m dataflow.recovery DIR N``.
+Command line: ``python -m dataflow.recovery DIR N [--only K]``.
 """
 
 from __future__ import annotations
@@ -25,12 +25,19 @@ def partition_files(directory: Path) -> list[Path]:
     return sorted(directory.glob("part-*.sqlite3"))
 
 
-def ensure(directory: Path, partitions: int) -> list[str]:
-    """Make sure partitions ``0..partitions-1`` exist; return the names it created."""
+def ensure(directory: Path, partitions: int, only: list[int] | None = None) -> list[str]:
+    """Make sure partitions ``0..partitions-1`` (or just ``only`` of them) exist.
+
+    ``only`` serves per-pod volumes: pod *k* of a StatefulSet keeps partition *k*
+    of ``partitions`` on its own volume. Returns the names it created.
+    """
     if partitions < 1:
         raise ValueError("a recovery directory needs at least one partition")
+    indices = range(partitions) if only is None else only
+    if any(not 0 <= i < partitions for i in indices):
+        raise ValueError(f"partition indices {list(indices)} must be below {partitions}")
     directory.mkdir(parents=True, exist_ok=True)
-    wanted = [f"part-{i}.sqlite3" for i in range(partitions)]
+    wanted = [f"part-{i}.sqlite3" for i in indices]
     missing = [name for name in wanted if not (directory / name).exists()]
     if not missing:
         return []
@@ -45,9 +52,16 @@ def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(prog="python -m dataflow.recovery", description=__doc__)
     parser.add_argument("directory", type=Path)
-    parser.add_argument("partitions", type=int)
+    parser.add_argument("partitions", type=int, help="total partition count (fixed forever)")
+    parser.add_argument(
+        "--only",
+        type=int,
+        action="append",
+        default=None,
+        help="create only this partition index (repeatable): per-pod volumes",
+    )
     args = parser.parse_args(argv)
-    created = ensure(args.directory, args.partitions)
+    created = ensure(args.directory, args.partitions, args.only)
     state = f"created {', '.join(created)}" if created else "all partitions present"
     print(f"recovery: {args.directory}: {state}", file=sys.stderr)
     return 0

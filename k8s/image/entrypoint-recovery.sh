@@ -1,0 +1,15 @@
+#!/bin/sh
+# Initialises this pod's recovery partition(s). Idempotent: run it on every
+# start (an init container); it only creates partitions that are missing and
+# never touches existing state.
+#
+# One volume per pod (volumeClaimTemplates): pod k keeps partition k of
+# BYTEWAX_RECOVERY_PARTITIONS (default: BYTEWAX_REPLICAS, else 1).
+set -eu
+directory="${BYTEWAX_RECOVERY_DIRECTORY:-${BYTEWAX_SQLITE_DIRECTORY:?set BYTEWAX_RECOVERY_DIRECTORY}}"
+partitions="${BYTEWAX_RECOVERY_PARTITIONS:-${BYTEWAX_REPLICAS:-1}}"
+if [ -n "${BYTEWAX_POD_NAME:-}" ] && [ "$partitions" -gt 1 ]; then
+    ordinal="${BYTEWAX_POD_NAME##*-}"
+    exec python -m dataflow.recovery "$directory" "$partitions" --only "$ordinal"
+fi
+exec python -m dataflow.recovery "$directory" "$partitions"

@@ -1,0 +1,190 @@
+"""Deployment artefacts checked offline: manifests, Dockerfile, entrypoints (no cluster needed)."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dataflow.config import VARIABLES, Settings
+from tests.kafka import client
+from tests.kafka.broker import free_port
+from tests.support import ROOT
+
+K8S = ROOT / "k8s"
+BIN = Path(sys.executable).parent
+OVERLAYS = ["single-process", "multi-process"]
+# Bytewax's own variables, and the three the entrypoints add (README, "Deploying").
+BYTEWAX = {
+    "BYTEWAX_POD_NAME", "BYTEWAX_STATEFULSET_NAME", "BYTEWAX_REPLICAS",
+    "BYTEWAX_WORKERS_PER_PROCESS", "BYTEWAX_RECOVERY_DIRECTORY", "BYTEWAX_SNAPSHOT_INTERVAL",
+    "BYTEWAX_RECOVERY_BACKUP_INTERVAL", "BYTEWAX_DATAFLOW_API_ENABLED",
+    "BYTEWAX_DATAFLOW_API_CACHE_PATH", "BYTEWAX_ADDRESSES", "BYTEWAX_HOSTFILE_PATH",
+    "BYTEWAX_RECOVERY_PARTITIONS", "BYTEWAX_PROCESS_PORT", "BYTEWAX_IMPORT_STR",
+}  # fmt: skip
+KNOWN = {v.name for v in VARIABLES} | BYTEWAX | {"POD_NAMESPACE"}
+
+
+def render(overlay: str) -> list[dict]:
+    out = subprocess.run([BIN / "kubectl", "kustomize", K8S / "overlays" / overlay],
+                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    return [doc for doc in yaml.safe_load_all(out) if doc]
+
+
+def config_maps(docs: list[dict]) -> dict[str, str]:
+    data: dict[str, str] = {}
+    for doc in docs:
+        if doc["kind"] == "ConfigMap":
+            data.update(doc["data"])
+    return data
+
+
+def statefulset(docs: list[dict]) -> dict:
+    (found,) = [d for d in docs if d["kind"] == "StatefulSet"]
+    return found
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_each_overlay_renders_and_passes_strict_schema_validation(
+    overlay: str, tmp_path: Path
+) -> None:
+    rendered = tmp_path / f"{overlay}.yaml"
+    rendered.write_text(subprocess.run(
+        [BIN / "kubectl", "kustomize", K8S / "overlays" / overlay],
+        capture_output=True, text=True, check=True).stdout)  # fmt: skip
+    check = subprocess.run([BIN / "kubernetes-validate", "--strict", rendered],
+                           capture_output=True, text=True, check=False)  # fmt: skip
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert {d["kind"] for d in render(overlay)} == {
+        "ConfigMap", "Service", "StatefulSet", "PodDisruptionBudget",
+    }  # fmt: skip
+
+
+def test_the_dockerfile_passes_hadolint() -> None:
+    check = subprocess.run([BIN / "hadolint", ROOT / "Dockerfile"],
+                           capture_output=True, text=True, check=False)  # fmt: skip
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_manifest_variables_are_known_and_make_valid_settings(overlay: str) -> None:
+    docs = render(overlay)
+    data = config_maps(docs)
+    pod = statefulset(docs)["spec"]["template"]["spec"]
+    env_names = {e["name"] for c in pod["containers"] + pod["initContainers"]
+                 for e in c.get("env", [])}  # fmt: skip
+    secret = yaml.safe_load((K8S / "secret.example.yaml").read_text())["stringData"]
+    waxctl = yaml.safe_load((K8S / "waxctl" / "values.yaml").read_text())["env"]
+
+    assert (set(data) | env_names | set(secret) | set(waxctl)) - KNOWN == set()
+    assert "KAFKA_BOOTSTRAP_SERVERS" in data  # the one setting every deployment must give
+    controller_only = {k: v for k, v in data.items() if not k.startswith("BYTEWAX_")}
+    Settings.from_env({**controller_only, **secret})  # raises, listing problems, if invalid
+    Settings.from_env(waxctl)
+
+
+@pytest.mark.parametrize(("overlay", "replicas"), [("single-process", 1), ("multi-process", 3)])
+def test_processes_and_recovery_partitions_agree_with_the_replicas(overlay, replicas) -> None:
+    docs = render(overlay)
+    data, sts = config_maps(docs), statefulset(docs)
+
+    assert sts["spec"].get("replicas", 1) == replicas
+    assert data["BYTEWAX_REPLICAS"] == data["BYTEWAX_RECOVERY_PARTITIONS"] == str(replicas)
+    assert [t["metadata"]["name"] for t in sts["spec"]["volumeClaimTemplates"]] == ["recovery"]
+    security = sts["spec"]["template"]["spec"]["securityContext"]
+    assert (security["runAsUser"], security["runAsNonRoot"]) == (65532, True)
+    for container in sts["spec"]["template"]["spec"]["containers"]:
+        assert container["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+def _snapshot_rows(path: Path) -> list[tuple]:
+    with sqlite3.connect(path) as connection:
+        return connection.execute("SELECT part_index, part_count FROM parts").fetchall()
+
+
+def test_the_recovery_entrypoint_is_idempotent_and_keeps_each_pods_partition(
+    tmp_path: Path,
+) -> None:
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}",
+           "BYTEWAX_RECOVERY_DIRECTORY": str(tmp_path), "BYTEWAX_RECOVERY_PARTITIONS": "3",
+           "BYTEWAX_POD_NAME": "rtcef-controller-2"}  # fmt: skip
+    script = K8S / "image" / "entrypoint-recovery.sh"
+
+    first = subprocess.run(["sh", script], env=env, cwd=ROOT, capture_output=True, text=True,
+                           check=True)  # fmt: skip
+    before = (tmp_path / "part-2.sqlite3").read_bytes()
+    second = subprocess.run(["sh", script], env=env, cwd=ROOT, capture_output=True, text=True,
+                            check=True)  # fmt: skip
+
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["part-2.sqlite3"]
+    assert (tmp_path / "part-2.sqlite3").read_bytes() == before
+    assert _snapshot_rows(tmp_path / "part-2.sqlite3") == [(2, 3)]
+    assert "created part-2.sqlite3" in first.stderr
+    assert "all partitions present" in second.stderr
+
+
+@pytest.mark.integration
+def test_the_entrypoint_starts_the_flow_with_the_manifest_variables(
+    kafka_bootstrap: str, topic_factory: Callable[..., str], tmp_path: Path
+) -> None:
+    data = config_maps(render("single-process"))
+    topics = {name: topic_factory(name.lower()) for name in
+              ("INSTRUCTION_TOPIC", "REPORT_TOPIC", "COMMAND_TOPIC", "SYNC_TOPIC",
+               "DEAD_LETTER_TOPIC")}  # fmt: skip
+    port = free_port()
+    env = {**os.environ, **data, **topics, "PATH": f"{BIN}:{os.environ['PATH']}",
+           "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "BYTEWAX_RECOVERY_DIRECTORY": str(tmp_path),
+           "BYTEWAX_DATAFLOW_API_PORT": str(port), "BYTEWAX_DATAFLOW_API_CACHE_PATH": str(tmp_path),
+           "BYTEWAX_POD_NAME": "rtcef-controller-0"}  # fmt: skip
+    process = subprocess.Popen(["sh", "./entrypoint.sh"], cwd=K8S / "image", env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        metrics = ""
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and "controller_" not in metrics:
+            assert process.poll() is None, process.stdout.read().decode()  # type: ignore[union-attr]
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as page:
+                    metrics = page.read().decode()
+            except OSError:
+                time.sleep(0.5)
+        client.produce(kafka_bootstrap, topics["INSTRUCTION_TOPIC"],
+                       [b'{"instruction_type": "retrain", "timestamp": 9}'])  # fmt: skip
+        (pause,) = client.read_messages(kafka_bootstrap, topics["SYNC_TOPIC"], count=1, timeout=60)
+    finally:
+        process.kill()
+        process.wait(10)
+
+    assert pause.value() == b'{"type":"pause","timestamp":9,"model_id":-1}'
+    assert (tmp_path / "part-0.sqlite3").exists()
+
+
+@pytest.mark.parametrize(
+    ("replicas", "expected"),
+    [
+        ("1", "||-m bytewax.run dataflow.flow:get_flow()"),
+        ("3", "c-0.c.prod.svc.cluster.local:9999;c-1.c.prod.svc.cluster.local:9999;"
+              "c-2.c.prod.svc.cluster.local:9999|c-1|-m bytewax.run dataflow.flow:get_flow()"),
+    ],
+)  # fmt: skip
+def test_the_entrypoint_gives_bytewax_the_cluster_only_when_there_is_one(
+    replicas: str, expected: str, tmp_path: Path
+) -> None:
+    fake = tmp_path / "python"  # stands in for the interpreter: prints what it was given
+    fake.write_text('#!/bin/sh\necho "${BYTEWAX_ADDRESSES:-}|${BYTEWAX_POD_NAME:-}|$*"\n')
+    fake.chmod(0o755)
+    env = {"PATH": f"{tmp_path}:/usr/bin:/bin", "BYTEWAX_REPLICAS": replicas,
+           "BYTEWAX_STATEFULSET_NAME": "c", "BYTEWAX_POD_NAME": "c-1", "POD_NAMESPACE": "prod"}  # fmt: skip
+
+    out = subprocess.run(["sh", K8S / "image" / "entrypoint.sh"], env=env, capture_output=True,
+                         text=True, check=True).stdout  # fmt: skip
+
+    assert out.strip() == expected
