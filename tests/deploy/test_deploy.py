@@ -182,7 +182,8 @@ def test_the_entrypoint_gives_bytewax_the_cluster_only_when_there_is_one(
     fake.write_text('#!/bin/sh\necho "${BYTEWAX_ADDRESSES:-}|${BYTEWAX_POD_NAME:-}|$*"\n')
     fake.chmod(0o755)
     env = {"PATH": f"{tmp_path}:/usr/bin:/bin", "BYTEWAX_REPLICAS": replicas,
-           "BYTEWAX_STATEFULSET_NAME": "c", "BYTEWAX_POD_NAME": "c-1", "POD_NAMESPACE": "prod"}  # fmt: skip
+           "BYTEWAX_STATEFULSET_NAME": "c", "BYTEWAX_POD_NAME": "c-1",
+           "POD_NAMESPACE": "prod"}  # fmt: skip
 
     out = subprocess.run(["sh", K8S / "image" / "entrypoint.sh"], env=env, capture_output=True,
                          text=True, check=True).stdout  # fmt: skip
