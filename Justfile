@@ -82,3 +82,7 @@ lock: bootstrap
 # Remove the virtualenv, caches and local broker/recovery state
 clean: kafka-down
     rm -rf .venv .kafka .pytest_cache .mypy_cache .ruff_cache demo-output recovery
+
+# Run the benchmarks (state, latency, optimiser, throughput, recovery) and save tests/bench/RESULTS.md
+bench *args: jars
+    {{py}} -m tests.bench.bench "$@"

@@ -304,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
         demo.wait_for_rounds(1, began)
         demo.send(msg.InstructionKind.RETRAIN, 1)
         demo.wait_for_rounds(2, began)
-        time.sleep(1.0)  # let the engine read the last play
+        time.sleep(2.5)  # let the engine read the last play, and a snapshot be taken
     except KeyboardInterrupt:
         print("\ndemo: interrupted, stopping everything", file=sys.stderr)
         demo.shutdown()

@@ -19,7 +19,7 @@ from confluent_kafka import Producer
 
 from dataflow.config import TOPIC_DEFAULTS
 from dataflow.domain import messages as msg
-from dataflow.wire import Codec
+from dataflow.wire import ENCODINGS, Codec
 
 KINDS = {
     "optimize": msg.InstructionKind.OPTIMIZE,
@@ -61,6 +61,12 @@ def parser() -> argparse.ArgumentParser:
         "--bootstrap",
         default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "localhost:9092"),
         help="Kafka bootstrap servers (default: $KAFKA_BOOTSTRAP_SERVERS or localhost:9092)",
+    )
+    p.add_argument(
+        "--encoding",
+        choices=ENCODINGS,
+        default="json",
+        help="json, or avro: schemaless Avro as the original services write (rtcef only)",
     )
     p.add_argument("--topic", help="instruction topic (default: the dialect's, e.g. instructions)")
     p.add_argument("--id", type=int, default=0, help="the instruction's id field (default 0)")

@@ -46,9 +46,12 @@ def test_the_demo_runs_both_rounds_and_writes_its_summary_trace_and_plot(
     rows = (folder / "trace.csv").read_text().splitlines()
     assert rows[0] == "round,step,f_val"
     assert len(rows) == 7
-    # The recovery directory it left behind can be inspected.
+    # The recovery directory it left behind can be inspected. Its newest snapshot
+    # may predate the last events (snapshots are taken once a second, and a stop
+    # does not force one): a restart would replay them.
     (session,) = inspection.sessions(folder / "recovery")
-    assert (session.key, session.phase) == ("controller", "IDLE")
+    assert session.key == "controller"
+    assert session.round in (1, 2)
 
 
 def test_the_observer_command_line_sends_each_instruction_in_either_dialect(
@@ -62,9 +65,11 @@ def test_the_observer_command_line_sends_each_instruction_in_either_dialect(
         ["update-params", "--param", "pMin=0.02", "--param", "gamma=0.001", "--timestamp", "13"],
     ]
     for args in calls:
-        subprocess.run([sys.executable, "-m", "dataflow.sim.observer", *args,
-                        "--topic", wiring.instructions],
-                       cwd=ROOT, env=env, check=True, capture_output=True, timeout=60)  # fmt: skip
+        sent = subprocess.run([sys.executable, "-m", "dataflow.sim.observer", *args,
+                               "--topic", wiring.instructions],
+                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+                              check=False)  # fmt: skip
+        assert sent.returncode == 0, sent.stderr
 
     values = [m.value() for m in wiring.read(wiring.instructions, count=3, timeout=30)]
     assert msg.decode_instruction(values[0], "seed") == msg.Instruction(
