@@ -296,8 +296,10 @@ class Factory:
 
 
 def send(bootstrap: str, topics: dict[str, str], kind: str, models: list[str | None]) -> None:
-    """One instruction per model, all in one batch (one producer: a new idempotent
-    producer costs ~0.5 s to start, which would dominate what is measured).
+    """Send one instruction per model, all in one batch.
+
+    One producer: a new idempotent producer costs ~0.5 s to start, which would
+    otherwise dominate what is measured.
     """
     payloads = []
     for ts, model in enumerate(models):
