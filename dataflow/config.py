@@ -16,6 +16,7 @@ import json
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Final
 
@@ -197,9 +198,9 @@ class Settings:
         """The wire dialect."""
         return self.machine.dialect
 
-    @property
+    @cached_property
     def codec(self) -> Codec:
-        """Encoder and decoder of every topic's messages."""
+        """Encoder and decoder of every topic's messages (built once)."""
         return Codec(self.dialect, self.encoding)
 
     def kafka_config(self) -> dict[str, str]:

@@ -24,6 +24,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from confluent_kafka import Consumer, KafkaError, Producer
 from confluent_kafka.cimpl import TopicPartition
 
@@ -69,10 +70,7 @@ class Demo:
         self.topics["DEAD_LETTER_TOPIC"] = f"demo-{self.run_id}-dead_letters"
         self.profile = PROFILES[args.dialect]
         if args.budget:
-            self.profile = self.profile.__class__(**{
-                **{f: getattr(self.profile, f) for f in self.profile.__struct_fields__},
-                "budget": args.budget,
-            })  # fmt: skip
+            self.profile = msgspec.structs.replace(self.profile, budget=args.budget)  # fmt: skip
         self.stop = threading.Event()
         self.codec = Codec(args.dialect, args.encoding)
         self.engine = EngineSimulator(codec=self.codec)

@@ -54,7 +54,6 @@ from dataflow.domain.messages import (
     Instruction,
     InstructionKind,
     Params,
-    ParamValue,
     Rejection,
     Report,
     SyncMessage,
@@ -620,8 +619,3 @@ def _command_message_id(key: str, command: FactoryCommand, attempt: int) -> str:
 
 def _sync_id(key: str, round_number: int, kind: SyncType) -> str:
     return f"{key}/sync/{round_number}/{kind.value}"
-
-
-def best_params_dict(state: Session) -> dict[str, ParamValue]:
-    """The current best parameters as a dict (for inspection tools)."""
-    return dict(state.best_params)

@@ -8,7 +8,6 @@ consumer of an at-least-once stream does.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ from confluent_kafka.cimpl import TopicPartition
 
 from dataflow.config import TOPIC_DEFAULTS
 from dataflow.domain import messages as msg
+from dataflow.sim.runner import add_wire_arguments
 from dataflow.wire import Codec
 
 
@@ -84,10 +84,7 @@ class EngineSimulator:
 def main(argv: list[str] | None = None) -> int:
     """Follow the sync (and report) topics until Ctrl-C; exit 1 if anything was wrong."""
     parser = argparse.ArgumentParser(prog="python -m dataflow.sim.engine", description=__doc__)
-    parser.add_argument("--dialect", choices=msg.DIALECTS, default="seed")
-    parser.add_argument(
-        "--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "localhost:9092")
-    )
+    add_wire_arguments(parser, "sync messages and reports")
     parser.add_argument("--sync-topic", default=None, help="default: the dialect's")
     parser.add_argument("--reports-topic", default="factory_reports")
     parser.add_argument(
@@ -104,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     consumer.assign(
         [TopicPartition(sync_topic, 0, start), TopicPartition(args.reports_topic, 0, start)]
     )
-    engine = EngineSimulator(codec=Codec(args.dialect, args.encoding))
+    engine = EngineSimulator(codec=Codec(args.dialect, args.encoding), follows_reports=True)
     shown = 0
     try:
         while True:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import sys
 import threading
@@ -21,9 +20,9 @@ from pathlib import Path
 
 from dataflow.domain import messages as msg
 from dataflow.domain.optimizer import PROFILES, Profile
-from dataflow.sim.runner import serve
+from dataflow.sim.runner import add_wire_arguments, serve
 from dataflow.sim.surfaces import SYNTHETIC, Surface, recorded
-from dataflow.wire import ENCODINGS, Codec, Encoding
+from dataflow.wire import Codec, Encoding
 
 #: A report as it goes on the wire: its key (``None``: unkeyed) and value.
 Reply = tuple[bytes | None, bytes]
@@ -143,23 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "--dialect",
-        choices=msg.DIALECTS,
-        default="seed",
-        help="wire shape of commands and reports (default seed)",
-    )
-    parser.add_argument(
-        "--bootstrap",
-        default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "localhost:9092"),
-        help="Kafka bootstrap servers (default: $KAFKA_BOOTSTRAP_SERVERS)",
-    )
-    parser.add_argument(
-        "--encoding",
-        choices=ENCODINGS,
-        default="json",
-        help="json, or avro (schemaless, the original services'; rtcef only)",
-    )
+    add_wire_arguments(parser, "commands and reports")
     parser.add_argument("--commands-topic", default="factory_commands")
     parser.add_argument("--reports-topic", default="factory_reports")
     parser.add_argument(

@@ -11,7 +11,6 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 
@@ -19,7 +18,8 @@ from confluent_kafka import Producer
 
 from dataflow.config import TOPIC_DEFAULTS
 from dataflow.domain import messages as msg
-from dataflow.wire import ENCODINGS, Codec
+from dataflow.sim.runner import add_wire_arguments
+from dataflow.wire import Codec
 
 KINDS = {
     "optimize": msg.InstructionKind.OPTIMIZE,
@@ -51,23 +51,7 @@ def parser() -> argparse.ArgumentParser:
         help="optimize: a Bayesian-optimisation round; retrain: train with the current "
         "best parameters; update-params: replace them (seed dialect only)",
     )
-    p.add_argument(
-        "--dialect",
-        choices=msg.DIALECTS,
-        default="seed",
-        help="wire shape: seed (Flink/Java Observer) or rtcef (original Observer); default seed",
-    )
-    p.add_argument(
-        "--bootstrap",
-        default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "localhost:9092"),
-        help="Kafka bootstrap servers (default: $KAFKA_BOOTSTRAP_SERVERS or localhost:9092)",
-    )
-    p.add_argument(
-        "--encoding",
-        choices=ENCODINGS,
-        default="json",
-        help="json, or avro: schemaless Avro as the original services write (rtcef only)",
-    )
+    add_wire_arguments(p, "instruction")
     p.add_argument("--topic", help="instruction topic (default: the dialect's, e.g. instructions)")
     p.add_argument("--id", type=int, default=0, help="the instruction's id field (default 0)")
     p.add_argument(

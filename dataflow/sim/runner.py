@@ -6,6 +6,8 @@ stand-in independent of group rebalances; ``stop`` ends the loop cleanly.
 
 from __future__ import annotations
 
+import argparse
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -13,7 +15,32 @@ from collections.abc import Callable, Iterable
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, Producer
 from confluent_kafka.cimpl import TopicPartition
 
+from dataflow.domain.messages import DIALECTS
+from dataflow.wire import ENCODINGS
+
 Handler = Callable[[bytes, list[tuple[str, bytes]]], Iterable[tuple[str, bytes | None, bytes]]]
+
+
+def add_wire_arguments(parser: argparse.ArgumentParser, role: str) -> None:
+    """The options every stand-in shares: which broker, which dialect, which encoding."""
+    parser.add_argument(
+        "--dialect",
+        choices=DIALECTS,
+        default="seed",
+        help=f"wire shape of the {role}: seed (Flink/Java services) or rtcef (the "
+        "original services); default seed",
+    )
+    parser.add_argument(
+        "--encoding",
+        choices=ENCODINGS,
+        default="json",
+        help="json, or avro: schemaless Avro as the original services write (rtcef only)",
+    )
+    parser.add_argument(
+        "--bootstrap",
+        default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "localhost:9092"),
+        help="Kafka bootstrap servers (default: $KAFKA_BOOTSTRAP_SERVERS or localhost:9092)",
+    )
 
 
 def serve(

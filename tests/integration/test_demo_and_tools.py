@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -108,3 +109,43 @@ def test_the_inspector_shows_a_session_caught_mid_round(wiring_factory, controll
     assert "step         2/5" in out
     assert "pending      RETRAIN (timestamp 6)" in out
     assert "awaiting     opt_step 'cmd-3' attempt 1" in out
+
+
+def _run_until(
+    args: list[str], env: dict[str, str], seconds: float
+) -> subprocess.CompletedProcess[str]:
+    process = subprocess.Popen([sys.executable, "-m", *args], cwd=ROOT, env=env, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    time.sleep(seconds)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=30)
+    return subprocess.CompletedProcess(args, process.returncode, out, err)
+
+
+def test_the_factory_and_engine_command_lines_serve_real_topics(wiring_factory) -> None:
+    wiring = wiring_factory("rtcef", WIRE_ENCODING="avro")
+    codec = wiring.codec
+    key, train = codec.encode_command(
+        msg.FactoryCommand(0, -1, 0, 5, "train", '{"params": {"confidence": 0.2, "order": 2, '
+                           '"pmin": 0.001, "gamma": 0.001}}', -1)
+    )  # fmt: skip
+    client.produce(wiring.bootstrap, wiring.commands, [train], key=key)
+    _, play = codec.encode_sync(msg.SyncMessage("play", 5, 7))
+    client.produce(wiring.bootstrap, wiring.sync, [play])
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": wiring.bootstrap}
+    common = ["--dialect", "rtcef", "--encoding", "avro", "--from-start"]
+
+    factory_args = ["--commands-topic", wiring.commands, "--reports-topic", wiring.reports]
+    factory_run = _run_until(["dataflow.sim.factory", *common, *factory_args], env, 6)
+    engine_args = ["--sync-topic", wiring.sync, "--reports-topic", wiring.reports]
+    engine_run = _run_until(["dataflow.sim.engine", *common, *engine_args], env, 6)
+
+    assert factory_run.returncode == 0, factory_run.stderr
+    assert "factory: train 0 -> 1 report(s)" in factory_run.stdout
+    (report,) = wiring.read(wiring.reports, count=1, timeout=30)
+    assert codec.decode_report(report.value()) == msg.Report(
+        0, True, 0, None, (("confidence", 0.2), ("order", 2), ("pmin", 0.001), ("gamma", 0.001))
+    )
+    assert engine_run.returncode == 1  # it complained
+    assert "ENGINE COMPLAINT: play of model 7 without a pause" in engine_run.stderr
+    assert "ENGINE COMPLAINT: play of model 7 the factory never reported" in engine_run.stderr
