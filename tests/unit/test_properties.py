@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import pickle
 
 import msgspec
@@ -12,7 +13,15 @@ from hypothesis import strategies as st
 from dataflow.domain import machine as m
 from dataflow.domain import optimizer
 from dataflow.domain.errors import DomainError
-from dataflow.domain.messages import Instruction, InstructionKind, Report, encode_command
+from dataflow.domain.messages import (
+    Instruction,
+    InstructionKind,
+    Report,
+    decode_instruction,
+    decode_report,
+    encode_command,
+)
+from dataflow.wire import Codec
 from tests.support import seed_config
 
 KEY = m.DEFAULT_KEY
@@ -136,3 +145,31 @@ def test_a_command_id_always_carries_the_same_payload(sequence) -> None:
             if isinstance(effect, m.SendCommand):
                 encoded = encode_command(effect.command)
                 assert payloads.setdefault(effect.command.id, encoded) == encoded
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.one_of(st.binary(max_size=300), st.text(max_size=200).map(str.encode)))
+def test_no_bytes_make_a_decoder_raise(data: bytes) -> None:
+    for codec in (Codec("seed"), Codec("rtcef"), Codec("rtcef", "avro")):
+        for decode in (codec.decode_instruction, codec.decode_report, codec.decode_command,
+                       codec.decode_sync):  # fmt: skip
+            decode(data)  # a value or a Rejection, never an exception
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner,
+                                                                max_size=6),
+    max_leaves=12,
+)  # fmt: skip
+FIELDS = ["id", "instruction", "instruction_type", "timestamp", "model_id", "parameters",
+          "reply_id", "params_dict", "metrics", "status", "error"]  # fmt: skip
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.dictionaries(st.sampled_from(FIELDS), json_values, max_size=8))
+def test_no_json_object_makes_a_decoder_raise(fields: dict[str, object]) -> None:
+    data = json.dumps(fields).encode()
+    for dialect in ("seed", "rtcef"):
+        decode_instruction(data, dialect)  # type: ignore[arg-type]
+        decode_report(data, dialect)  # type: ignore[arg-type]
