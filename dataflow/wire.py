@@ -36,6 +36,7 @@ _STEMS: Final = {
     "reports": "factory_reports",
     "sync": "engine_sync",
 }
+_INT32: Final = (-(2**31), 2**31 - 1)
 #: Key fields per topic role, as the originals build their keys.
 KEY_FIELDS: Final = {
     "instructions": ("id",),
@@ -118,11 +119,22 @@ class Codec:
     def decode_report(
         self, data: bytes, max_bytes: int = msg.DEFAULT_MAX_MESSAGE_BYTES
     ) -> msg.Report | msg.Rejection:
-        """A factory report, normalised."""
+        """A factory report, normalised.
+
+        In Avro, a model id the engine's sync schema cannot carry (an ``int``,
+        while reports carry a ``long``) is refused here: accepted, it would make
+        the play unwritable and crash the flow on every replay.
+        """
         text = self._json_of("reports", data, "report", max_bytes)
         if isinstance(text, msg.Rejection):
             return text
-        return msg.decode_report(text, self.dialect, max_bytes)
+        report = msg.decode_report(text, self.dialect, max_bytes)
+        model = report.model_id if isinstance(report, msg.Report) else None
+        if self.avro and isinstance(model, int) and not _INT32[0] <= model <= _INT32[1]:
+            return msg.Rejection(
+                f"report: `$.model_id` {model} does not fit engine_sync's Avro int (32 bits)"
+            )
+        return report
 
     def decode_command(self, data: bytes) -> msg.FactoryCommand | msg.Rejection:
         """A factory command (read by the factory stand-in and the tests)."""

@@ -183,14 +183,21 @@ def propose(snapshot: OptimiserSnapshot) -> tuple[Point, OptimiserSnapshot]:
     profile = snapshot.profile
     rng = np.random.RandomState(_seed(snapshot.key, snapshot.round, len(snapshot.observations)))
     told = snapshot.prior + snapshot.observations
-    if len(told) < profile.n_initial:
-        raw = _space(profile).rvs(n_samples=1, random_state=rng)[0]
-        point = _to_point(profile, raw)
-        return point, msgspec.structs.replace(snapshot, pending=point)
-    point, gains, candidates, theta = _model_based(profile, told, snapshot, rng)
-    return point, msgspec.structs.replace(
-        snapshot, pending=point, gains=gains, hedge_candidates=candidates, theta=theta
-    )
+    if len(told) >= profile.n_initial:
+        try:
+            with np.errstate(all="ignore"):
+                point, gains, candidates, theta = _model_based(profile, told, snapshot, rng)
+            return point, msgspec.structs.replace(
+                snapshot, pending=point, gains=gains, hedge_candidates=candidates, theta=theta
+            )
+        except (ValueError, ArithmeticError, np.linalg.LinAlgError):
+            # Numerically hopeless scores (a factory reporting 1e300s, say) must not
+            # crash the step: Bytewax would replay the same report into the same crash
+            # for ever. A random proposal, seeded like every other, keeps replay exact.
+            rng = np.random.RandomState(_seed(snapshot.key, snapshot.round, len(told)))
+    raw = _space(profile).rvs(n_samples=1, random_state=rng)[0]
+    point = _to_point(profile, raw)
+    return point, msgspec.structs.replace(snapshot, pending=point)
 
 
 def learn(snapshot: OptimiserSnapshot, y: float) -> OptimiserSnapshot:
@@ -371,6 +378,9 @@ def _model_based(
 ]:
     X = np.array([_to_unit(profile, o.x) for o in told])  # noqa: N806
     y = np.array([o.y for o in told], dtype=float)
+    # The GP normalises y itself; scores far beyond [-1, 1] (f_val is -MCC) would
+    # overflow on the way, so bring them back first. Ordinary scores are untouched.
+    y = y / max(1.0, float(np.max(np.abs(y))))
     # One hyperparameter search, from the previous fit when there is one: the data
     # grew by a point, so the optimum moved little (scikit-optimize restarts thrice).
     start_theta = gp.default_theta(X.shape[1])

@@ -136,3 +136,22 @@ def test_a_bad_profile_lists_every_problem() -> None:
         "optimiser profile 'bad': duplicate dimension names ('a', 'a'); a: low 1.0 must be below"
         " high 0.0; a: Integer bounds must be integers; budget 0 must be at least 1"
     )
+
+
+@pytest.mark.parametrize(
+    "scores",
+    [[1e308, -1e308, 1e308, 5.0, 1e-300, -1e308], [1e300] * 8, [5e-324, -5e-324] * 4],
+    ids=["alternating-extremes", "all-huge", "subnormal"],
+)
+def test_absurd_but_finite_scores_never_stop_the_optimiser(scores: list[float]) -> None:
+    profile = msgspec.structs.replace(RTCEF, budget=len(scores) + 1, n_initial=2)
+    snapshot = o.start(profile, "k", 0)
+    for y in scores:
+        _, snapshot = o.propose(snapshot)
+        snapshot = o.learn(snapshot, y)
+
+    point, _ = o.propose(snapshot)
+
+    assert o.propose(snapshot)[0] == point  # still deterministic
+    for d, value in zip(profile.dimensions, point, strict=True):
+        assert d.low <= value <= d.high

@@ -39,7 +39,7 @@ reports = st.builds(
         Report(reply, ok, model, f_val if ok else None, None, None if ok else error), 0
     ),
     reply_ids, st.booleans(),
-    st.one_of(st.none(), st.floats(-1, 1, allow_nan=False)),
+    st.one_of(st.none(), st.floats(-1, 1), st.floats(allow_nan=False, allow_infinity=False)),
     st.one_of(st.none(), st.integers(0, 99)), st.just("boom"),
 )  # fmt: skip
 params = st.one_of(

@@ -97,6 +97,16 @@ def test_bytes_that_are_not_a_record_of_the_topics_schema_are_rejected(data, rea
     assert AVRO.decode_report(data) == msg.Rejection(reason)
 
 
+def test_a_model_id_the_engine_sync_schema_cannot_carry_is_refused() -> None:
+    record = {"reply_id": 1, "params_dict": "", "model_id": 2**40, "metrics": ""}
+    data = fastavro_bytes("factory_reports", "value", record)
+
+    assert AVRO.decode_report(data) == msg.Rejection(
+        "report: `$.model_id` 1099511627776 does not fit engine_sync's Avro int (32 bits)"
+    )
+    assert Codec("rtcef").decode_report(json.dumps(record).encode()) == msg.Report(1, True, 2**40)
+
+
 def test_avro_is_refused_for_the_seed_dialect() -> None:
     with pytest.raises(ValueError, match="use the rtcef dialect"):
         Codec("seed", "avro")
