@@ -123,9 +123,7 @@ class Demo:
                 message = consumer.poll(0.2)
                 if message is None or message.error():
                     continue
-                found = dict(message.headers() or []).get("message-id")
-                message_id = found.encode() if isinstance(found, str) else found
-                self.engine.apply(message.value() or b"", message_id, int(time.time() * 1000))
+                self.engine.follow(message, int(time.time() * 1000))
             consumer.close()
 
         self._thread(follow)

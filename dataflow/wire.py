@@ -96,10 +96,9 @@ class Codec:
     def _json_of(self, role: str, data: bytes, what: str, max_bytes: int) -> bytes | msg.Rejection:
         if not self.avro:
             return data
-        if len(data) > max_bytes:
-            return msg.Rejection(
-                f"{what}: message of {len(data)} bytes exceeds the {max_bytes} limit"
-            )
+        too_large = msg.oversized(data, what, max_bytes)
+        if too_large is not None:
+            return too_large
         record = avro_read(role, "value", data)
         if isinstance(record, str):
             return msg.Rejection(f"{what}: {record}")

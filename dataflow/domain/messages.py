@@ -182,9 +182,17 @@ _ENCODER: Final = msgspec.json.Encoder()
 _T = TypeVar("_T")
 
 
-def _decode_wire(data: bytes, wire: type[_T], what: str, max_bytes: int) -> _T | Rejection:
+def oversized(data: bytes, what: str, max_bytes: int) -> Rejection | None:
+    """The rejection of a message too large to parse, or ``None``."""
     if len(data) > max_bytes:
         return Rejection(f"{what}: message of {len(data)} bytes exceeds the {max_bytes} limit")
+    return None
+
+
+def _decode_wire(data: bytes, wire: type[_T], what: str, max_bytes: int) -> _T | Rejection:
+    too_large = oversized(data, what, max_bytes)
+    if too_large is not None:
+        return too_large
     try:
         decoded: _T = _DECODERS[wire].decode(data)
     except msgspec.DecodeError as error:

@@ -12,11 +12,12 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, Message
 from confluent_kafka.cimpl import TopicPartition
 
 from dataflow.config import TOPIC_DEFAULTS
 from dataflow.domain import messages as msg
+from dataflow.kafka import MESSAGE_ID_HEADER
 from dataflow.sim.runner import add_wire_arguments
 from dataflow.wire import Codec
 
@@ -35,6 +36,12 @@ class EngineSimulator:
     known_models: set[int | str] = field(default_factory=set)
     follows_reports: bool = False
     codec: Codec = field(default_factory=lambda: Codec("seed"))
+
+    def follow(self, message: Message, now_ms: int) -> None:
+        """Apply a sync message as read from Kafka (its ``message-id`` header drops replays)."""
+        found = dict(message.headers() or []).get(MESSAGE_ID_HEADER)
+        message_id = found.encode() if isinstance(found, str) else found
+        self.apply(message.value() or b"", message_id, now_ms)
 
     def learn_report(self, value: bytes) -> None:
         """Remember a model the factory built (a play may only name one of these)."""
@@ -111,10 +118,7 @@ def main(argv: list[str] | None = None) -> int:
                 if message.topic() == args.reports_topic:
                     engine.learn_report(message.value() or b"")
                 else:
-                    headers = dict(message.headers() or [])
-                    found = headers.get("message-id")
-                    ident = found.encode() if isinstance(found, str) else found
-                    engine.apply(message.value() or b"", ident, now)
+                    engine.follow(message, now)
                     state = "PAUSED" if engine.paused else "PLAYING"
                     print(f"engine: {state} model {engine.model_id!r}", flush=True)
             engine.check_stuck(now, int(args.stuck_after * 1000))
