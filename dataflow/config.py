@@ -127,6 +127,13 @@ VARIABLES: Final[tuple[Variable, ...]] = (
     Variable("REPORT_TIMEOUT_S", "600", "Seconds to wait for a report before resending."),
     Variable("MAX_RETRIES", "2", "Resends of a failed or unanswered command before aborting."),
     Variable("TICK_INTERVAL_S", "5", "Seconds between deadline checks."),
+    Variable("INSTRUCTION_MIN_GAP", "0",
+             "An OPTIMIZE or RETRAIN less than this after an admitted instruction of at least its "
+             "rank (OPTIMIZE > RETRAIN), in the instructions' own timestamp units, is coalesced "
+             "(dead-lettered); 0: only instructions no newer than that one are."),
+    Variable("MAX_QUEUED_INSTRUCTIONS", "100",
+             "Admitted instructions waiting for their round; more are dead-lettered (a safety "
+             "valve outside the replay guarantee: keep it unreached with INSTRUCTION_MIN_GAP)."),
     Variable("MAX_MESSAGE_BYTES", str(DEFAULT_MAX_MESSAGE_BYTES),
              "Larger input messages go to the dead-letter topic."),
     Variable("CREATE_TOPICS", "true", "Create missing topics at start (else: exit with an error)."),
@@ -359,6 +366,8 @@ class _Reader:
             report_timeout_ms=int(self.number("REPORT_TIMEOUT_S", 600, float, 0.001) * 1000),
             max_retries=self.number("MAX_RETRIES", 2, int, 0),
             warm_start=self.warm_start(profile),
+            instruction_min_gap=self.number("INSTRUCTION_MIN_GAP", 0, int, 0),
+            max_queued=self.number("MAX_QUEUED_INSTRUCTIONS", 100, int, 1),
         )
         try:
             config.validate()

@@ -176,9 +176,9 @@ _INPUTS: Final[dict[str, tuple[Any, Any, Any]]] = {
 }
 
 
-def fan_out_tick(keys: tuple[str, ...], now_ms: int) -> list[Envelope]:
-    """One tick for every configured session key."""
-    return [Envelope(key, machine.Tick(now_ms), None) for key in keys]
+def fan_out_tick(keys: tuple[str, ...], since_ms: int, now_ms: int) -> list[Envelope]:
+    """One tick for every configured session key; ``since_ms``: when this process started."""
+    return [Envelope(key, machine.Tick(now_ms, since_ms), None) for key in keys]
 
 
 def session_step(
@@ -232,6 +232,7 @@ def _only(sink: str, routed: Routed) -> OutMessage | None:
 def build_flow(settings: Settings, io: FlowIO | None = None) -> Dataflow:
     """Wire the controller. ``io`` defaults to Kafka; the flow tier passes testing IO."""
     io = io or kafka_io(settings)
+    started = _now_ms()  # deadlines are never due sooner than the report timeout after this
     flow = Dataflow(FLOW_ID)
     instructions = op.input(INSTRUCTIONS_STEP, flow, io.instructions)
     reports = op.input(REPORTS_STEP, flow, io.reports)
@@ -246,7 +247,7 @@ def build_flow(settings: Settings, io: FlowIO | None = None) -> Dataflow:
     events: Stream[Envelope] = op.merge(
         "merge_ticks",
         accepted.trues,
-        op.flat_map("fan_out_ticks", ticks, partial(fan_out_tick, settings.machine.keys)),
+        op.flat_map("fan_out_ticks", ticks, partial(fan_out_tick, settings.machine.keys, started)),
     )
     keyed = op.key_on("key_by_session", events, lambda envelope: envelope.key)
     outcomes = op.stateful_map(SESSION_STEP, keyed, partial(session_step, settings.machine))

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from dataflow.domain.machine import Session
+from dataflow.domain.machine import Session, upgrade
 from dataflow.flow import FLOW_ID, SESSION_STEP
 
 #: Bytewax's internal step id for the state of ``op.stateful_map(SESSION_STEP, ...)``.
@@ -42,6 +42,7 @@ class SessionView:
     pending: str | None
     outstanding: str | None
     next_command: int
+    held_reports: int
     model_id: int | str
     best_params: dict[str, float | int]
 
@@ -78,9 +79,8 @@ def view(key: str, epoch: int, state: Session) -> SessionView:
         snapshot = round_.optimiser
         step = f"{len(snapshot.observations)}/{snapshot.profile.budget}"
         best = min((o.y for o in snapshot.observations), default=None)
-    pending = None
-    if state.pending is not None:
-        pending = f"{state.pending.kind.value} (timestamp {state.pending.timestamp})"
+    state = upgrade(state)
+    pending = ", ".join(f"{i.kind.value} (timestamp {i.timestamp})" for i in state.queue) or None
     outstanding = None
     if state.outstanding is not None:
         command = state.outstanding.command
@@ -96,6 +96,7 @@ def view(key: str, epoch: int, state: Session) -> SessionView:
         pending=pending,
         outstanding=outstanding,
         next_command=state.next_command,
+        held_reports=len(state.held),
         model_id=state.model_id,
         best_params=dict(state.best_params),
     )
@@ -131,10 +132,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  step         {item.step or '-'}")
         best = f"{item.best_score:.6g}" if item.best_score is not None else "-"
         print(f"  best score   {best}")
-        print(f"  pending      {item.pending or '-'}")
+        print(f"  queued       {item.pending or '-'}")
         print(f"  awaiting     {item.outstanding or '-'}")
         print(f"  engine model {item.model_id}")
         print(f"  next command {item.next_command}")
+        print(f"  held reports {item.held_reports}")
         print(f"  best params  {json.dumps(item.best_params)}")
     return 0
 

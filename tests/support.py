@@ -63,3 +63,46 @@ def report(reply_id: int | str, at_ms: int = 0, **fields: Any) -> m.ReportArrive
     """A successful report event (``ok=True`` unless given)."""
     fields.setdefault("ok", True)
     return m.ReportArrived(Report(reply_id, **fields), at_ms)
+
+
+CHECKED_FIELDS = ("id", "train_id", "optimisation_id", "type", "timestamp", "best_i")
+
+
+class Card(msgspec.Struct, frozen=True):
+    """One recorded run: its configuration, its two input sequences, what it sent."""
+
+    name: str
+    config: m.MachineConfig
+    #: The Observer's instructions and the factory's reports, each in topic order.
+    instructions: tuple[bytes, ...]
+    reports: tuple[bytes, ...]
+    #: The original controller's commands (JSON objects) and the finalise/train reports'
+    #: model ids in order: the plays a replay must send.
+    commands: tuple[dict[str, Any], ...]
+    plays: tuple[int | str, ...]
+
+
+def load_card(run: Path) -> Card:
+    """A recorded run, configured as its original controller was (first ``train``, warm start)."""
+    commands = tuple(loads(line) for line in jsonl(run / "factory_commands.jsonl"))
+    first_train = next(c for c in commands if c["type"] == "train")
+    initial = tuple(json.loads(first_train["params"])["params"].items())
+    document = json.loads((run / "offline_optimisation.json").read_text())
+    profile = optimizer.PROFILES["rtcef"]
+    warm = optimizer.observations_from_warm_start(profile, document)
+    config = m.MachineConfig("rtcef", profile, initial, warm_start=warm)
+    reports = tuple(jsonl(run / "factory_reports.jsonl"))
+    by_id = {loads(r)["reply_id"]: loads(r) for r in reports}
+    plays = tuple(by_id[c["id"]]["model_id"] for c in commands
+                  if c["type"] in ("train", "opt_finalise") and c["id"] in by_id)  # fmt: skip
+    instructions = tuple(jsonl(run / "optimiser_instructions.jsonl"))
+    return Card(run.name, config, instructions, reports, commands, plays)
+
+
+def command_fields(command: Any) -> dict[str, Any]:
+    """What a replay must reproduce of a command: the checked fields, and ``train`` params."""
+    get = command.get if isinstance(command, dict) else lambda f: getattr(command, f)
+    fields = {f: get(f) for f in CHECKED_FIELDS}
+    if fields["type"] == "train":
+        fields["params"] = get("params")
+    return fields

@@ -21,3 +21,7 @@ class SnapshotError(DomainError):
 
 class ConfigError(DomainError):
     """A domain configuration value is inconsistent (bad bounds, budget, parameter names)."""
+
+
+class StateVersionError(DomainError):
+    """A session state was written by a controller whose state version this one cannot read."""

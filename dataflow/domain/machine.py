@@ -14,16 +14,14 @@ A *session* (one per key) turns each Observer instruction into a conversation:
   proposal of the optimiser, each answered by a report whose ``f_val`` the
   optimiser learns; after the budget, ``opt_finalise`` with ``best_i``; on its
   report play with its ``model_id`` and adopt the winning parameters.
-* UPDATE_PARAMS replaces the current best parameters, at once, in any phase.
+* UPDATE_PARAMS replaces the current best parameters when its turn comes.
 
-Reports are matched to the one outstanding command by ``reply_id``; anything else
-(stale, duplicate, foreign) changes nothing and comes back as a ``Reject``. A
-factory error report, or a ``Tick`` past the outstanding command's deadline,
+Instructions are *admitted* into a FIFO queue and executed one at a time, in the
+instruction topic's order: a round starts when the one before it has played.
+A factory error report, or a ``Tick`` past the outstanding command's deadline,
 resends the command up to ``max_retries`` times, then aborts the round; an
 aborted round plays the engine with the model it had. So every round that
-pauses the engine ends with exactly one play. An instruction arriving during a
-round is queued (at most one pending; OPTIMIZE outranks RETRAIN; the newer of
-equal rank wins) and starts when the round ends.
+pauses the engine ends with exactly one play.
 
 Phases INITIALIZING (after ``opt_initialise``) and OPTIMIZING (between a step's
 report and the next proposal) are the seed's names for moments that, here, are
@@ -31,10 +29,43 @@ entered and left within one ``advance`` call: nothing can arrive in them, so the
 table has no rows for them. The resting phases are IDLE, TRAINING,
 WAITING_FOR_REPORT and FINALIZING.
 
-Determinism: every output depends only on the key's own events (reports are
-matched by id, proposals are seeded by key, round and observation count). Times
-(``at_ms``) only decide deadlines and never appear in an output, so a replayed
-event sequence re-emits byte-identical commands.
+Replay in any interleaving
+--------------------------
+Bytewax re-reads each input topic in its own order after a crash, but may merge
+the two topics differently than the first run did. The commands must not
+depend on that merge. Let *I* be the instruction sequence and *R* the report
+sequence; the commands are a function of (I, R) alone because every row is:
+
+* **Instruction rows (any phase) -> admit.** Whether an instruction is admitted
+  depends only on the instructions before it (``_coalesced``: its kind and
+  timestamp against the last admitted ones; UPDATE_PARAMS on its own content),
+  never on the phase it finds. Admitted instructions run strictly in order, so
+  the sequence of rounds is a function of I. The one exception is a full queue
+  (``max_queued``), a safety valve outside this guarantee, documented for
+  operators: admission by content (``instruction_min_gap``) keeps it empty.
+* **Report rows.** A report names its command by ``reply_id``, a counter. If that
+  command has not been sent yet (a replay delivered the report before the
+  instruction whose round sends it), the report is *held* in the state and
+  fed in as soon as the command is sent (``_settle``). Once sent, a report is
+  either the answer to the outstanding command or a duplicate or stale one,
+  whatever the merge order. So command ``c`` sees exactly R's reports for ``c``,
+  in R's order, and what it sends next depends on nothing else.
+* **Tick rows.** Only a silent factory makes a deadline pass; a resend carries the
+  same payload under the same id, so it is harmless to the property. A restart
+  cannot make one fire: a deadline is not due until ``report_timeout_ms`` after
+  the running process began (``Tick.since_ms``), so the downtime and the
+  replay's catch-up never count against the factory.
+
+Every output therefore depends only on the key's own (I, R): reports are
+matched by id, proposals are seeded by key, round and observation count. Times
+(``at_ms``) only decide deadlines and never appear in an output, so a replay
+re-emits byte-identical commands, and duplicates are harmless.
+
+State versions
+--------------
+``Session.version`` is 2. Version 1 (one ``pending`` instruction, UPDATE_PARAMS at
+once) is migrated on first touch by ``upgrade``; a newer version is refused
+with ``StateVersionError``, naming both versions.
 """
 
 from __future__ import annotations
@@ -46,7 +77,7 @@ from typing import Any, Final, Literal, TypeAlias
 import msgspec
 
 from dataflow.domain import optimizer
-from dataflow.domain.errors import ConfigError, IllegalTransitionError
+from dataflow.domain.errors import ConfigError, IllegalTransitionError, StateVersionError
 from dataflow.domain.messages import (
     CommandType,
     Dialect,
@@ -64,7 +95,7 @@ from dataflow.domain.messages import (
 )
 from dataflow.domain.optimizer import Observation, OptimiserSnapshot, Profile
 
-STATE_VERSION: Final = 1
+STATE_VERSION: Final = 2
 _NO_PARAMS: Final = params_text(None, named=False)
 DEFAULT_KEY: Final = "controller"
 NO_MODEL: Final = -1
@@ -96,6 +127,15 @@ class MachineConfig(msgspec.Struct, frozen=True):
     #: Observations from an offline optimisation; the newest ``profile.keep`` seed round 0.
     warm_start: tuple[Observation, ...] = ()
     initial_model_id: int | str = NO_MODEL
+    #: An OPTIMIZE or RETRAIN is coalesced (dead-lettered, no round) when an instruction of
+    #: at least its rank was admitted less than this before it, in the instructions' own
+    #: timestamp units. 0: only instructions no newer than that one are coalesced.
+    instruction_min_gap: int = 0
+    #: Admitted instructions waiting for their round; beyond, dead-lettered (a safety valve:
+    #: how full the queue is depends on timing, see the module docstring).
+    max_queued: int = 100
+    #: Reports for commands not sent yet (replay) held at most; also how far ahead they may be.
+    max_held: int = 1024
 
     def validate(self) -> None:
         """Raise ``ConfigError`` listing every inconsistency."""
@@ -108,6 +148,8 @@ class MachineConfig(msgspec.Struct, frozen=True):
             problems.append(f"initial params {names} must name exactly {list(self.profile.names)}")
         if self.report_timeout_ms <= 0 or self.max_retries < 0:
             problems.append("report_timeout_ms must be > 0 and max_retries >= 0")
+        if self.instruction_min_gap < 0 or self.max_queued < 1 or self.max_held < 1:
+            problems.append("instruction_min_gap must be >= 0, max_queued and max_held >= 1")
         if problems:
             raise ConfigError("; ".join(problems))
 
@@ -133,6 +175,9 @@ class Tick(msgspec.Struct, frozen=True, tag="tick"):
     """Time passed: lets a session notice a deadline when nothing else arrives."""
 
     at_ms: int
+    #: When the running process began delivering events: no deadline is due before
+    #: ``since_ms + report_timeout_ms``, so a restart's downtime never counts.
+    since_ms: int = 0
 
 
 Event: TypeAlias = InstructionArrived | ReportArrived | Tick
@@ -166,7 +211,7 @@ class Reject(msgspec.Struct, frozen=True, tag="reject"):
 
 NoteKind: TypeAlias = Literal[
     "round_started", "round_completed", "round_aborted", "step", "score",
-    "retry", "timeout", "queued", "params_updated",
+    "retry", "timeout", "queued", "held", "params_updated",
 ]  # fmt: skip
 
 
@@ -227,8 +272,17 @@ class Session(msgspec.Struct, frozen=True):
     history: tuple[Observation, ...] = ()
     round: Round | None = None
     outstanding: Outstanding | None = None
+    #: Version 1's single queued instruction; always None from version 2 on (see ``upgrade``).
     pending: Instruction | None = None
     version: int = STATE_VERSION
+    # Version 2. New fields go last, with defaults: states are pickled positionally.
+    #: Admitted instructions not started yet, oldest first.
+    queue: tuple[Instruction, ...] = ()
+    #: Reports whose command is not sent yet (a replay read them early), in arrival order.
+    held: tuple[Report, ...] = ()
+    #: Timestamps of the last admitted OPTIMIZE or RETRAIN, and of the last OPTIMIZE.
+    last_admitted: int | None = None
+    last_optimize: int | None = None
 
 
 def new_session(key: str, config: MachineConfig) -> Session:
@@ -281,23 +335,50 @@ def advance(
     ``state`` is ``None`` for a key never seen. Bad or unexpected input never
     raises: it is returned as a ``Reject`` effect and leaves the state unchanged.
     Raises ``IllegalTransitionError`` only for a state that no event sequence produces,
-    and ``ConfigError`` for a key that is not configured (the router never makes one).
+    ``StateVersionError`` for a state newer than this code, and ``ConfigError`` for a
+    key that is not configured (the router never makes one).
     """
     if key not in config.keys:
         raise ConfigError(f"session key {key!r} is not one of {list(config.keys)}")
     if state is None:
         if isinstance(event, Tick):
             return None, []  # nothing to time out; do not materialise the session
-        if isinstance(event, ReportArrived):
-            return None, [Reject(key, _unmatched(None, event.report, config, key))]
         created, effects = advance(new_session(key, config), event, key=key, config=config)
         if effects and all(isinstance(effect, Reject) for effect in effects):
             return None, effects  # a rejected event changes nothing, not even existence
         return created, effects
+    state = upgrade(state)
     handler = TRANSITIONS.get((state.phase, _event_kind(event)))
     if handler is None:
         raise IllegalTransitionError(f"no transition from {state.phase} on {_event_kind(event)}")
-    return handler(state, event, config)
+    state, effects = handler(state, event, config)
+    return _settle(state, effects, event.at_ms, config)
+
+
+def upgrade(state: Session) -> Session:
+    """The state in the current version: version 1 is migrated, a newer one refused."""
+    if state.version == STATE_VERSION:
+        return state
+    if state.version == 1:
+        # v1 queued at most one instruction (``pending``) and never coalesced: the running
+        # round and the pending instruction are what was admitted last.
+        queue = () if state.pending is None else (state.pending,)
+        admitted = [i.timestamp for i in queue]
+        optimised = [i.timestamp for i in queue if i.kind is InstructionKind.OPTIMIZE]
+        if state.round is not None:
+            admitted.append(state.round.timestamp)
+            if state.round.kind == "optimise":
+                optimised.append(state.round.timestamp)
+        return msgspec.structs.replace(
+            state, pending=None, queue=queue, version=STATE_VERSION,
+            last_admitted=max(admitted, default=None), last_optimize=max(optimised, default=None),
+        )  # fmt: skip
+    raise StateVersionError(
+        f"session {state.key!r} was saved by a controller with state version {state.version}; "
+        f"this controller reads versions 1 to {STATE_VERSION}. Run a release that writes "
+        f"version {state.version} (or newer) on this recovery directory, or start from a fresh "
+        "one (the sessions' rounds, counters and optimiser history are then lost)."
+    )
 
 
 def _event_kind(event: Event) -> str:
@@ -306,11 +387,92 @@ def _event_kind(event: Event) -> str:
     return "REPORT" if isinstance(event, ReportArrived) else "TICK"
 
 
+def _settle(state: Session, effects: list[Effect], at_ms: int, config: MachineConfig) -> Result:
+    """Feed in held reports whose command has now been sent, oldest first.
+
+    A held report was read before its command was (re-)sent. Once the command is
+    sent, it goes through the same row as if it had arrived just now: the answer
+    to the outstanding command, or a duplicate or stale one.
+    """
+    while True:
+        sent = [(_counter(report, config, state.key) or 0) < state.next_command
+                for report in state.held]  # fmt: skip
+        ripe = sent.index(True) if True in sent else None
+        if ripe is None:
+            return state, effects
+        report = state.held[ripe]
+        state = msgspec.structs.replace(state, held=state.held[:ripe] + state.held[ripe + 1 :])
+        handler = TRANSITIONS[(state.phase, "REPORT")]
+        state, more = handler(state, ReportArrived(report, at_ms), config)
+        effects = [*effects, *more]
+
+
 # --------------------------------------------------------------------------- handlers
 
 
-def _start_round(state: Session, event: InstructionArrived, config: MachineConfig) -> Result:
-    return _begin(state, event.instruction, event.at_ms, config, [])
+def _admit(state: Session, event: InstructionArrived, config: MachineConfig) -> Result:
+    """Queue an instruction, decided by the instruction sequence alone; start it if idle."""
+    instruction = event.instruction
+    if instruction.kind is InstructionKind.UPDATE_PARAMS:
+        problem = _check_params(instruction.parameters or (), config.profile)
+        if problem:
+            return state, [Reject(state.key, f"instruction: update_params {problem}")]
+    else:
+        reason = _coalesced(state, instruction, config)
+        if reason:
+            return state, [Reject(state.key, reason)]
+    if len(state.queue) >= config.max_queued:
+        return state, [Reject(state.key, f"instruction: {instruction.kind.value} at "
+                              f"{instruction.timestamp} dropped: {len(state.queue)} instructions "
+                              f"already queued (MAX_QUEUED_INSTRUCTIONS)")]  # fmt: skip
+    state = _admitted(state, instruction)
+    if state.phase is not Phase.IDLE:
+        detail = f"{instruction.kind.value} queued, {len(state.queue)} waiting"
+        return state, [Note(state.key, "queued", _round_of(state).number, detail=detail)]
+    return _start_next(state, event.at_ms, config, [])
+
+
+def _coalesced(state: Session, instruction: Instruction, config: MachineConfig) -> str | None:
+    """Why an OPTIMIZE or RETRAIN is no new adaptation, or None.
+
+    It is one if an instruction of at least its rank (OPTIMIZE > RETRAIN) was admitted
+    less than ``instruction_min_gap`` before it in stream time, or not before it at all.
+    """
+    optimize = instruction.kind is InstructionKind.OPTIMIZE
+    last = state.last_optimize if optimize else state.last_admitted
+    if last is None or instruction.timestamp - last >= max(config.instruction_min_gap, 1):
+        return None
+    rank = "an OPTIMIZE" if optimize else "an OPTIMIZE or RETRAIN"
+    gap = config.instruction_min_gap
+    return (f"instruction: {instruction.kind.value} at {instruction.timestamp} coalesced: "
+            f"{rank} was admitted at {last} (INSTRUCTION_MIN_GAP {gap})")  # fmt: skip
+
+
+def _admitted(state: Session, instruction: Instruction) -> Session:
+    last_admitted, last_optimize = state.last_admitted, state.last_optimize
+    if instruction.kind is not InstructionKind.UPDATE_PARAMS:
+        last_admitted = max(last_admitted or instruction.timestamp, instruction.timestamp)
+    if instruction.kind is InstructionKind.OPTIMIZE:
+        last_optimize = max(last_optimize or instruction.timestamp, instruction.timestamp)
+    return msgspec.structs.replace(
+        state, queue=(*state.queue, instruction), last_admitted=last_admitted,
+        last_optimize=last_optimize,
+    )  # fmt: skip
+
+
+def _start_next(state: Session, at_ms: int, config: MachineConfig, out: list[Effect]) -> Result:
+    """While idle, take the queue's head: apply an UPDATE_PARAMS, or start its round."""
+    while state.phase is Phase.IDLE and state.queue:
+        head = state.queue[0]
+        state = msgspec.structs.replace(state, queue=state.queue[1:])
+        if head.kind is InstructionKind.UPDATE_PARAMS:
+            params = head.parameters or ()
+            detail = params_text(params, named=True)
+            out.append(Note(state.key, "params_updated", state.rounds, detail=detail))
+            state = msgspec.structs.replace(state, best_params=params)
+        else:
+            state, out = _begin(state, head, at_ms, config, out)
+    return state, out
 
 
 def _begin(
@@ -326,6 +488,8 @@ def _begin(
         state = msgspec.structs.replace(state, rounds=rounds, trains=state.trains + 1, round=round_)
         params = params_text(state.best_params, named=True)
         return _issue(state, config, CommandType.TRAIN, Phase.TRAINING, at_ms, out, params)
+    if instruction.kind is not InstructionKind.OPTIMIZE:
+        raise IllegalTransitionError(f"{instruction.kind.value} starts no round")
     # OPTIMIZE: IDLE -> INITIALIZING (opt_initialise) -> WAITING_FOR_REPORT (first step).
     opt_id = state.optimisations
     snapshot = optimizer.start(config.profile, state.key, opt_id, state.history)
@@ -396,6 +560,8 @@ def _on_tick(state: Session, event: Tick, config: MachineConfig) -> Result:
     outstanding = state.outstanding
     if outstanding is None or event.at_ms < outstanding.deadline_ms:
         return state, []
+    if event.at_ms < event.since_ms + config.report_timeout_ms:
+        return state, []  # the process restarted meanwhile: give the factory its full time
     command = outstanding.command
     note = Note(state.key, "timeout", _round_of(state).number, step=_step_of(state),
                 detail=f"no report for {command.type} {command.id!r}")  # fmt: skip
@@ -410,29 +576,27 @@ def _reject_idle_report(state: Session, event: ReportArrived, config: MachineCon
     return state, [Reject(state.key, _unmatched(state, event.report, config, state.key))]
 
 
-def _queue(state: Session, event: InstructionArrived, config: MachineConfig) -> Result:
-    new, old = event.instruction, state.pending
-    keep_old = (
-        old is not None
-        and old.kind is InstructionKind.OPTIMIZE
-        and new.kind is InstructionKind.RETRAIN
-    )
-    pending = old if keep_old and old is not None else new
-    detail = f"{pending.kind.value} pending" + (f", {new.kind.value} coalesced" if keep_old else "")
-    if old is not None and not keep_old:
-        detail += f", replaces {old.kind.value}"
-    note = Note(state.key, "queued", _round_of(state).number, detail=detail)
-    return msgspec.structs.replace(state, pending=pending), [note]
+def _or_hold(handler: Handler) -> Handler:
+    """``handler`` for reports whose command was sent; a report for a later command is held."""
 
+    def hold_early(state: Session, event: ReportArrived, config: MachineConfig) -> Result:
+        report = event.report
+        counter = _counter(report, config, state.key)
+        if counter is None or counter < state.next_command:
+            return handler(state, event, config)
+        ahead = counter - state.next_command
+        if ahead >= config.max_held or len(state.held) >= config.max_held:
+            counts = f"{ahead} ahead, {len(state.held)} held, at most {config.max_held}"
+            reply = f"report {report.reply_id!r:.40}"
+            reason = f"{reply}: foreign reply_id (no such command was sent; {counts})"
+            return state, [Reject(state.key, reason)]
+        number = state.round.number if state.round else state.rounds
+        detail = f"report {report.reply_id!r:.40} held until its command is sent"
+        held = msgspec.structs.replace(state, held=(*state.held, report))
+        return held, [Note(state.key, "held", number, detail=detail)]
 
-def _update_params(state: Session, event: InstructionArrived, config: MachineConfig) -> Result:
-    params = event.instruction.parameters or ()
-    problem = _check_params(params, config.profile)
-    if problem:
-        return state, [Reject(state.key, f"instruction: update_params {problem}")]
-    number = state.round.number if state.round else state.rounds
-    note = Note(state.key, "params_updated", number, detail=params_text(params, named=True))
-    return msgspec.structs.replace(state, best_params=params), [note]
+    hold_early.__name__ = f"hold_early_or_{handler.__name__}"
+    return hold_early
 
 
 def _check_params(params: Params, profile: Profile) -> str | None:
@@ -452,27 +616,26 @@ def _check_params(params: Params, profile: Profile) -> str | None:
 # --------------------------------------------------------------------------- the table
 #
 # (phase, event kind) -> handler. Event kinds: the three instruction kinds, REPORT
-# and TICK. Instructions start a round when IDLE and are queued otherwise;
-# UPDATE_PARAMS always applies at once. A report is only ever the answer to the
+# and TICK. Every instruction is admitted (or coalesced) the same way in every
+# phase, and started in order once the session is idle. A report for a command
+# not sent yet is held (``_or_hold``); otherwise it is only ever the answer to the
 # outstanding command of the phase it arrives in. INITIALIZING and OPTIMIZING have
-# no rows: a session never rests in them (see the module docstring).
+# no rows: a session never rests in them (see the module docstring). Why each row
+# is independent of how the two inputs interleave: see "Replay in any interleaving".
 
 _ROUND_PHASES: Final = (Phase.TRAINING, Phase.WAITING_FOR_REPORT, Phase.FINALIZING)
+_INSTRUCTION_KINDS: Final = tuple(kind.value for kind in InstructionKind)
 
 TRANSITIONS: Final[dict[tuple[Phase, str], Handler]] = {
-    (Phase.IDLE, "OPTIMIZE"): _start_round,
-    (Phase.IDLE, "RETRAIN"): _start_round,
-    (Phase.IDLE, "UPDATE_PARAMS"): _update_params,
-    (Phase.IDLE, "REPORT"): _reject_idle_report,
+    **{(phase, kind): _admit for phase in (Phase.IDLE, *_ROUND_PHASES)
+       for kind in _INSTRUCTION_KINDS},
+    (Phase.IDLE, "REPORT"): _or_hold(_reject_idle_report),
     (Phase.IDLE, "TICK"): _nothing,
-    **{(phase, "OPTIMIZE"): _queue for phase in _ROUND_PHASES},
-    **{(phase, "RETRAIN"): _queue for phase in _ROUND_PHASES},
-    **{(phase, "UPDATE_PARAMS"): _update_params for phase in _ROUND_PHASES},
     **{(phase, "TICK"): _on_tick for phase in _ROUND_PHASES},
-    (Phase.TRAINING, "REPORT"): _on_final_report,
-    (Phase.WAITING_FOR_REPORT, "REPORT"): _on_step_report,
-    (Phase.FINALIZING, "REPORT"): _on_final_report,
-}
+    (Phase.TRAINING, "REPORT"): _or_hold(_on_final_report),
+    (Phase.WAITING_FOR_REPORT, "REPORT"): _or_hold(_on_step_report),
+    (Phase.FINALIZING, "REPORT"): _or_hold(_on_final_report),
+}  # fmt: skip
 
 
 # --------------------------------------------------------------------------- shared steps
@@ -554,19 +717,16 @@ def _end_round(
     config: MachineConfig,
     out: list[Effect] | None = None,
 ) -> Result:
-    """Play the engine with ``model_id``, go IDLE, and start the pending instruction if any."""
+    """Play the engine with ``model_id``, go IDLE, and start the next queued instruction if any."""
     round_ = _round_of(state)
     out = out if out is not None else []
     play = SyncMessage(SyncType.PLAY.value, round_.timestamp, model_id)
     out.append(note)
     out.append(SendSync(state.key, _sync_id(state.key, round_.number, SyncType.PLAY), play))
-    pending = state.pending
     state = msgspec.structs.replace(
-        state, phase=Phase.IDLE, model_id=model_id, round=None, outstanding=None, pending=None
+        state, phase=Phase.IDLE, model_id=model_id, round=None, outstanding=None
     )
-    if pending is None:
-        return state, out
-    return _begin(state, pending, at_ms, config, out)
+    return _start_next(state, at_ms, config, out)
 
 
 def _matches(state: Session, report: Report, config: MachineConfig) -> bool:

@@ -70,7 +70,7 @@ def test_the_persisted_step_ids_are_frozen() -> None:
     assert [i for i in ids if i in PERSISTED_STEP_IDS] == PERSISTED_STEP_IDS
     # State is pickled by class path and carries a version: both are part of the schema.
     assert machine.Session.__module__ == "dataflow.domain.machine"
-    assert machine.STATE_VERSION == 1
+    assert machine.STATE_VERSION == 2
 
 
 def test_a_retrain_round_spans_two_executions_and_resumes_from_recovery(tmp_path: Path) -> None:
@@ -113,7 +113,7 @@ def test_bad_input_and_kafka_errors_become_dead_letters_with_their_origin() -> N
     harness = Harness(
         Settings.from_env(ENV),
         [kafka_message("instructions", 4, b"{nope")],
-        [error, kafka_message("factory_reports", 10, b'{"reply_id": "cmd-3", "metrics": ""}')],
+        [error, kafka_message("factory_reports", 10, b'{"reply_id": "cmd-5000", "metrics": ""}')],
         [],
     )
 
@@ -122,8 +122,9 @@ def test_bad_input_and_kafka_errors_become_dead_letters_with_their_origin() -> N
     assert sorted((dict(d.headers)["dlq-reason"], d.value) for d in harness.dead) == [
         (b"instruction: JSON is malformed: object keys must be strings (byte 1)", b"{nope"),
         (b"kafka: KafkaError{code=_TRANSPORT,val=-195,str=\"broker gone\"}", b""),
-        (b"report 'cmd-3': foreign reply_id (no such command was sent)",
-         b'{"reply_id": "cmd-3", "metrics": ""}'),
+        (b"report 'cmd-5000': foreign reply_id "
+         b"(no such command was sent; 5000 ahead, 0 held, at most 1024)",
+         b'{"reply_id": "cmd-5000", "metrics": ""}'),
     ]  # fmt: skip
     origin = {dict(d.headers)["dlq-source-offset"] for d in harness.dead}
     assert origin == {b"4", b"9", b"10"}

@@ -107,7 +107,7 @@ def test_the_inspector_shows_a_session_caught_mid_round(wiring_factory, controll
     assert "session 'controller'" in out
     assert "phase        WAITING_FOR_REPORT" in out
     assert "step         2/5" in out
-    assert "pending      RETRAIN (timestamp 6)" in out
+    assert "queued       RETRAIN (timestamp 6)" in out
     assert "awaiting     opt_step 'cmd-3' attempt 1" in out
 
 

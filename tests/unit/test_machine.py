@@ -63,12 +63,13 @@ STEP_0 = opt_command(1, "opt_step", params_text(FIRST_POINT, named=False))
 TRAIN_0 = train_command()
 
 TRAINING = idle(
-    phase=m.Phase.TRAINING, next_command=1, trains=1, rounds=1,
+    phase=m.Phase.TRAINING, next_command=1, trains=1, rounds=1, last_admitted=1000,
     round=m.Round("train", 1, 1000, 0, -1, 0),
     outstanding=m.Outstanding(TRAIN_0, 0, 0, 1000),
 )  # fmt: skip
 WAITING = idle(
     phase=m.Phase.WAITING_FOR_REPORT, next_command=2, optimisations=1, rounds=1,
+    last_admitted=1000, last_optimize=1000,
     round=m.Round("optimise", 1, 1000, -1, 0, 0, FIRST_SNAPSHOT),
     outstanding=m.Outstanding(STEP_0, 1, 0, 1000),
 )  # fmt: skip
@@ -77,6 +78,7 @@ LAST_SNAPSHOT = optimizer.learn(SECOND_SNAPSHOT, -0.7)
 FINALISE = opt_command(3, "opt_finalise", best_i=1)
 FINALIZING = idle(
     phase=m.Phase.FINALIZING, next_command=4, optimisations=1, rounds=1,
+    last_admitted=1000, last_optimize=1000,
     round=m.Round("optimise", 1, 1000, -1, 0, 0, LAST_SNAPSHOT),
     outstanding=m.Outstanding(FINALISE, 3, 0, 1000),
 )  # fmt: skip
@@ -148,22 +150,69 @@ def test_update_params_with_wrong_names_or_values_is_rejected_and_changes_nothin
     assert effects == [m.Reject(KEY, f"instruction: update_params {reason}")]
 
 
-def test_idle_report_is_rejected_as_foreign_and_changes_nothing() -> None:
-    state, effects = step(idle(), report("cmd-0", model_id=1))
+def test_idle_report_for_a_command_not_sent_yet_is_held_until_it_is() -> None:
+    early = report("cmd-0", model_id=1)
+    state, effects = step(idle(), early)
+
+    assert state == idle(held=(early.report,))
+    assert effects == [
+        m.Note(KEY, "held", 0, detail="report 'cmd-0' held until its command is sent")
+    ]
+
+
+def test_a_held_report_answers_its_command_as_soon_as_the_command_is_sent() -> None:
+    held, _ = step(None, report("cmd-0", model_id=7))
+
+    state, effects = step(held, instruction(RETRAIN))
+
+    assert state == idle(next_command=1, trains=1, rounds=1, model_id=7, last_admitted=1000)
+    assert effects == [
+        m.Note(KEY, "round_started", 1, detail="RETRAIN"), pause(1), send(TRAIN_0),
+        m.Note(KEY, "round_completed", 1, detail="7"), play(1, 7),
+    ]  # fmt: skip
+
+
+def test_held_reports_feed_a_whole_round_in_their_own_order_and_duplicates_are_rejected() -> None:
+    state = None
+    for reply, fields in (("cmd-1", {"f_val": -0.5}), ("cmd-1", {"f_val": -0.9}),
+                          ("cmd-2", {"f_val": -0.7}), ("cmd-3", {"model_id": 9})):  # fmt: skip
+        state, _ = step(state, report(reply, **fields))
+
+    state, effects = step(state, instruction(OPTIMIZE))
+
+    assert state is not None
+    assert (state.phase, state.model_id, state.held, state.next_command) == (m.Phase.IDLE, 9, (), 4)
+    assert [e.command.type for e in effects if isinstance(e, m.SendCommand)] == [
+        "opt_initialise", "opt_step", "opt_step", "opt_finalise"
+    ]  # fmt: skip
+    assert [e.reason for e in effects if isinstance(e, m.Reject)] == [
+        "report 'cmd-1': duplicate (already answered; awaiting 'cmd-2')"
+    ]
+    assert effects[-1] == play(1, 9)
+
+
+def test_a_report_too_far_ahead_to_hold_is_rejected() -> None:
+    config = seed_config(max_held=2)
+    state, effects = step(idle(), report("cmd-2", model_id=1), config)
 
     assert state == idle()
-    assert effects == [m.Reject(KEY, "report 'cmd-0': foreign reply_id (no such command was sent)")]
+    reason = (
+        "report 'cmd-2': foreign reply_id (no such command was sent; 2 ahead, 0 held, at most 2)"
+    )
+    assert effects == [m.Reject(KEY, reason)]
 
 
 def test_idle_tick_does_nothing() -> None:
     assert step(idle(), m.Tick(10**12)) == (idle(), [])
 
 
-def test_a_tick_or_report_for_an_unseen_key_creates_no_session() -> None:
+def test_a_tick_or_a_rejected_report_for_an_unseen_key_creates_no_session() -> None:
     assert step(None, m.Tick(5)) == (None, [])
-    state, effects = step(None, report("cmd-3"))
+    state, effects = step(None, report("job-3"))
     assert state is None
-    assert effects == [m.Reject(KEY, "report 'cmd-3': foreign reply_id (no such command was sent)")]
+    assert effects == [
+        m.Reject(KEY, "report 'job-3': foreign reply_id (not a command of session 'controller')")
+    ]
 
 
 # --------------------------------------------------------------------------- TRAINING
@@ -172,7 +221,7 @@ def test_a_tick_or_report_for_an_unseen_key_creates_no_session() -> None:
 def test_training_report_plays_the_new_model_and_goes_idle() -> None:
     state, effects = step(TRAINING, report("cmd-0", model_id=7))
 
-    assert state == idle(next_command=1, trains=1, rounds=1, model_id=7)
+    assert state == idle(next_command=1, trains=1, rounds=1, model_id=7, last_admitted=1000)
     assert effects == [m.Note(KEY, "round_completed", 1, detail="7"), play(1, 7)]
 
 
@@ -180,20 +229,38 @@ def test_training_report_plays_the_new_model_and_goes_idle() -> None:
 def test_training_instruction_is_queued(kind: InstructionKind) -> None:
     state, effects = step(TRAINING, instruction(kind, timestamp=2000))
 
-    assert state == msgspec.structs.replace(TRAINING, pending=Instruction(kind, 2000))
-    assert effects == [m.Note(KEY, "queued", 1, detail=f"{kind.value} pending")]
+    optimize = 2000 if kind is OPTIMIZE else None
+    assert state == msgspec.structs.replace(
+        TRAINING, queue=(Instruction(kind, 2000),), last_admitted=2000, last_optimize=optimize
+    )
+    assert effects == [m.Note(KEY, "queued", 1, detail=f"{kind.value} queued, 1 waiting")]
 
 
-def test_training_update_params_applies_at_once() -> None:
+def test_training_update_params_waits_its_turn_in_the_queue() -> None:
     new = (("pMin", 0.02), ("gamma", 0.0))
-    state, effects = step(TRAINING, m.InstructionArrived(Instruction(UPDATE, 5, parameters=new), 0))
+    update = Instruction(UPDATE, 5, parameters=new)
+    state, effects = step(TRAINING, m.InstructionArrived(update, 0))
 
-    assert state == msgspec.structs.replace(TRAINING, best_params=new)
-    assert effects == [m.Note(KEY, "params_updated", 1, detail=params_text(new, named=True))]
+    assert state == msgspec.structs.replace(TRAINING, queue=(update,))
+    assert effects == [m.Note(KEY, "queued", 1, detail="UPDATE_PARAMS queued, 1 waiting")]
+
+    state, effects = step(state, report("cmd-0", model_id=7))
+
+    assert state == idle(next_command=1, trains=1, rounds=1, model_id=7, best_params=new,
+                         last_admitted=1000)  # fmt: skip
+    assert effects[-1] == m.Note(KEY, "params_updated", 1, detail=params_text(new, named=True))
 
 
 def test_training_tick_before_the_deadline_does_nothing() -> None:
     assert step(TRAINING, m.Tick(999)) == (TRAINING, [])
+
+
+def test_a_deadline_is_not_due_until_the_timeout_has_passed_since_the_process_started() -> None:
+    # Restarted at 900 after a long downtime: the deadline (1000) is past, the factory's
+    # full timeout (CONFIG: 1000 ms) is not; the replay must be able to deliver its report.
+    assert step(TRAINING, m.Tick(1899, since_ms=900)) == (TRAINING, [])
+    state, _ = step(TRAINING, m.Tick(1900, since_ms=900))
+    assert state.outstanding == m.Outstanding(TRAIN_0, 0, 1, 2900)
 
 
 def test_training_tick_past_the_deadline_resends_the_same_command() -> None:
@@ -214,7 +281,7 @@ def test_training_timeout_after_the_last_retry_aborts_and_plays_the_old_model() 
 
     state, effects = step(retried, m.Tick(2000))
 
-    assert state == idle(next_command=1, trains=1, rounds=1)
+    assert state == idle(next_command=1, trains=1, rounds=1, last_admitted=1000)
     assert effects == [
         m.Note(KEY, "timeout", 1, detail="no report for train 'cmd-0'"),
         m.Note(
@@ -237,7 +304,7 @@ def test_a_factory_error_report_resends_then_aborts() -> None:
         m.Note(KEY, "retry", 1, detail="attempt 2 of train: No dataset available"),
         send(TRAIN_0, attempt=1),
     ]
-    assert aborted == idle(next_command=1, trains=1, rounds=1)
+    assert aborted == idle(next_command=1, trains=1, rounds=1, last_admitted=1000)
     assert second == [
         m.Note(KEY, "round_aborted", 1, detail="train failed 2 times: No dataset available"),
         play(1, -1),
@@ -292,7 +359,6 @@ def test_a_step_report_without_f_val_counts_as_a_factory_error() -> None:
     ("reply_id", "reason"),
     [
         ("cmd-0", "report 'cmd-0': duplicate (already answered; awaiting 'cmd-1')"),
-        ("cmd-9", "report 'cmd-9': foreign reply_id (no such command was sent)"),
         ("job-1", "report 'job-1': foreign reply_id (not a command of session 'controller')"),
         ("cmd-01", "report 'cmd-01': foreign reply_id (not a command of session 'controller')"),
     ],
@@ -328,14 +394,18 @@ def test_a_report_from_an_earlier_round_is_rejected_as_stale() -> None:
 def test_waiting_instruction_is_queued(kind: InstructionKind) -> None:
     state, effects = step(WAITING, instruction(kind, timestamp=3000))
 
-    assert state == msgspec.structs.replace(WAITING, pending=Instruction(kind, 3000))
-    assert effects == [m.Note(KEY, "queued", 1, detail=f"{kind.value} pending")]
+    optimize = 3000 if kind is OPTIMIZE else 1000
+    assert state == msgspec.structs.replace(
+        WAITING, queue=(Instruction(kind, 3000),), last_admitted=3000, last_optimize=optimize
+    )
+    assert effects == [m.Note(KEY, "queued", 1, detail=f"{kind.value} queued, 1 waiting")]
 
 
-def test_waiting_update_params_applies_at_once() -> None:
+def test_waiting_update_params_is_queued() -> None:
     new = (("pMin", 0.09), ("gamma", 0.004))
-    state, _ = step(WAITING, m.InstructionArrived(Instruction(UPDATE, 5, parameters=new), 0))
-    assert state == msgspec.structs.replace(WAITING, best_params=new)
+    update = Instruction(UPDATE, 5, parameters=new)
+    state, _ = step(WAITING, m.InstructionArrived(update, 0))
+    assert state == msgspec.structs.replace(WAITING, queue=(update,))
 
 
 def test_waiting_tick_past_the_deadline_resends_the_step() -> None:
@@ -354,7 +424,7 @@ def test_finalizing_report_plays_its_model_and_adopts_the_reported_parameters() 
     state, effects = step(FINALIZING, report("cmd-3", model_id=12, params=reported))
 
     assert state == idle(next_command=4, optimisations=1, rounds=1, model_id=12,
-                         best_params=reported)  # fmt: skip
+                         last_admitted=1000, last_optimize=1000, best_params=reported)  # fmt: skip
     assert effects == [m.Note(KEY, "round_completed", 1, detail="12"), play(1, 12)]
 
 
@@ -367,13 +437,17 @@ def test_finalizing_report_without_parameters_adopts_the_best_observed_point() -
 @pytest.mark.parametrize("kind", [OPTIMIZE, RETRAIN])
 def test_finalizing_instruction_is_queued(kind: InstructionKind) -> None:
     state, _ = step(FINALIZING, instruction(kind, timestamp=4000))
-    assert state == msgspec.structs.replace(FINALIZING, pending=Instruction(kind, 4000))
+    optimize = 4000 if kind is OPTIMIZE else 1000
+    assert state == msgspec.structs.replace(
+        FINALIZING, queue=(Instruction(kind, 4000),), last_admitted=4000, last_optimize=optimize
+    )
 
 
-def test_finalizing_update_params_applies_at_once() -> None:
+def test_finalizing_update_params_is_queued() -> None:
     new = (("pMin", 0.01), ("gamma", 0.0))
-    state, _ = step(FINALIZING, m.InstructionArrived(Instruction(UPDATE, 5, parameters=new), 0))
-    assert state == msgspec.structs.replace(FINALIZING, best_params=new)
+    update = Instruction(UPDATE, 5, parameters=new)
+    state, _ = step(FINALIZING, m.InstructionArrived(update, 0))
+    assert state == msgspec.structs.replace(FINALIZING, queue=(update,))
 
 
 def test_finalizing_timeout_after_the_last_retry_plays_the_model_the_engine_had() -> None:
@@ -383,7 +457,14 @@ def test_finalizing_timeout_after_the_last_retry_plays_the_model_the_engine_had(
 
     state, effects = step(had_model, m.Tick(1000))
 
-    assert state == idle(next_command=4, optimisations=1, rounds=1, model_id=4)
+    assert state == idle(
+        next_command=4,
+        optimisations=1,
+        rounds=1,
+        model_id=4,
+        last_admitted=1000,
+        last_optimize=1000,
+    )
     assert effects[-1] == play(1, 4)
 
 
@@ -399,24 +480,68 @@ def test_finalizing_report_for_another_command_is_rejected() -> None:
 # --------------------------------------------------------------------------- queueing and counters
 
 
-def test_optimize_outranks_a_queued_retrain_and_a_later_retrain_does_not_displace_it() -> None:
+def test_instructions_queue_in_their_own_order_whatever_the_phase() -> None:
     state, _ = step(TRAINING, instruction(RETRAIN, timestamp=2000))
-    state, first = step(state, instruction(OPTIMIZE, timestamp=3000))
-    state, second = step(state, instruction(RETRAIN, timestamp=4000))
+    state, _ = step(state, instruction(OPTIMIZE, timestamp=3000))
+    state, _ = step(state, instruction(RETRAIN, timestamp=4000))
 
-    assert state.pending == Instruction(OPTIMIZE, 3000)
-    assert first == [m.Note(KEY, "queued", 1, detail="OPTIMIZE pending, replaces RETRAIN")]
-    assert second == [m.Note(KEY, "queued", 1, detail="OPTIMIZE pending, RETRAIN coalesced")]
+    assert state.queue == (
+        Instruction(RETRAIN, 2000), Instruction(OPTIMIZE, 3000), Instruction(RETRAIN, 4000)
+    )  # fmt: skip
 
 
-def test_the_pending_instruction_starts_as_soon_as_the_round_ends() -> None:
+@pytest.mark.parametrize(
+    ("gap", "sequence", "coalesced"),
+    [
+        # Gap 0: only an instruction no newer than the last admitted one of its rank or more.
+        (0, [(RETRAIN, 1000), (RETRAIN, 1000), (RETRAIN, 999), (RETRAIN, 1001)], [1, 2]),
+        (0, [(RETRAIN, 1000), (OPTIMIZE, 1000), (RETRAIN, 1000), (OPTIMIZE, 1000)], [2, 3]),
+        # A gap in the instructions' own time units: an OPTIMIZE outranks a recent RETRAIN.
+        (500, [(RETRAIN, 1000), (RETRAIN, 1499), (OPTIMIZE, 1200), (RETRAIN, 1600),
+               (OPTIMIZE, 1600), (RETRAIN, 2200)], [1, 3, 4]),
+    ],
+)  # fmt: skip
+def test_coalescing_depends_only_on_the_instruction_sequence(
+    gap: int, sequence: list[tuple[InstructionKind, int]], coalesced: list[int]
+) -> None:
+    config = seed_config(instruction_min_gap=gap)
+    busy = msgspec.structs.replace(FINALIZING, last_admitted=-(10**6), last_optimize=-(10**6))
+    for start in (None, busy):  # the same verdicts whatever the session is doing
+        state, dropped = start, []
+        for index, (kind, ts) in enumerate(sequence):
+            state, effects = step(state, instruction(kind, timestamp=ts), config)
+            if any(isinstance(e, m.Reject) and "coalesced" in e.reason for e in effects):
+                dropped.append(index)
+        assert dropped == coalesced
+
+
+def test_a_coalesced_instruction_is_dead_lettered_with_its_reason_and_changes_nothing() -> None:
+    state, effects = step(TRAINING, instruction(RETRAIN, timestamp=1000))
+
+    assert state == TRAINING
+    reason = "an OPTIMIZE or RETRAIN was admitted at 1000 (INSTRUCTION_MIN_GAP 0)"
+    assert effects == [m.Reject(KEY, f"instruction: RETRAIN at 1000 coalesced: {reason}")]
+
+
+def test_an_instruction_that_finds_the_queue_full_is_dead_lettered() -> None:
+    config = seed_config(max_queued=1)
+    state, _ = step(TRAINING, instruction(RETRAIN, timestamp=2000), config)
+
+    same, effects = step(state, instruction(OPTIMIZE, timestamp=3000), config)
+
+    assert same == state
+    assert effects == [m.Reject(KEY, "instruction: OPTIMIZE at 3000 dropped: 1 instructions "
+                                     "already queued (MAX_QUEUED_INSTRUCTIONS)")]  # fmt: skip
+
+
+def test_the_next_queued_instruction_starts_as_soon_as_the_round_ends() -> None:
     queued, _ = step(TRAINING, instruction(RETRAIN, timestamp=2000))
 
     state, effects = step(queued, report("cmd-0", model_id=7))
 
     second_train = train_command(number=1, train_id=1, ts=2000)
     assert state == idle(
-        phase=m.Phase.TRAINING, next_command=2, trains=2, rounds=2, model_id=7,
+        phase=m.Phase.TRAINING, next_command=2, trains=2, rounds=2, model_id=7, last_admitted=2000,
         round=m.Round("train", 2, 2000, 1, -1, 1),
         outstanding=m.Outstanding(second_train, 1, 0, 1000),
     )  # fmt: skip
@@ -439,7 +564,7 @@ def test_counters_carry_on_across_rounds_and_optimise_rounds_keep_observations()
     for number in (1, 2, 3):
         state, _ = m.advance(state, report(number, f_val=-0.1 * number), key=KEY, config=rtcef)
     state, _ = m.advance(state, report(4, model_id=5), key=KEY, config=rtcef)
-    state, effects = m.advance(state, instruction(OPTIMIZE), key=KEY, config=rtcef)
+    state, effects = m.advance(state, instruction(OPTIMIZE, timestamp=2000), key=KEY, config=rtcef)
 
     assert [e.command.id for e in effects if isinstance(e, m.SendCommand)] == [5, 6]
     assert [e.command.optimisation_id for e in effects if isinstance(e, m.SendCommand)] == [1, 1]

@@ -106,7 +106,8 @@ def test_every_round_that_pauses_the_engine_ends_with_exactly_one_play(sequence)
 def test_a_rejected_event_leaves_the_state_unchanged(sequence) -> None:
     states, effects = run(RANDOM, with_time(sequence))
     for before, after, out in zip(states[:-1], states[1:], effects, strict=True):
-        if any(isinstance(e, m.Reject) for e in out):
+        # A used event may release held reports, some of them duplicates (rejected then).
+        if out and all(isinstance(e, m.Reject) for e in out):
             assert after == before
             assert len(out) == 1
 
