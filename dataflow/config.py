@@ -126,7 +126,12 @@ VARIABLES: Final[tuple[Variable, ...]] = (
              "per model_id); empty: one session for everything. Never reorder a running set."),
     Variable("REPORT_TIMEOUT_S", "600", "Seconds to wait for a report before resending."),
     Variable("MAX_RETRIES", "2", "Resends of a failed or unanswered command before aborting."),
-    Variable("TICK_INTERVAL_S", "5", "Seconds between deadline checks."),
+    Variable("TICK_INTERVAL_S", "5",
+             "Seconds between deadline checks: how late a missed deadline can be noticed. "
+             "No message waits for it."),
+    Variable("INPUT_IDLE_WAIT_MS", "10",
+             "How long an input that found nothing sleeps before it looks again: the most an "
+             "idle controller adds to a hop, and what keeps it near 0 % CPU."),
     Variable("INSTRUCTION_MIN_GAP", "0",
              "An OPTIMIZE or RETRAIN less than this after an admitted instruction of at least its "
              "rank (OPTIMIZE > RETRAIN), in the instructions' own timestamp units, is coalesced "
@@ -190,6 +195,7 @@ class Settings:
     machine: machine.MachineConfig
     encoding: Encoding
     tick_interval_s: float
+    input_idle_wait_ms: float
     max_message_bytes: int
     create_topics: bool
     topic_partitions: int
@@ -379,6 +385,7 @@ class _Reader:
             machine=config,
             encoding=encoding,
             tick_interval_s=self.number("TICK_INTERVAL_S", 5, float, 0.01),
+            input_idle_wait_ms=self.number("INPUT_IDLE_WAIT_MS", 10, float, 0.1),
             max_message_bytes=self.number("MAX_MESSAGE_BYTES", DEFAULT_MAX_MESSAGE_BYTES, int, 1),
             create_topics=self.flag("CREATE_TOPICS", True),
             topic_partitions=self.number("TOPIC_PARTITIONS", 1, int, 1),

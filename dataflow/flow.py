@@ -28,9 +28,9 @@ from functools import partial
 from typing import Any, Final, TypeAlias
 
 import bytewax.operators as op
-from bytewax.connectors.kafka import KafkaError, KafkaSource, KafkaSourceMessage
+from bytewax.connectors.kafka import KafkaError, KafkaSourceMessage
 from bytewax.dataflow import Dataflow, Stream
-from bytewax.inputs import SimplePollingSource, Source
+from bytewax.inputs import Source
 from bytewax.outputs import Sink
 
 from dataflow import observability
@@ -47,6 +47,7 @@ from dataflow.kafka import (
     preflight,
     source_config,
 )
+from dataflow.sources import PacedKafkaSource, TickSource
 from dataflow.wire import Codec
 
 log = logging.getLogger(__name__)
@@ -98,14 +99,6 @@ class Routed:
     message: OutMessage
 
 
-class TickSource(SimplePollingSource[int, None]):
-    """Emits the wall-clock time (ms) every interval, so deadlines pass without other input."""
-
-    def next_item(self) -> int:
-        """The time now, in epoch milliseconds."""
-        return int(time.time() * 1000)
-
-
 @dataclass(frozen=True)
 class FlowIO:
     """The flow's sources and sinks: Kafka in production, testing ones in the flow tier."""
@@ -123,14 +116,18 @@ def kafka_io(settings: Settings) -> FlowIO:
     brokers = [settings.brokers]
     extra = source_config(settings)
 
-    def source(topic: str) -> KafkaSource:
-        return KafkaSource(brokers, [topic], tail=True, add_config=extra, raise_on_errors=False,
-                           batch_size=100)  # fmt: skip
+    idle_wait = timedelta(milliseconds=settings.input_idle_wait_ms)
+
+    def source(topic: str) -> PacedKafkaSource:
+        return PacedKafkaSource(
+            brokers, [topic], tail=True, add_config=extra, raise_on_errors=False,
+            batch_size=100, idle_wait=idle_wait,
+        )  # fmt: skip
 
     return FlowIO(
         instructions=source(settings.topics.instructions),
         reports=source(settings.topics.reports),
-        ticks=TickSource(timedelta(seconds=settings.tick_interval_s)),
+        ticks=TickSource(timedelta(seconds=settings.tick_interval_s), idle_wait),
         commands=SafeKafkaSink(settings, settings.topics.commands),
         syncs=SafeKafkaSink(settings, settings.topics.sync),
         dead_letters=SafeKafkaSink(settings, settings.topics.dead_letters),

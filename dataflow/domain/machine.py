@@ -584,12 +584,11 @@ def _or_hold(handler: Handler) -> Handler:
         counter = _counter(report, config, state.key)
         if counter is None or counter < state.next_command:
             return handler(state, event, config)
-        ahead = counter - state.next_command
-        if ahead >= config.max_held or len(state.held) >= config.max_held:
-            counts = f"{ahead} ahead, {len(state.held)} held, at most {config.max_held}"
-            reply = f"report {report.reply_id!r:.40}"
-            reason = f"{reply}: foreign reply_id (no such command was sent; {counts})"
-            return state, [Reject(state.key, reason)]
+        reply = f"report {report.reply_id!r:.40}: foreign reply_id (no such command was sent"
+        if counter - state.next_command >= config.max_held:
+            return state, [Reject(state.key, f"{reply}, nor within {config.max_held} of the next)")]
+        if len(state.held) >= config.max_held:
+            return state, [Reject(state.key, f"{reply}; {config.max_held} reports held already)")]
         number = state.round.number if state.round else state.rounds
         detail = f"report {report.reply_id!r:.40} held until its command is sent"
         held = msgspec.structs.replace(state, held=(*state.held, report))

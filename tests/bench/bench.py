@@ -16,12 +16,21 @@ asserts a time.
    with 1 and 2 workers: steps per second, CPU and peak memory.
 5. Recovery: SIGKILL mid-round, then the time from restart to the next command,
    and the recovery directory's size.
+6. Hops at the shipped defaults: instruction -> pause and first command, a step
+   report after a slow step -> next command, final report -> play (p50/p99/max);
+   the controller's share of the engine's pause in a 15-step rtcef round
+   against a factory that takes exactly 1 s per command; idle CPU per worker.
+
+Every controller runs as an operator runs it: the README's
+``bytewax.run ... -r DIR -s 5 -b 30`` and the ConfigMap's settings
+(``TICK_INTERVAL_S=5``), unless ``BENCH_SNAPSHOT_S`` says otherwise.
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import itertools
 import json
 import os
 import pickle
@@ -57,6 +66,8 @@ RECORDINGS = Path(os.environ.get("RTCEF_SHARED_DIR", ROOT.parent / "shared")) / 
     "data/rtcef-recordings/cards"
 )
 Rows = list[tuple[str, ...]]
+#: The README's and the ConfigMap's snapshot interval (``-s 5``).
+SNAPSHOT_S = int(os.environ.get("BENCH_SNAPSHOT_S", "5"))
 
 
 def timed(function: Callable[[], Any], repeat: int = 5) -> float:
@@ -175,7 +186,6 @@ class Controller:
             **env,
             "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
             "LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "WARNING"),
-            "TICK_INTERVAL_S": "1",
         }
         self.workers = workers
         self.process: subprocess.Popen[bytes] | None = None
@@ -191,9 +201,9 @@ class Controller:
             "-r",
             str(self.directory),
             "-s",
-            os.environ.get("BENCH_SNAPSHOT_S", "1"),
+            str(SNAPSHOT_S),
             "-b",
-            "10",
+            "30",
         ]
         self.process = subprocess.Popen(
             command,
@@ -245,12 +255,18 @@ class Factory:
     """An instant factory that timestamps each report it sends and each command it receives."""
 
     def __init__(
-        self, bootstrap: str, topics: dict[str, str], dialect: msg.Dialect, profile: o.Profile
+        self,
+        bootstrap: str,
+        topics: dict[str, str],
+        dialect: msg.Dialect,
+        profile: o.Profile,
+        delay_s: Callable[[msg.FactoryCommand], float] = lambda command: 0.0,
     ) -> None:
         from confluent_kafka import Consumer, Producer
         from confluent_kafka.cimpl import TopicPartition
 
         self.simulator = FactorySimulator(dialect, profile, SYNTHETIC["bowl"](profile), Behaviour())
+        self.delay_s = delay_s
         self.topics = topics
         self.consumer = Consumer(
             {"bootstrap.servers": bootstrap, "group.id": "bench", "fetch.wait.max.ms": 1}
@@ -277,6 +293,8 @@ class Factory:
             command = msg.decode_command(message.value())
             assert isinstance(command, msg.FactoryCommand)
             self.received.append((now, command))
+            if self.delay_s(command):
+                time.sleep(self.delay_s(command))
             for key, value in self.simulator.respond(command):
                 self.producer.produce(self.topics["REPORT_TOPIC"], value, key)
                 self.producer.flush(5)
@@ -422,7 +440,7 @@ def bench_recovery(bootstrap: str) -> Rows:
     controller.start()
     send(bootstrap, topics, "optimize", [None])
     factory.wait_for(7)
-    time.sleep(1.5)  # a snapshot includes the round
+    time.sleep(SNAPSHOT_S + 1.5)  # a snapshot includes the round
     controller.stop(signal.SIGKILL)
     size = sum(p.stat().st_size for p in controller.directory.rglob("*") if p.is_file())
     received = len(factory.received)
@@ -438,6 +456,149 @@ def bench_recovery(bootstrap: str) -> Rows:
         ("restart -> next command", f"{first:.2f} s"),
         ("recovery directory size", f"{size / 1024:.0f} KiB"),
     ]
+
+
+# --------------------------------------------------------------------------- hops at the defaults
+
+
+class SyncWatcher:
+    """The engine's side: records when each pause and play arrives."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        from confluent_kafka import Consumer
+        from confluent_kafka.cimpl import TopicPartition
+
+        self.consumer = Consumer(
+            {"bootstrap.servers": bootstrap, "group.id": "bench", "fetch.wait.max.ms": 1}
+        )
+        self.consumer.assign([TopicPartition(topic, 0, 0)])
+        self.seen: list[tuple[float, msg.SyncMessage]] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            message = self.consumer.poll(0.05)
+            if message is None or message.error():
+                continue
+            sync = msg.decode_sync(message.value())
+            assert isinstance(sync, msg.SyncMessage)
+            self.seen.append((time.perf_counter(), sync))
+
+    def wait_for(self, count: int, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while len(self.seen) < count and time.monotonic() < deadline:
+            time.sleep(0.002)
+        if len(self.seen) < count:
+            raise TimeoutError(f"{len(self.seen)} of {count} sync messages after {timeout}s")
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(5)
+        self.consumer.close()
+
+
+def _stats_ms(values: list[float]) -> tuple[str, ...]:
+    return (*(f"{percentile(values, q) * 1e3:.1f}" for q in (50, 99, 100)), str(len(values)))
+
+
+def bench_hops(bootstrap: str, quick: bool) -> Rows:
+    """Each hop of a round at the shipped defaults, the controller idle before it."""
+    from confluent_kafka import Producer
+
+    profile = o.PROFILES["seed"]
+    topics = make_topics(bootstrap, "seed")
+    slow_steps = lambda command: 2.0 if command.type == "opt_step" else 0.0  # noqa: E731
+    controller = Controller(bootstrap, topics, {})
+    factory = Factory(bootstrap, topics, "seed", profile, delay_s=slow_steps)
+    engine = SyncWatcher(bootstrap, topics["SYNC_TOPIC"])
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 0})
+    controller.start()
+    time.sleep(SNAPSHOT_S + 3)  # started, and past its first epochs
+    to_pause, to_command, to_play, step_to_next = [], [], [], []
+    tries = 8 if quick else 20
+    for number in range(1, tries + 1):
+        time.sleep(0.3 + (number * 0.37) % 1.2)  # arrivals land anywhere in an epoch
+        commands, syncs = len(factory.received), len(engine.seen)
+        payload = json.dumps({"instruction_type": "retrain", "timestamp": number}).encode()
+        producer.produce(topics["INSTRUCTION_TOPIC"], payload)
+        producer.flush(5)
+        sent = time.perf_counter()
+        factory.wait_for(commands + 1)
+        engine.wait_for(syncs + 2)
+        to_pause.append(engine.seen[syncs][0] - sent)
+        to_command.append(factory.received[commands][0] - sent)
+        to_play.append(engine.seen[syncs + 1][0] - factory.sent[factory.received[commands][1].id])
+    for round_ in range(1 if quick else 2):
+        commands, syncs = len(factory.received), len(engine.seen)
+        payload = json.dumps({"instruction_type": "optimize", "timestamp": 100 + round_})
+        producer.produce(topics["INSTRUCTION_TOPIC"], payload.encode())
+        producer.flush(5)
+        factory.wait_for(commands + profile.budget + 2, timeout=300)
+        engine.wait_for(syncs + 2, timeout=60)
+        received = factory.received[commands:]
+        for (_, answered), (arrived, _) in itertools.pairwise(received[1:]):  # after the init
+            step_to_next.append(arrived - factory.sent[answered.id])
+        to_play.append(engine.seen[syncs + 1][0] - factory.sent[received[-1][1].id])
+    controller.stop()
+    factory.close()
+    engine.close()
+    return [
+        ("instruction -> pause", *_stats_ms(to_pause)),
+        ("instruction -> first command (train)", *_stats_ms(to_command)),
+        ("step report after a 2 s step -> next command", *_stats_ms(step_to_next)),
+        ("final report -> play", *_stats_ms(to_play)),
+    ]
+
+
+def bench_pause_share(bootstrap: str, quick: bool) -> Rows:
+    """The engine's pause in a 15-step rtcef round minus the factory's 1 s per command."""
+    from confluent_kafka import Producer
+
+    profile = o.PROFILES["rtcef"]
+    topics = make_topics(bootstrap, "rtcef")
+    controller = Controller(bootstrap, topics, {"CONTROLLER_DIALECT": "rtcef"})
+    one_second = lambda command: 0.0 if command.type == "opt_initialise" else 1.0  # noqa: E731
+    factory = Factory(bootstrap, topics, "rtcef", profile, delay_s=one_second)
+    engine = SyncWatcher(bootstrap, topics["SYNC_TOPIC"])
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 0})
+    controller.start()
+    time.sleep(SNAPSHOT_S + 3)
+    rows: Rows = []
+    for round_ in range(1 if quick else 2):
+        syncs, commands = len(engine.seen), len(factory.received)
+        payload = json.dumps({"id": round_, "instruction": "optimise", "timestamp": 1000 + round_})
+        producer.produce(topics["INSTRUCTION_TOPIC"], payload.encode())
+        producer.flush(5)
+        engine.wait_for(syncs + 2, timeout=300)
+        paused = engine.seen[syncs + 1][0] - engine.seen[syncs][0]
+        answered = [c for _, c in factory.received[commands:] if one_second(c)]
+        factory_s = float(len(answered))
+        rows.append((str(round_ + 1), str(len(answered)), f"{paused:.2f}", f"{factory_s:.0f}",
+                     f"{paused - factory_s:.3f}"))  # fmt: skip
+    controller.stop()
+    factory.close()
+    engine.close()
+    return rows
+
+
+def bench_idle_cpu(bootstrap: str, quick: bool) -> Rows:
+    """CPU of a controller with no input, per worker, over 30 s (10 s with --quick)."""
+    rows: Rows = []
+    seconds = 10 if quick else 30
+    for workers in (1, 2):
+        topics = make_topics(bootstrap, "seed")
+        controller = Controller(bootstrap, topics, {}, workers=workers)
+        controller.start()
+        time.sleep(SNAPSHOT_S + 3)
+        cpu0, began = controller.cpu_seconds(), time.perf_counter()
+        time.sleep(seconds)
+        share = (controller.cpu_seconds() - cpu0) / (time.perf_counter() - began)
+        controller.stop()
+        rows.append((str(workers), f"{seconds}", f"{100 * share:.1f}%",
+                     f"{100 * share / workers:.1f}%"))  # fmt: skip
+    return rows
 
 
 # --------------------------------------------------------------------------- optimiser quality
@@ -550,14 +711,21 @@ def machine() -> str:
     )
 
 
+SECTIONS = ("state", "optimiser", "latency", "throughput", "recovery", "hops")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="fewer seeds and sessions")
+    parser.add_argument("--quick", action="store_true", help="fewer seeds, sessions and tries")
     parser.add_argument("--no-save", action="store_true", help="do not write RESULTS.md")
+    parser.add_argument("--only", action="append", choices=SECTIONS,
+                        help="run only this section (repeatable; implies --no-save)")  # fmt: skip
     args = parser.parse_args(argv)
+    wanted = set(args.only or SECTIONS)
+    settings = f"-s {SNAPSHOT_S} -b 30, TICK_INTERVAL_S and every other setting at its default"
     parts = [
         f"# Benchmark results\n\n{machine()}\n\nCommand: `just bench`"
-        f"{' --quick' if args.quick else ''}.\n"
+        f"{' --quick' if args.quick else ''}. Controllers run as shipped: {settings}.\n"
     ]
     print(parts[0], flush=True)
 
@@ -565,52 +733,44 @@ def main(argv: list[str] | None = None) -> int:
         parts.append(text)
         print(text, flush=True)
 
-    emit(
-        table(
-            "1. State per session: size and snapshot + restore cost",
-            (
-                "profile",
-                "observations",
-                "ours (bytes)",
-                "seed design (bytes)",
-                "smaller",
-                "ours (ms)",
-                "seed design (ms)",
-                "faster",
-            ),
-            bench_state(args.quick),
-        )
-    )
-    emit(
-        table(
-            "3. Optimiser: time per step and median best f_val after one round's budget",
-            ("profile", "surface", "method", "ms per step", "median best f_val", "seeds"),
-            bench_optimiser(args.quick),
-        )
-    )
+    if "state" in wanted:
+        emit(table("1. State per session: size and snapshot + restore cost",
+                   ("profile", "observations", "ours (bytes)", "seed design (bytes)", "smaller",
+                    "ours (ms)", "seed design (ms)", "faster"),
+                   bench_state(args.quick)))  # fmt: skip
+    if "optimiser" in wanted:
+        emit(table("3. Optimiser: time per step and median best f_val after one round's budget",
+                   ("profile", "surface", "method", "ms per step", "median best f_val", "seeds"),
+                   bench_optimiser(args.quick)))  # fmt: skip
+    if not wanted & {"latency", "throughput", "recovery", "hops"}:
+        return _save(parts, args.no_save or bool(args.only))
     with broker() as bootstrap:
-        emit(
-            table(
-                "2. Step latency through the broker (one round, 30 steps), ms",
-                ("measure", "p50", "p95", "max"),
-                bench_latency(bootstrap),
-            )
-        )
-        emit(
-            table(
-                "4. Throughput against an instant factory (6 steps per session)",
-                ("sessions", "workers", "steps", "steps/s", "commands/s", "CPU", "peak RSS MiB"),
-                bench_throughput(bootstrap, args.quick),
-            )
-        )
-        emit(
-            table(
-                "5. Recovery after SIGKILL mid-round",
-                ("measure", "value"),
-                bench_recovery(bootstrap),
-            )
-        )
-    if not args.no_save:
+        if "latency" in wanted:
+            emit(table("2. Step latency through the broker (one round, 30 steps), ms",
+                       ("measure", "p50", "p95", "max"), bench_latency(bootstrap)))  # fmt: skip
+        if "throughput" in wanted:
+            emit(table("4. Throughput against an instant factory (6 steps per session)",
+                       ("sessions", "workers", "steps", "steps/s", "commands/s", "CPU",
+                        "peak RSS MiB"), bench_throughput(bootstrap, args.quick)))  # fmt: skip
+        if "recovery" in wanted:
+            emit(table("5. Recovery after SIGKILL mid-round", ("measure", "value"),
+                       bench_recovery(bootstrap)))  # fmt: skip
+        if "hops" in wanted:
+            emit(table("6a. Hops of an idle controller at the shipped defaults, ms "
+                       "(goal: p50 <= 20, p99 <= 100)", ("hop", "p50", "p99", "max", "tries"),
+                       bench_hops(bootstrap, args.quick)))  # fmt: skip
+            emit(table("6b. The controller's share of the engine's pause: 15-step rtcef round, "
+                       "factory 1 s per command (goal <= 0.5 s)",
+                       ("round", "answered commands", "pause s", "factory s", "controller s"),
+                       bench_pause_share(bootstrap, args.quick)))  # fmt: skip
+            emit(table("6c. Idle CPU (no input) at the shipped defaults (goal <= 5 % per worker)",
+                       ("workers", "seconds", "CPU (of one core)", "per worker"),
+                       bench_idle_cpu(bootstrap, args.quick)))  # fmt: skip
+    return _save(parts, args.no_save or bool(args.only))
+
+
+def _save(parts: list[str], skip: bool) -> int:
+    if not skip:
         RESULTS.write_text("\n".join(parts))
         print(f"written to {RESULTS.relative_to(ROOT)}")
     return 0

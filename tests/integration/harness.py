@@ -109,8 +109,11 @@ class Wiring:
 class Controller:
     """The controller run as ``python -m bytewax.run`` with a recovery directory."""
 
-    def __init__(self, wiring: Wiring, workdir: Path, partitions: int = 1) -> None:
+    def __init__(
+        self, wiring: Wiring, workdir: Path, partitions: int = 1, snapshot_s: int = 1
+    ) -> None:
         self.wiring = wiring
+        self.snapshot_s = snapshot_s
         self.recovery = workdir / "recovery"
         self.log_path = workdir / "controller.log"
         self.process: subprocess.Popen[bytes] | None = None
@@ -118,7 +121,8 @@ class Controller:
 
     def command(self, workers: int = 1, processes: int = 1) -> list[str]:
         target = "dataflow.flow:get_flow()"
-        recovery_args = ["-r", str(self.recovery), "-s", "1", "-b", "10"]
+        backup = "10" if self.snapshot_s < 10 else str(self.snapshot_s * 6)
+        recovery_args = ["-r", str(self.recovery), "-s", str(self.snapshot_s), "-b", backup]
         if processes > 1:
             return [sys.executable, "-m", "bytewax.testing", target, "-p", str(processes),
                     "-w", str(workers), *recovery_args]  # fmt: skip

@@ -51,9 +51,11 @@ def test_malformed_and_hostile_input_is_dead_lettered_and_the_round_completes(
         wiring.send_instruction(Instruction(InstructionKind.OPTIMIZE, 1000, 1))
         client.produce(wiring.bootstrap, wiring.instructions, [m for m, _ in HOSTILE_INSTRUCTIONS])
         client.produce(wiring.bootstrap, wiring.reports, [
-            b'{"reply_id": "cmd-999", "status": "success", "model_id": 1, "metrics": ""}',
+            # Ids of commands not sent yet are held (a replay may deliver a report early),
+            # up to 1024 commands ahead: these are beyond.
+            b'{"reply_id": "cmd-9999", "status": "success", "model_id": 1, "metrics": ""}',
             b'{"reply_id": "nobody", "status": "success", "model_id": 1, "metrics": ""}',
-            b'{"reply_id": 5}',
+            b'{"reply_id": 5000}',
         ])  # fmt: skip
         syncs = wiring.wait_for_plays(1)
     controller.stop()
@@ -68,9 +70,12 @@ def test_malformed_and_hostile_input_is_dead_lettered_and_the_round_completes(
         assert _headers(letter)[DLQ_SOURCE_PARTITION] == b"0"
         assert _headers(letter)[DLQ_STAGE] == b"decode"
     assert {r: _headers(m)[DLQ_STAGE] for r, m in by_reason.items() if "report" in r} == {
-        "report 'cmd-999': foreign reply_id (no such command was sent)": b"session",
+        "report 'cmd-9999': foreign reply_id (no such command was sent, nor within 1024 of the "
+        "next)": b"session",
         "report: `$.reply_id` 'nobody' is not a command id": b"route",
-        "report 5: foreign reply_id (no such command was sent)": b"session",
+        "report 5000: foreign reply_id (no such command was sent, nor within 1024 of the next)": (
+            b"session"
+        ),
     }
     offsets = sorted(int(_headers(m)[DLQ_SOURCE_OFFSET]) for m in letters
                      if _headers(m)[DLQ_SOURCE_TOPIC] == wiring.instructions.encode())  # fmt: skip

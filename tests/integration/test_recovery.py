@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
+import shutil
 import threading
 import time
 from collections import defaultdict
+from pathlib import Path
 
 import pytest
 
 from dataflow.domain import messages as msg
 from dataflow.domain.messages import Instruction, InstructionKind
-from tests.integration.harness import Wiring, factory
+from tests.data import make_recovery_v1
+from tests.integration.harness import Controller, Wiring, factory
 from tests.kafka import broker as harness
 from tests.kafka import client
 
@@ -111,3 +114,43 @@ def test_a_broker_restart_mid_round_is_ridden_out_and_the_round_completes(
         assert kinds == ["opt_initialise"] + ["opt_step"] * 4 + ["opt_finalise"]
     finally:
         own.stop()
+
+
+V1_FIXTURE = Path(__file__).resolve().parents[1] / "data" / "recovery-v1"
+
+
+def test_a_recovery_directory_written_by_state_version_1_resumes_its_round_and_queued_retrain(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    # The store names its input offsets by topic: rebuild the topics it was written against.
+    names = make_recovery_v1.TOPICS
+    client.delete_topics(kafka_bootstrap, names.values())
+    client.create_topics(kafka_bootstrap, names.values())
+    inputs = json.loads((V1_FIXTURE / "inputs.json").read_text())
+    for variable in ("INSTRUCTION_TOPIC", "REPORT_TOPIC"):
+        client.produce(kafka_bootstrap, names[variable], [m.encode() for m in inputs[variable]])
+    (tmp_path / "c" / "recovery").mkdir(parents=True)
+    shutil.copy(V1_FIXTURE / "part-0.sqlite3", tmp_path / "c" / "recovery")
+    wiring = Wiring(kafka_bootstrap, "rtcef", *names.values(), extra={"OPTIMISER_BUDGET": "3"})
+    controller = Controller(wiring, tmp_path / "c")
+    try:
+        with factory(wiring):
+            controller.start()
+            # Step 2 was sent (and held by the factory) before the crash: its answer now.
+            client.produce(kafka_bootstrap, wiring.reports,
+                           [make_recovery_v1.step_report(2, -0.7, 2)])  # fmt: skip
+            syncs = wiring.wait_for_plays(2, timeout=120)
+        sent = wiring.commands_sent(idle=1.0, timeout=30)
+    finally:
+        controller.stop()
+        client.delete_topics(kafka_bootstrap, names.values())
+
+    assert [(c.id, c.type, c.timestamp, c.train_id, c.optimisation_id) for c in sent] == [
+        (3, "opt_step", 1000, -1, 0),
+        (4, "opt_finalise", 1000, -1, 0),
+        (5, "train", 2000, 0, -1),
+    ]
+    assert sent[1].best_i in (1, 2)  # -0.7 (step 2) unless step 3 scored lower
+    assert [(s.type, s.timestamp) for s in syncs] == [("play", 1000), ("pause", 2000),
+                                                      ("play", 2000)]  # fmt: skip
+    assert "Traceback" not in controller.log_text()

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import msgspec
 import pytest
 
 from dataflow.domain import machine as m
 from dataflow.domain import optimizer
-from dataflow.domain.errors import IllegalTransitionError
+from dataflow.domain.errors import IllegalTransitionError, StateVersionError
 from dataflow.domain.messages import (
     FactoryCommand,
     Instruction,
@@ -196,9 +198,18 @@ def test_a_report_too_far_ahead_to_hold_is_rejected() -> None:
     state, effects = step(idle(), report("cmd-2", model_id=1), config)
 
     assert state == idle()
-    reason = (
-        "report 'cmd-2': foreign reply_id (no such command was sent; 2 ahead, 0 held, at most 2)"
-    )
+    reason = "report 'cmd-2': foreign reply_id (no such command was sent, nor within 2 of the next)"
+    assert effects == [m.Reject(KEY, reason)]
+
+
+def test_a_report_that_finds_the_hold_full_is_rejected() -> None:
+    config = seed_config(max_held=1)
+    state, _ = step(idle(), report("cmd-0", model_id=1), config)
+
+    same, effects = step(state, report("cmd-0", model_id=2), config)
+
+    assert same == state
+    reason = "report 'cmd-0': foreign reply_id (no such command was sent; 1 reports held already)"
     assert effects == [m.Reject(KEY, reason)]
 
 
@@ -605,3 +616,33 @@ def test_a_report_routed_to_the_wrong_session_is_foreign_there() -> None:
     assert effects == [
         m.Reject("a", "report 'cmd-1': foreign reply_id (not a command of session 'a')")
     ]
+
+
+# --------------------------------------------------------------------------- state versions
+
+
+def test_a_version_1_state_is_migrated_its_pending_instruction_heading_the_queue() -> None:
+    v1 = msgspec.structs.replace(TRAINING, version=1, pending=Instruction(OPTIMIZE, 3000),
+                                 last_admitted=None)  # fmt: skip
+
+    assert m.upgrade(v1) == msgspec.structs.replace(
+        TRAINING, queue=(Instruction(OPTIMIZE, 3000),), last_admitted=3000, last_optimize=3000
+    )
+
+
+def test_the_version_1_recovery_fixture_unpickles_and_migrates() -> None:
+    from dataflow.inspection import sessions
+
+    (view,) = sessions(Path(__file__).resolve().parents[1] / "data" / "recovery-v1")
+
+    assert (view.phase, view.pending, view.outstanding) == (
+        "WAITING_FOR_REPORT", "RETRAIN (timestamp 2000)", "opt_step 2 attempt 1"
+    )  # fmt: skip
+
+
+def test_a_state_from_a_newer_controller_is_refused_naming_both_versions() -> None:
+    newer = msgspec.structs.replace(TRAINING, version=3)
+
+    with pytest.raises(StateVersionError) as refused:
+        step(newer, m.Tick(0))
+    assert "with state version 3; this controller reads versions 1 to 2." in str(refused.value)

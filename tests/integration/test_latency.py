@@ -1,0 +1,70 @@
+"""A coarse guard: at the shipped defaults no hop of an idle controller waits for the tick.
+
+Not a benchmark (``just bench`` measures the hops): it fails only if a hop takes
+more than a second, as every hop did when messages waited for the 5 s tick.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+
+from dataflow.domain import messages as msg
+from tests.integration.harness import Controller
+from tests.kafka import client
+
+pytestmark = pytest.mark.integration
+
+
+def _next(consumer: Consumer, timeout: float = 30.0) -> tuple[float, bytes]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        message = consumer.poll(0.005)
+        if message is not None and message.error() is None:
+            return time.perf_counter(), message.value()
+    raise AssertionError(f"nothing within {timeout}s")
+
+
+def test_idle_hops_at_the_shipped_defaults_take_well_under_a_second(
+    wiring_factory, tmp_path
+) -> None:
+    wiring = wiring_factory("seed")
+    shipped = {k: v for k, v in wiring.env().items() if k != "TICK_INTERVAL_S"}  # default: 5
+    wiring.env = lambda: shipped  # type: ignore[method-assign]
+    controller = Controller(wiring, tmp_path / "c", snapshot_s=5)  # the README's -s 5 -b 30
+    watch = {}
+    for topic in (wiring.commands, wiring.sync):
+        watch[topic] = Consumer({"bootstrap.servers": wiring.bootstrap, "group.id": "latency",
+                                 "fetch.wait.max.ms": 5})  # fmt: skip
+        watch[topic].assign([TopicPartition(topic, 0, 0)])
+    hops: dict[str, list[float]] = {"instruction -> pause": [], "instruction -> train": [],
+                                    "report -> play": []}  # fmt: skip
+    try:
+        controller.start()
+        time.sleep(8)  # started, idle, past its first epochs
+        for number in range(1, 4):
+            time.sleep(1.7)  # land anywhere in the 5 s epochs and ticks
+            sent = time.perf_counter()
+            wiring.send_instruction(msg.Instruction(msg.InstructionKind.RETRAIN, number))
+            paused, _ = _next(watch[wiring.sync])
+            commanded, value = _next(watch[wiring.commands])
+            command = wiring.codec.decode_command(value)
+            assert isinstance(command, msg.FactoryCommand)
+            answered = time.perf_counter()
+            client.produce(wiring.bootstrap, wiring.reports,
+                           [b'{"reply_id": "%s", "status": "success", "model_id": %d}'
+                            % (command.id.encode(), number)])  # type: ignore[union-attr]  # fmt: skip
+            played, _ = _next(watch[wiring.sync])
+            hops["instruction -> pause"].append(paused - sent)
+            hops["instruction -> train"].append(commanded - sent)
+            hops["report -> play"].append(played - answered)
+    finally:
+        controller.stop()
+        for consumer in watch.values():
+            consumer.close()
+
+    assert {hop: [t for t in times if t > 1.0] for hop, times in hops.items()} == {
+        hop: [] for hop in hops
+    }
