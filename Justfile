@@ -83,6 +83,10 @@ lock: bootstrap
 clean: kafka-down
     rm -rf .venv .kafka .pytest_cache .mypy_cache .ruff_cache demo-output recovery
 
+# Kill-and-restart replays of the 21 recorded RTCEF runs through a real broker: one row per run
+chaos *args: jars
+    {{py}} -m tests.integration.chaos "$@"
+
 # Run the benchmarks (state, latency, optimiser, throughput, recovery) and save tests/bench/RESULTS.md
 bench *args: jars
     {{py}} -m tests.bench.bench "$@"
