@@ -136,7 +136,7 @@ VARIABLES: Final[tuple[Variable, ...]] = (
              "An OPTIMIZE or RETRAIN less than this after an admitted instruction of at least its "
              "rank (OPTIMIZE > RETRAIN), in the instructions' own timestamp units, is coalesced "
              "(dead-lettered); 0: only instructions no newer than that one are."),
-    Variable("MAX_QUEUED_INSTRUCTIONS", "100",
+    Variable("MAX_QUEUED_INSTRUCTIONS", "1000",
              "Admitted instructions waiting for their round; more are dead-lettered (a safety "
              "valve outside the replay guarantee: keep it unreached with INSTRUCTION_MIN_GAP)."),
     Variable("MAX_MESSAGE_BYTES", str(DEFAULT_MAX_MESSAGE_BYTES),
@@ -373,7 +373,7 @@ class _Reader:
             max_retries=self.number("MAX_RETRIES", 2, int, 0),
             warm_start=self.warm_start(profile),
             instruction_min_gap=self.number("INSTRUCTION_MIN_GAP", 0, int, 0),
-            max_queued=self.number("MAX_QUEUED_INSTRUCTIONS", 100, int, 1),
+            max_queued=self.number("MAX_QUEUED_INSTRUCTIONS", 1000, int, 1),
         )
         try:
             config.validate()

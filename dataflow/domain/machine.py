@@ -41,20 +41,26 @@ sequence; the commands are a function of (I, R) alone because every row is:
   timestamp against the last admitted ones; UPDATE_PARAMS on its own content),
   never on the phase it finds. Admitted instructions run strictly in order, so
   the sequence of rounds is a function of I. The one exception is a full queue
-  (``max_queued``), a safety valve outside this guarantee, documented for
-  operators: admission by content (``instruction_min_gap``) keeps it empty.
+  (``max_queued``, 1,000), a safety valve outside this guarantee, documented for
+  operators: admission by content (``instruction_min_gap``) keeps it short.
 * **Report rows.** A report names its command by ``reply_id``, a counter. If that
   command has not been sent yet (a replay delivered the report before the
   instruction whose round sends it), the report is *held* in the state and
   fed in as soon as the command is sent (``_settle``). Once sent, a report is
   either the answer to the outstanding command or a duplicate or stale one,
   whatever the merge order. So command ``c`` sees exactly R's reports for ``c``,
-  in R's order, and what it sends next depends on nothing else.
+  in R's order, and what it sends next depends on nothing else. (Also outside
+  the guarantee: a hold that is full, ``max_held``, 1,024 reports; a replay
+  holds at most the reports read since the last snapshot.)
 * **Tick rows.** Only a silent factory makes a deadline pass; a resend carries the
   same payload under the same id, so it is harmless to the property. A restart
   cannot make one fire: a deadline is not due until ``report_timeout_ms`` after
   the running process began (``Tick.since_ms``), so the downtime and the
-  replay's catch-up never count against the factory.
+  replay's catch-up never count against the factory. What stays outside the
+  guarantee is the wall clock itself: a factory silent for ``max_retries + 1``
+  timeouts aborts the round; if the process then crashes before the next
+  snapshot and the factory's late report is in R, the replay reads it in time
+  and completes the round the first run aborted.
 
 Every output therefore depends only on the key's own (I, R): reports are
 matched by id, proposals are seeded by key, round and observation count. Times
@@ -133,7 +139,7 @@ class MachineConfig(msgspec.Struct, frozen=True):
     instruction_min_gap: int = 0
     #: Admitted instructions waiting for their round; beyond, dead-lettered (a safety valve:
     #: how full the queue is depends on timing, see the module docstring).
-    max_queued: int = 100
+    max_queued: int = 1000
     #: Reports for commands not sent yet (replay) held at most; also how far ahead they may be.
     max_held: int = 1024
 
@@ -377,7 +383,8 @@ def upgrade(state: Session) -> Session:
         f"session {state.key!r} was saved by a controller with state version {state.version}; "
         f"this controller reads versions 1 to {STATE_VERSION}. Run a release that writes "
         f"version {state.version} (or newer) on this recovery directory, or start from a fresh "
-        "one (the sessions' rounds, counters and optimiser history are then lost)."
+        "one with new, empty input topics (a fresh directory re-reads the topics from their "
+        "start; the sessions' rounds, counters and optimiser history are lost)."
     )
 
 
@@ -450,10 +457,11 @@ def _coalesced(state: Session, instruction: Instruction, config: MachineConfig) 
 
 def _admitted(state: Session, instruction: Instruction) -> Session:
     last_admitted, last_optimize = state.last_admitted, state.last_optimize
+    ts = instruction.timestamp
     if instruction.kind is not InstructionKind.UPDATE_PARAMS:
-        last_admitted = max(last_admitted or instruction.timestamp, instruction.timestamp)
+        last_admitted = ts if last_admitted is None else max(last_admitted, ts)
     if instruction.kind is InstructionKind.OPTIMIZE:
-        last_optimize = max(last_optimize or instruction.timestamp, instruction.timestamp)
+        last_optimize = ts if last_optimize is None else max(last_optimize, ts)
     return msgspec.structs.replace(
         state, queue=(*state.queue, instruction), last_admitted=last_admitted,
         last_optimize=last_optimize,

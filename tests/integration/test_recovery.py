@@ -133,24 +133,32 @@ def test_a_recovery_directory_written_by_state_version_1_resumes_its_round_and_q
     shutil.copy(V1_FIXTURE / "part-0.sqlite3", tmp_path / "c" / "recovery")
     wiring = Wiring(kafka_bootstrap, "rtcef", *names.values(), extra={"OPTIMISER_BUDGET": "3"})
     controller = Controller(wiring, tmp_path / "c")
+    # The factory's answers, in order: step 2 (sent before the crash, its answer held by the
+    # factory until now), step 3, the finalise (model 7), the queued RETRAIN's train (model 8).
+    answers = [
+        make_recovery_v1.step_report(2, -0.7, 2),
+        make_recovery_v1.step_report(3, -0.2, 3),
+        b'{"reply_id": 4, "params_dict": "{}", "model_id": 7, "metrics": ""}',
+        b'{"reply_id": 5, "params_dict": "{}", "model_id": 8, "metrics": ""}',
+    ]
     try:
-        with factory(wiring):
-            controller.start()
-            # Step 2 was sent (and held by the factory) before the crash: its answer now.
-            client.produce(kafka_bootstrap, wiring.reports,
-                           [make_recovery_v1.step_report(2, -0.7, 2)])  # fmt: skip
-            syncs = wiring.wait_for_plays(2, timeout=120)
+        controller.start()
+        for sent_before, answer in enumerate(answers):
+            if sent_before:  # command 2 + sent_before must have been sent first
+                _wait_for_command(wiring, 2 + sent_before)
+            client.produce(kafka_bootstrap, wiring.reports, [answer])
+        syncs = wiring.wait_for_plays(2, timeout=120)
         sent = wiring.commands_sent(idle=1.0, timeout=30)
+        letters = wiring.read(wiring.dead_letters, idle=1.0, timeout=10)
     finally:
         controller.stop()
         client.delete_topics(kafka_bootstrap, names.values())
 
-    assert [(c.id, c.type, c.timestamp, c.train_id, c.optimisation_id) for c in sent] == [
-        (3, "opt_step", 1000, -1, 0),
-        (4, "opt_finalise", 1000, -1, 0),
-        (5, "train", 2000, 0, -1),
+    assert [(c.id, c.type, c.timestamp, c.train_id, c.optimisation_id, c.best_i) for c in sent] == [
+        (3, "opt_step", 1000, -1, 0, -1),
+        (4, "opt_finalise", 1000, -1, 0, 1),  # step 1 (-0.7) is the best of the three
+        (5, "train", 2000, 0, -1, -1),
     ]
-    assert sent[1].best_i in (1, 2)  # -0.7 (step 2) unless step 3 scored lower
-    assert [(s.type, s.timestamp) for s in syncs] == [("play", 1000), ("pause", 2000),
-                                                      ("play", 2000)]  # fmt: skip
-    assert "Traceback" not in controller.log_text()
+    assert syncs == [msg.SyncMessage("play", 1000, 7), msg.SyncMessage("pause", 2000, -1),
+                     msg.SyncMessage("play", 2000, 8)]  # fmt: skip
+    assert letters == []

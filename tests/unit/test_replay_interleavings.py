@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -28,7 +29,7 @@ from hypothesis import strategies as st
 from dataflow.domain import machine as m
 from dataflow.domain import messages as msg
 from dataflow.domain import optimizer
-from tests.support import Card, command_fields, load_card, recorded_runs
+from tests.support import SEED_PARAMS, Card, command_fields, load_card, recorded_runs
 
 KEY = m.DEFAULT_KEY
 RUNS = recorded_runs()
@@ -94,15 +95,38 @@ class Outputs:
                 self.syncs.append((effect.message_id, effect.sync))
             elif isinstance(effect, m.Reject):
                 self.rejects.append(effect.reason)
-            elif effect.kind in ("timeout", "retry", "round_aborted"):
+            elif effect.kind == "timeout":  # a deadline passed (error retries are data)
                 self.timeouts.append(effect)
 
 
-def run_with_crashes(card: Card, data: Any, crashes: int) -> tuple[Outputs, m.Session | None]:
-    """Feed a card through ``advance`` with ``crashes`` crash-and-replay cycles."""
-    instructions, reports = inputs(card)
+Sessions = dict[str, m.Session | None]
+
+
+def feed(config: m.MachineConfig, sessions: Sessions, event: m.Event) -> list[m.Effect]:
+    """Route an event to its session, as the flow's ``key_on`` does, and advance it."""
+    if isinstance(event, m.Tick):
+        return [e for key in config.keys for e in _advance(config, sessions, key, event)]
+    if isinstance(event, m.InstructionArrived):
+        key = m.route_instruction(event.instruction, config)
+    else:
+        key = m.route_report(event.report, config)
+    if isinstance(key, msg.Rejection):
+        return [m.Reject("-", key.reason)]
+    return _advance(config, sessions, key, event)
+
+
+def _advance(config: m.MachineConfig, sessions: Sessions, key: str, event: m.Event) -> list[Any]:
+    sessions[key], effects = m.advance(sessions.get(key), event, key=key, config=config)
+    return effects
+
+
+def run_with_crashes(
+    config: m.MachineConfig, instructions: list[m.Event], reports: list[m.Event], data: Any,
+    crashes: int,
+) -> tuple[Outputs, Sessions]:  # fmt: skip
+    """Feed the two sequences through ``advance`` with ``crashes`` crash-and-replay cycles."""
     outputs = Outputs()
-    state: m.Session | None = None
+    sessions: Sessions = {}
     done_i = done_r = 0  # the snapshot's input offsets
     clock = 0
     for incarnation in range(crashes + 1):
@@ -112,25 +136,24 @@ def run_with_crashes(card: Card, data: Any, crashes: int) -> tuple[Outputs, m.Se
         last = incarnation == crashes
         crash_at = len(order) if last else data.draw(st.integers(0, len(order)), label="crash")
         snap_at = crash_at if last else data.draw(st.integers(0, crash_at), label="snapshot")
-        snapshot = (pickle.dumps(state), done_i, done_r)
+        snapshot = (pickle.dumps(sessions), done_i, done_r)
         since = clock
         for position, event in enumerate(order[:crash_at], start=1):
             clock += 10
             for each in (_at(event, clock), m.Tick(clock, since)):
-                state, effects = m.advance(state, each, key=KEY, config=card.config)
-                outputs.take(effects)
+                outputs.take(feed(config, sessions, each))
             done_i += isinstance(event, m.InstructionArrived)
             done_r += isinstance(event, m.ReportArrived)
             if position == snap_at:
-                snapshot = (pickle.dumps(state), done_i, done_r)
+                snapshot = (pickle.dumps(sessions), done_i, done_r)
         if not last:  # the crash: state and offsets roll back to the snapshot
             blob, done_i, done_r = snapshot
-            state = pickle.loads(blob)  # our own state, pickled as Bytewax stores it
+            sessions = pickle.loads(blob)  # our own state, pickled as Bytewax stores it
             # The restart takes a while, up to the report timeout: no deadline may pass for it.
-            timeout = card.config.report_timeout_ms
+            timeout = config.report_timeout_ms
             delays = st.one_of(st.just(timeout), st.integers(0, timeout))
             clock += data.draw(delays, label="downtime")
-    return outputs, state
+    return outputs, sessions
 
 
 def _at(event: m.Event, at_ms: int) -> m.Event:
@@ -141,10 +164,14 @@ def _at(event: m.Event, at_ms: int) -> m.Event:
     return event
 
 
+def run_card(card: Card, data: Any, crashes: int) -> tuple[Outputs, Sessions]:
+    return run_with_crashes(card.config, *inputs(card), data, crashes)
+
+
 @functools.cache
 def canonical(run: Path) -> tuple[tuple[msg.FactoryCommand, ...], tuple[msg.SyncMessage, ...]]:
     """The run without a crash, each instruction read before the reports (no hold needed)."""
-    outputs, _ = run_with_crashes(card(run), _Fixed(), 0)
+    outputs, _ = run_card(card(run), _Fixed(), 0)
     return tuple(outputs.commands), tuple(s for _, s in outputs.syncs)
 
 
@@ -180,7 +207,7 @@ def test_crashes_and_any_merge_order_on_replay_send_the_commands_of_the_run_with
     run: Path, data: Any
 ) -> None:
     crashes = data.draw(st.integers(1, 3), label="crashes")
-    outputs, state = run_with_crashes(card(run), data, crashes)
+    outputs, sessions = run_card(card(run), data, crashes)
     commands, syncs = canonical(run)
 
     by_id = distinct(outputs.commands, lambda c: c.id)
@@ -192,5 +219,87 @@ def test_crashes_and_any_merge_order_on_replay_send_the_commands_of_the_run_with
     # No instruction is lost; the only rejects are replayed duplicates of answered reports.
     assert [r for r in outputs.rejects if "duplicate" not in r and "stale" not in r] == []
     assert outputs.timeouts == []  # no restart delay made a deadline pass: nothing resent
+    state = sessions[KEY]
     assert state is not None
     assert (state.held, state.queue) == ((), ())
+
+
+# --------------------------------------------------------------------------- a messier factory
+
+KINDS = (msg.InstructionKind.OPTIMIZE, msg.InstructionKind.RETRAIN, msg.InstructionKind.RETRAIN,
+         msg.InstructionKind.UPDATE_PARAMS)  # fmt: skip
+
+
+@st.composite
+def observer(draw: Any, keys: tuple[str, ...]) -> list[msg.Instruction]:
+    """Instructions with repeated, equal and decreasing timestamps, some UPDATE_PARAMS."""
+    out, ts = [], 1000
+    for _ in range(draw(st.integers(1, 8))):
+        ts += draw(st.sampled_from([0, 1, 5, 10, -3]))
+        kind = draw(st.sampled_from(KINDS))
+        params = None
+        if kind is msg.InstructionKind.UPDATE_PARAMS:
+            params = (("pMin", draw(st.sampled_from([0.01, 0.05, 0.5]))), ("gamma", 0.001))
+        model = draw(st.sampled_from(keys)) if len(keys) > 1 else None
+        out.append(msg.Instruction(kind, ts, model_id=model, parameters=params))
+    return out
+
+
+def live_run(
+    config: m.MachineConfig, instructions: list[msg.Instruction], data: Any
+) -> tuple[Outputs, list[m.Event]]:
+    """The first run: a factory answers each command as it is sent, and misbehaves.
+
+    It fails some commands (error reports, so resends), answers some twice, and
+    answers some ``opt_initialise``. Its answers, in order, are the report topic.
+    """
+    outputs, sessions = Outputs(), {}
+    reports: list[m.Event] = []
+    outbox: list[msg.Report] = []
+    pending = list(instructions)
+    model = 100
+    while pending or outbox:
+        if pending and (not outbox or data.draw(st.booleans(), label="instruction next")):
+            event: m.Event = m.InstructionArrived(pending.pop(0), 0)
+        else:
+            event = m.ReportArrived(outbox.pop(0), 0)
+            reports.append(event)
+        effects = feed(config, sessions, event)
+        outputs.take(effects)
+        for command in (e.command for e in effects if isinstance(e, m.SendCommand)):
+            answer = data.draw(st.sampled_from(["ok", "ok", "error", "twice", "none"]))
+            if command.type == "opt_initialise" and answer in ("ok", "error"):
+                continue  # the factory normally says nothing to it
+            model += 1
+            if answer == "error":
+                outbox.append(msg.Report(command.id, ok=False, error="boom"))
+            elif answer != "none" or command.type != "opt_initialise":
+                outbox.append(msg.Report(command.id, ok=True, model_id=model, f_val=-model / 1000))
+            if answer == "twice":
+                outbox.append(msg.Report(command.id, ok=True, model_id=model + 1, f_val=-0.1))
+    return outputs, reports
+
+
+@pytest.mark.parametrize("keys", [("controller",), ("a", "b", "c")], ids=["one key", "three keys"])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+          HealthCheck.data_too_large])  # fmt: skip
+@given(data=st.data())
+def test_a_misbehaving_factory_and_any_instructions_replay_to_the_same_commands(
+    keys: tuple[str, ...], data: Any
+) -> None:
+    config = m.MachineConfig("seed", msgspec.structs.replace(optimizer.PROFILES["seed"], budget=2),
+                             SEED_PARAMS, keys=keys, max_retries=1)  # fmt: skip
+    instructions = data.draw(observer(keys), label="instructions")
+    first, reports = live_run(config, instructions, data)
+
+    crashes = data.draw(st.integers(1, 3), label="crashes")
+    events = [m.InstructionArrived(i, 0) for i in instructions]
+    outputs, _ = run_with_crashes(config, events, reports, data, crashes)
+
+    by_id = distinct(outputs.commands, lambda c: c.id)
+    assert {i: p for i, p in by_id.items() if len(p) > 1} == {}
+    assert by_id == distinct(first.commands, lambda c: c.id)
+    by_sync = distinct(outputs.syncs, lambda s: s[0])
+    assert {i: p for i, p in by_sync.items() if len(p) > 1} == {}
+    assert by_sync == distinct(first.syncs, lambda s: s[0])
+    assert outputs.timeouts == []
