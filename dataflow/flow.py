@@ -18,6 +18,7 @@ input re-reads its topic from the start. ``STEP_IDS`` is frozen by a test.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
 import time
@@ -34,7 +35,7 @@ from bytewax.inputs import Source
 from bytewax.outputs import Sink
 
 from dataflow import observability
-from dataflow.config import Settings, SettingsError
+from dataflow.config import Settings, SettingsError, Topics
 from dataflow.domain import machine
 from dataflow.domain import messages as msg
 from dataflow.kafka import (
@@ -106,8 +107,8 @@ class FlowIO:
     instructions: Source[Any]
     reports: Source[Any]
     ticks: Source[int]
-    commands: Sink[OutMessage]
-    syncs: Sink[OutMessage]
+    #: Commands and syncs, in the order the sessions produced them, each naming its topic.
+    conversation: Sink[OutMessage]
     dead_letters: Sink[OutMessage]
 
 
@@ -128,8 +129,7 @@ def kafka_io(settings: Settings) -> FlowIO:
         instructions=source(settings.topics.instructions),
         reports=source(settings.topics.reports),
         ticks=TickSource(timedelta(seconds=settings.tick_interval_s), idle_wait),
-        commands=SafeKafkaSink(settings, settings.topics.commands),
-        syncs=SafeKafkaSink(settings, settings.topics.sync),
+        conversation=SafeKafkaSink(settings, settings.topics.commands),
         dead_letters=SafeKafkaSink(settings, settings.topics.dead_letters),
     )
 
@@ -223,6 +223,15 @@ def _only(sink: str, routed: Routed) -> OutMessage | None:
     return routed.message if routed.sink == sink else None
 
 
+def _addressed(topics: Topics, routed: Routed) -> OutMessage | None:
+    """A command or sync message for the one ordered sink, with its topic; a sync is a barrier."""
+    if routed.sink == "commands":
+        return dataclasses.replace(routed.message, topic=topics.commands)
+    if routed.sink == "syncs":
+        return dataclasses.replace(routed.message, topic=topics.sync, barrier=True)
+    return None
+
+
 # --------------------------------------------------------------------------- the flow
 
 
@@ -253,9 +262,9 @@ def build_flow(settings: Settings, io: FlowIO | None = None) -> Dataflow:
         op.flat_map("effects_to_messages", outcomes, partial(to_outputs, settings.codec)),
         accepted.falses,
     )
-    op.output("commands_out", op.filter_map("commands", routed, partial(_only, "commands")),
-              io.commands)  # fmt: skip
-    op.output("syncs_out", op.filter_map("syncs", routed, partial(_only, "syncs")), io.syncs)
+    op.output("conversation_out",
+              op.filter_map("conversation", routed, partial(_addressed, settings.topics)),
+              io.conversation)  # fmt: skip
     op.output("dead_letters_out",
               op.filter_map("dead_letters", routed, partial(_only, "dead_letters")),
               io.dead_letters)  # fmt: skip

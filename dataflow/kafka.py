@@ -53,11 +53,14 @@ class DeliveryError(RuntimeError):
 
 @dataclass(frozen=True)
 class OutMessage:
-    """One message for one output topic."""
+    """One output message; ``topic`` overrides the sink's own topic."""
 
     key: bytes | None
     value: bytes
     headers: list[tuple[str, bytes]] = field(default_factory=list)
+    topic: str | None = None
+    #: Everything after this message waits until the broker has acknowledged it.
+    barrier: bool = False
 
 
 def source_config(settings: Settings) -> dict[str, str]:
@@ -110,7 +113,13 @@ def preflight(settings: Settings) -> None:
 
 
 class SafeKafkaSink(DynamicSink[OutMessage]):
-    """Writes ``OutMessage`` values to one topic and raises unless every one is acknowledged."""
+    """Writes ``OutMessage`` values in order and raises unless every one is acknowledged.
+
+    Messages go to their own ``topic``, else to the sink's. After a ``barrier``
+    message the partition waits for the broker's acknowledgement before it
+    produces the next one: a ``pause`` is on the engine's topic before the
+    round's first command is on the factory's, as the original controller did.
+    """
 
     def __init__(self, settings: Settings, topic: str) -> None:
         self._config = {
@@ -143,8 +152,13 @@ class _SafePartition(StatelessSinkPartition[OutMessage]):
             if error is not None:
                 failures.append(f"{error.name()}: {error.str()}")
 
-        for item in items:
+        for index, item in enumerate(items):
             self._produce(item, on_delivery)
+            if item.barrier and index + 1 < len(items):
+                self._acknowledged(failures)
+        self._acknowledged(failures)
+
+    def _acknowledged(self, failures: list[str]) -> None:
         remaining = self._producer.flush(self._timeout)
         if remaining or failures:
             raise DeliveryError(
@@ -156,7 +170,7 @@ class _SafePartition(StatelessSinkPartition[OutMessage]):
         while True:
             try:
                 headers: list[tuple[str, str | bytes | None]] = list(item.headers)
-                self._producer.produce(self._topic, value=item.value, key=item.key,
+                self._producer.produce(item.topic or self._topic, value=item.value, key=item.key,
                                        headers=headers, on_delivery=on_delivery)  # fmt: skip
                 return
             except BufferError:

@@ -58,7 +58,9 @@ def parser() -> argparse.ArgumentParser:
         "--timestamp",
         type=int,
         default=None,
-        help="stream time copied into every command (default: now, in ms)",
+        help="stream time copied into every command (default: now, in seconds, the unit of "
+        "the real services' stream time: their factory holds a command stamped more than 600 "
+        "past its newest data set)",
     )
     p.add_argument(
         "--model-id",
@@ -73,6 +75,11 @@ def parser() -> argparse.ArgumentParser:
         help="update-params only: NAME=VALUE, repeat for each parameter",
     )
     return p
+
+
+def stream_time_now() -> int:
+    """Now, as the real services stamp stream time: whole seconds since the epoch."""
+    return int(time.time())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     instruction = msg.Instruction(
         kind,
-        args.timestamp if args.timestamp is not None else int(time.time() * 1000),
+        args.timestamp if args.timestamp is not None else stream_time_now(),
         args.id,
         args.model_id,
         tuple(args.param) or None,

@@ -39,17 +39,28 @@ class Harness:
 
     def __init__(self, settings: Settings, instructions, reports, ticks) -> None:
         self.settings = settings
-        self.commands: list[OutMessage] = []
-        self.syncs: list[OutMessage] = []
+        self.conversation: list[OutMessage] = []
         self.dead: list[OutMessage] = []
         self.io = FlowIO(
             instructions=TestingSource(instructions),
             reports=TestingSource(reports),
             ticks=TestingSource(ticks),
-            commands=TestingSink(self.commands),
-            syncs=TestingSink(self.syncs),
+            conversation=TestingSink(self.conversation),
             dead_letters=TestingSink(self.dead),
         )
+
+    def _to(self, topic: str) -> list[OutMessage]:
+        return [
+            OutMessage(m.key, m.value, m.headers) for m in self.conversation if m.topic == topic
+        ]
+
+    @property
+    def commands(self) -> list[OutMessage]:
+        return self._to(self.settings.topics.commands)
+
+    @property
+    def syncs(self) -> list[OutMessage]:
+        return self._to(self.settings.topics.sync)
 
     def run(self, recovery_dir: Path | None = None) -> None:
         config = RecoveryConfig(recovery_dir) if recovery_dir else None

@@ -7,6 +7,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from confluent_kafka.admin import AdminClient, ConfigResource
 
 from dataflow.domain import messages as msg
 from dataflow.domain.messages import Instruction, InstructionKind
@@ -75,3 +76,39 @@ def test_an_optimize_round_then_a_retrain_run_end_to_end(
         msg.SyncMessage("play", 2000, 5),
     ]
     assert wiring.read(wiring.dead_letters, idle=1.0, timeout=5) == []
+
+
+def test_the_pause_is_on_the_engine_topic_before_the_rounds_first_command_is_sent(
+    wiring_factory, controller_factory
+) -> None:
+    wiring = wiring_factory("rtcef", OPTIMISER_BUDGET="2")
+    # The broker stamps each message as it appends it: the order the engine and factory see.
+    admin = AdminClient({"bootstrap.servers": wiring.bootstrap})
+    resources = [ConfigResource(ConfigResource.Type.TOPIC, topic,
+                                set_config={"message.timestamp.type": "LogAppendTime"})
+                 for topic in (wiring.sync, wiring.commands)]  # fmt: skip
+    for future in admin.alter_configs(resources).values():
+        future.result(timeout=30)
+    controller = controller_factory(wiring)
+    kinds = [InstructionKind.RETRAIN, InstructionKind.OPTIMIZE, InstructionKind.RETRAIN]
+    with factory(wiring):
+        controller.start()
+        for number, kind in enumerate(kinds, start=1):
+            wiring.send_instruction(Instruction(kind, 1000 * number, number))
+            wiring.wait_for_plays(number)
+    controller.stop()
+
+    pauses = {}
+    for message in wiring.read(wiring.sync, idle=1.0, timeout=30):
+        sync = wiring.codec.decode_sync(message.value())
+        assert isinstance(sync, msg.SyncMessage)
+        if sync.type == "pause":
+            pauses.setdefault(sync.timestamp, message.timestamp()[1])
+    first_commands = {}
+    for message in wiring.read(wiring.commands, idle=1.0, timeout=30):
+        command = wiring.codec.decode_command(message.value())
+        assert isinstance(command, msg.FactoryCommand)
+        first_commands.setdefault(command.timestamp, message.timestamp()[1])
+    assert sorted(pauses) == sorted(first_commands) == [1000, 2000, 3000]
+    late = {ts: first_commands[ts] - pauses[ts] for ts in pauses if first_commands[ts] < pauses[ts]}
+    assert late == {}  # no round's first command was appended before its pause

@@ -144,3 +144,12 @@ def test_the_engine_following_reports_complains_about_a_model_nobody_built() -> 
     engine.apply(PLAY)
 
     assert engine.complaints == ["play of model 7 the factory never reported"]
+
+
+def test_the_observer_stand_in_stamps_stream_time_in_seconds_as_the_real_services_do() -> None:
+    import time
+
+    from dataflow.sim.observer import stream_time_now
+
+    before = int(time.time())
+    assert before <= stream_time_now() <= before + 1  # seconds, not milliseconds
