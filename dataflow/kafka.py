@@ -126,7 +126,7 @@ class SafeKafkaSink(DynamicSink[OutMessage]):
             **settings.kafka_config(),
             "enable.idempotence": "true",
             "acks": "all",
-            "linger.ms": "5",
+            "linger.ms": "0",
             "message.max.bytes": str(max(1_048_576, settings.max_message_bytes * 2)),
         }
         self._topic = topic

@@ -7,7 +7,8 @@ behaviours (``shared/docs/bytewax-notes.md``) decide their shape:
   moved past it, and an input only moves on when it is woken. A tick source
   that sleeps ``TICK_INTERVAL_S`` between wake-ups therefore holds every report
   and instruction back by up to that long. ``TickSource`` wakes every
-  ``idle_wait`` (milliseconds) so that it never holds the frontier back, and
+  ``idle_wait`` (the flow gives it 5 x ``INPUT_IDLE_WAIT_MS``, 50 ms) so that it
+  holds the frontier back at most that long, and only at an epoch's end; it
   emits a tick only once per ``interval``: deadline resolution and hop latency
   are independent.
 * A source that returns no items and no wake-up time is polled again after

@@ -94,18 +94,14 @@ def main() -> int:
                 store.execute("PRAGMA journal_mode=DELETE")
             for leftover in args.out.glob("part-0.sqlite3-*"):
                 leftover.unlink()
-            inputs = {
-                name: [m.value().decode() for m in
-                       client.read_messages(bootstrap, TOPICS[name], idle=1.0, timeout=30)]
-                for name in ("INSTRUCTION_TOPIC", "REPORT_TOPIC")
-            }  # fmt: skip
-            (args.out / "inputs.json").write_text(json.dumps(inputs, indent=1) + "\n")
-            sent = {
-                name: [m.value().decode() for m in
-                       client.read_messages(bootstrap, TOPICS[name], idle=1.0, timeout=30)]
-                for name in ("COMMAND_TOPIC", "SYNC_TOPIC")
-            }  # fmt: skip
-            (args.out / "sent.json").write_text(json.dumps(sent, indent=1) + "\n")
+            for name, variables in (("inputs.json", ("INSTRUCTION_TOPIC", "REPORT_TOPIC")),
+                                    ("sent.json", ("COMMAND_TOPIC", "SYNC_TOPIC"))):  # fmt: skip
+                contents = {
+                    variable: [m.value().decode() for m in
+                               client.read_messages(bootstrap, TOPICS[variable], idle=1.0)]
+                    for variable in variables
+                }  # fmt: skip
+                (args.out / name).write_text(json.dumps(contents, indent=1) + "\n")
         finally:
             if process is not None and process.poll() is None:
                 os.killpg(process.pid, signal.SIGKILL)

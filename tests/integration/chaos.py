@@ -30,6 +30,7 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 
+from dataflow import inspection
 from tests.integration.harness import Controller, Wiring
 from tests.kafka import broker as harness
 from tests.kafka import client
@@ -66,6 +67,8 @@ class ChaosResult:
     card: str
     workers: int
     kills: list[tuple[int, float]]
+    #: Whether the recovery store held no session when the first kill struck.
+    first_kill_before_snapshot: bool
     completed: bool
     wall_s: float
     two_payloads: dict[Any, int]
@@ -158,6 +161,7 @@ def run_card(
     points = sorted({1, *rng.sample(range(2, total), min(kills - 1, max(total - 2, 0)))})
     schedule: list[tuple[int, float]] = []
     kill_windows: list[tuple[float, float]] = []
+    unsnapshotted: list[bool] = []
     started = time.monotonic()
     deadline = started + timeout_s
     try:
@@ -170,6 +174,7 @@ def run_card(
             time.sleep(rng.uniform(0, 0.3) if point > 1 else 0)  # any moment, not just one
             down = time.monotonic()
             controller.kill()
+            unsnapshotted.append(not list(inspection.sessions(controller.recovery)))
             delay = rng.uniform(0, max_delay_s)
             time.sleep(delay)
             controller.start(workers)
@@ -190,8 +195,10 @@ def run_card(
         for thread in threads:
             thread.join(30)
         producer.flush(10)
-    return _judge(card, observed, schedule, kill_windows, completed, workers,
-                  time.monotonic() - started, controller)  # fmt: skip
+    result = _judge(card, observed, schedule, kill_windows, completed, workers,
+                    time.monotonic() - started, controller)  # fmt: skip
+    result.first_kill_before_snapshot = bool(unsnapshotted and unsnapshotted[0])
+    return result
 
 
 def _judge(
@@ -228,7 +235,8 @@ def _judge(
     if not completed:
         problems.append("did not finish: " + controller.log_text()[-2000:])
     return ChaosResult(
-        card=card.name, workers=workers, kills=schedule, completed=completed,
+        card=card.name, workers=workers, kills=schedule, first_kill_before_snapshot=False,
+        completed=completed,
         wall_s=round(wall_s, 1), two_payloads=two, commands_match=commands_match,
         plays_match=plays_match, rounds=rounds, rounds_expected=len(card.instructions),
         longest_pause_s=round(max(durations.values(), default=0.0), 2),
@@ -238,6 +246,7 @@ def _judge(
 
 def _row(result: ChaosResult) -> str:
     return (f"| {result.card} | {result.workers} | {result.kills} | "
+            f"{'yes' if result.first_kill_before_snapshot else 'no'} | "
             f"{'yes' if result.completed else 'NO'} | {len(result.two_payloads)} | "
             f"{result.commands_match} | {result.plays_match} | "
             f"{result.rounds}/{result.rounds_expected} | {result.wall_s} | "
@@ -260,10 +269,11 @@ def main(argv: list[str] | None = None) -> int:
         broker = harness.start(Path(tmp) / "broker")
         try:
             results = []
-            print("| run | workers | kills (at command, restart delay s) | finished | "
+            print("| run | workers | kills (at command, restart delay s) | "
+                  "first kill before any snapshot | finished | "
                   "ids with 2 payloads | commands = recorded | plays = recorded | rounds | "
                   "wall s | longest pause s | longest pause with a kill s |")  # fmt: skip
-            print("|---|---|---|---|---|---|---|---|---|---|---|")
+            print("|---|---|---|---|---|---|---|---|---|---|---|---|")
             for index, run in enumerate(runs):
                 result = run_card(
                     run, broker.bootstrap, Path(tmp) / run.name, seed=args.seed + index,
