@@ -72,14 +72,14 @@ def sessions(directory: Path) -> Iterator[SessionView]:
 
 
 def view(key: str, epoch: int, state: Session) -> SessionView:
-    """Summarise a session."""
+    """Summarise a session (a version-1 one as this controller will read it)."""
+    state = upgrade(state)
     round_ = state.round
     step = best = None
     if round_ is not None and round_.optimiser is not None:
         snapshot = round_.optimiser
         step = f"{len(snapshot.observations)}/{snapshot.profile.budget}"
         best = min((o.y for o in snapshot.observations), default=None)
-    state = upgrade(state)
     pending = ", ".join(f"{i.kind.value} (timestamp {i.timestamp})" for i in state.queue) or None
     outstanding = None
     if state.outstanding is not None:

@@ -150,7 +150,7 @@ class _SafePartition(StatelessSinkPartition[OutMessage]):
 
         def on_delivery(error: ConfluentKafkaError | None, message: Message) -> None:
             if error is not None:
-                failures.append(f"{error.name()}: {error.str()}")
+                failures.append(f"{message.topic()}: {error.name()}: {error.str()}")
 
         for index, item in enumerate(items):
             self._produce(item, on_delivery)
