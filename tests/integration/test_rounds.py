@@ -7,7 +7,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from confluent_kafka.admin import AdminClient, ConfigResource
+from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource
 
 from dataflow.domain import messages as msg
 from dataflow.domain.messages import Instruction, InstructionKind
@@ -84,10 +84,12 @@ def test_the_pause_is_on_the_engine_topic_before_the_rounds_first_command_is_sen
     wiring = wiring_factory("rtcef", OPTIMISER_BUDGET="2")
     # The broker stamps each message as it appends it: the order the engine and factory see.
     admin = AdminClient({"bootstrap.servers": wiring.bootstrap})
+    append_time = ConfigEntry("message.timestamp.type", "LogAppendTime",
+                              incremental_operation=AlterConfigOpType.SET)  # fmt: skip
     resources = [ConfigResource(ConfigResource.Type.TOPIC, topic,
-                                set_config={"message.timestamp.type": "LogAppendTime"})
+                                incremental_configs=[append_time])
                  for topic in (wiring.sync, wiring.commands)]  # fmt: skip
-    for future in admin.alter_configs(resources).values():
+    for future in admin.incremental_alter_configs(resources).values():
         future.result(timeout=30)
     controller = controller_factory(wiring)
     kinds = [InstructionKind.RETRAIN, InstructionKind.OPTIMIZE, InstructionKind.RETRAIN]
