@@ -251,6 +251,15 @@ def make_topics(bootstrap: str, dialect: str) -> dict[str, str]:
     return names
 
 
+def wait_for_count(items: list[Any], count: int, timeout: float, what: str) -> None:
+    """Wait until a thread has appended ``count`` items to ``items``."""
+    deadline = time.monotonic() + timeout
+    while len(items) < count and time.monotonic() < deadline:
+        time.sleep(0.002)
+    if len(items) < count:
+        raise TimeoutError(f"{len(items)} of {count} {what} after {timeout}s")
+
+
 class Factory:
     """An instant factory that timestamps each report it sends and each command it receives."""
 
@@ -306,11 +315,7 @@ class Factory:
         self.consumer.close()
 
     def wait_for(self, count: int, timeout: float = 300) -> None:
-        deadline = time.monotonic() + timeout
-        while len(self.received) < count and time.monotonic() < deadline:
-            time.sleep(0.01)
-        if len(self.received) < count:
-            raise TimeoutError(f"{len(self.received)} of {count} commands after {timeout}s")
+        wait_for_count(self.received, count, timeout, "commands")
 
 
 def send(bootstrap: str, topics: dict[str, str], kind: str, models: list[str | None]) -> None:
@@ -487,11 +492,7 @@ class SyncWatcher:
             self.seen.append((time.perf_counter(), sync))
 
     def wait_for(self, count: int, timeout: float = 120) -> None:
-        deadline = time.monotonic() + timeout
-        while len(self.seen) < count and time.monotonic() < deadline:
-            time.sleep(0.002)
-        if len(self.seen) < count:
-            raise TimeoutError(f"{len(self.seen)} of {count} sync messages after {timeout}s")
+        wait_for_count(self.seen, count, timeout, "sync messages")
 
     def close(self) -> None:
         self.stop.set()
