@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import signal
 import sys
 import time
 from collections.abc import Iterable
@@ -279,6 +280,10 @@ def get_flow() -> Dataflow:
     Reads the settings, checks the broker (bounded), creates missing topics, and
     exits non-zero with a clear message instead of hanging or tracing back.
     """
+    # Stop on SIGTERM as on Ctrl-C (Bytewax installs nothing for it). As PID 1 of a
+    # container the default action is ignored by the kernel: every delete would wait out
+    # its grace period and end in SIGKILL, without the sinks' last flush.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         settings = Settings.from_env()
     except SettingsError as error:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -132,30 +133,38 @@ def test_the_recovery_entrypoint_is_idempotent_and_keeps_each_pods_partition(
 
 
 @pytest.mark.integration
-def test_the_entrypoint_starts_the_flow_with_the_manifest_variables(
-    kafka_bootstrap: str, topic_factory: Callable[..., str], tmp_path: Path
-) -> None:
+def _start_pod(
+    bootstrap: str, topic_factory: Callable[..., str], tmp_path: Path, prefix: list[str]
+) -> tuple[subprocess.Popen[bytes], dict[str, str]]:
+    """The entrypoint with the single-process manifests' variables, up and serving metrics."""
     data = config_maps(render("single-process"))
     topics = {name: topic_factory(name.lower()) for name in
               ("INSTRUCTION_TOPIC", "REPORT_TOPIC", "COMMAND_TOPIC", "SYNC_TOPIC",
                "DEAD_LETTER_TOPIC")}  # fmt: skip
     port = free_port()
     env = {**os.environ, **data, **topics, "PATH": f"{BIN}:{os.environ['PATH']}",
-           "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "BYTEWAX_RECOVERY_DIRECTORY": str(tmp_path),
+           "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "BYTEWAX_RECOVERY_DIRECTORY": str(tmp_path),
            "BYTEWAX_DATAFLOW_API_PORT": str(port), "BYTEWAX_DATAFLOW_API_CACHE_PATH": str(tmp_path),
            "BYTEWAX_POD_NAME": "rtcef-controller-0"}  # fmt: skip
-    process = subprocess.Popen(["sh", "./entrypoint.sh"], cwd=K8S / "image", env=env,
+    process = subprocess.Popen([*prefix, "sh", "./entrypoint.sh"], cwd=K8S / "image", env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+    metrics = ""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and "controller_" not in metrics:
+        assert process.poll() is None, process.stdout.read().decode()  # type: ignore[union-attr]
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as page:
+                metrics = page.read().decode()
+        except OSError:
+            time.sleep(0.5)
+    return process, topics
+
+
+def test_the_entrypoint_starts_the_flow_with_the_manifest_variables(
+    kafka_bootstrap: str, topic_factory: Callable[..., str], tmp_path: Path
+) -> None:
+    process, topics = _start_pod(kafka_bootstrap, topic_factory, tmp_path, [])
     try:
-        metrics = ""
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and "controller_" not in metrics:
-            assert process.poll() is None, process.stdout.read().decode()  # type: ignore[union-attr]
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as page:
-                    metrics = page.read().decode()
-            except OSError:
-                time.sleep(0.5)
         client.produce(kafka_bootstrap, topics["INSTRUCTION_TOPIC"],
                        [b'{"instruction_type": "retrain", "timestamp": 9}'])  # fmt: skip
         (pause,) = client.read_messages(kafka_bootstrap, topics["SYNC_TOPIC"], count=1, timeout=60)
@@ -165,6 +174,32 @@ def test_the_entrypoint_starts_the_flow_with_the_manifest_variables(
 
     assert pause.value() == b'{"type":"pause","timestamp":9,"model_id":-1}'
     assert (tmp_path / "part-0.sqlite3").exists()
+
+
+def test_sigterm_stops_the_controller_within_5_s_even_as_pid_1(
+    kafka_bootstrap: str, topic_factory: Callable[..., str], tmp_path: Path
+) -> None:
+    # A new PID namespace makes the entrypoint (which execs Python) PID 1, as in a container.
+    pid_1 = ["unshare", "--pid", "--fork", "--mount-proc"]
+    process, _ = _start_pod(kafka_bootstrap, topic_factory, tmp_path, pid_1)
+    try:
+        (init,) = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
+        status = Path(f"/proc/{init}/status").read_text().splitlines()
+        (ns_pids,) = [line.split()[1:] for line in status if line.startswith("NSpid:")]
+        assert ns_pids[-1] == "1"  # PID 1 in its namespace
+        began = time.monotonic()
+        os.kill(int(init), signal.SIGTERM)
+        process.wait(5)
+        stopped = time.monotonic() - began
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+
+    assert stopped < 5
+    # The same stop as Ctrl-C: Bytewax interrupted, sinks closed, exit status 128 + SIGINT.
+    assert process.returncode == 130
+    assert b"KeyboardInterrupt" in process.stdout.read()  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize(
