@@ -146,8 +146,10 @@ def _start_pod(
            "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "BYTEWAX_RECOVERY_DIRECTORY": str(tmp_path),
            "BYTEWAX_DATAFLOW_API_PORT": str(port), "BYTEWAX_DATAFLOW_API_CACHE_PATH": str(tmp_path),
            "BYTEWAX_POD_NAME": "rtcef-controller-0"}  # fmt: skip
+    # Its own process group: a kill reaches unshare's child (the namespace's PID 1) too.
     process = subprocess.Popen([*prefix, "sh", "./entrypoint.sh"], cwd=K8S / "image", env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               start_new_session=True)  # fmt: skip
     metrics = ""
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and "controller_" not in metrics:
@@ -169,7 +171,7 @@ def test_the_entrypoint_starts_the_flow_with_the_manifest_variables(
                        [b'{"instruction_type": "retrain", "timestamp": 9}'])  # fmt: skip
         (pause,) = client.read_messages(kafka_bootstrap, topics["SYNC_TOPIC"], count=1, timeout=60)
     finally:
-        process.kill()
+        os.killpg(process.pid, signal.SIGKILL)
         process.wait(10)
 
     assert pause.value() == b'{"type":"pause","timestamp":9,"model_id":-1}'
@@ -193,7 +195,7 @@ def test_sigterm_stops_the_controller_within_5_s_even_as_pid_1(
         stopped = time.monotonic() - began
     finally:
         if process.poll() is None:
-            process.kill()
+            os.killpg(process.pid, signal.SIGKILL)
             process.wait(10)
 
     assert stopped < 5
