@@ -279,7 +279,8 @@ def observations_from_warm_start(
     """Read an offline-optimisation document, mapping its dimensions to the profile's by name.
 
     The recordings list dimensions as ``[order, confidence, pmin, gamma]`` while
-    commands use ``[confidence, order, pmin, gamma]``: only names are trusted.
+    commands use ``[confidence, order, pmin, gamma]``: only names are trusted,
+    and without regard to case (the maritime pickles say ``Order``, ``Pmin``).
     """
     try:
         names = [str(d["name"]) for d in document["dimensions"]]
@@ -287,11 +288,13 @@ def observations_from_warm_start(
         ys = document["func_vals"]
     except (KeyError, TypeError) as error:
         raise ConfigError(f"warm start: missing or malformed field {error}") from error
-    if sorted(names) != sorted(profile.names):
+    folded = [n.casefold() for n in names]
+    wanted = [n.casefold() for n in profile.names]
+    if len(set(folded)) != len(folded) or sorted(folded) != sorted(wanted):
         raise ConfigError(f"warm start: dimensions {names} do not match {list(profile.names)}")
     if len(rows) != len(ys):
         raise ConfigError(f"warm start: {len(rows)} x_iters but {len(ys)} func_vals")
-    order = [names.index(n) for n in profile.names]
+    order = [folded.index(n) for n in wanted]
     observations = []
     for row, y in zip(rows, ys, strict=True):
         point = _to_point(profile, [row[i] for i in order])
