@@ -6,6 +6,7 @@ set positional-arguments
 
 py := ".venv/bin/python"
 lock := ".ci/requirements.lock"
+shared := env_var_or_default("RTCEF_SHARED_DIR", "../shared")
 
 # List the recipes
 default:
@@ -81,7 +82,7 @@ lock: bootstrap
 
 # Remove the virtualenv, caches and local broker/recovery state
 clean: kafka-down
-    rm -rf .venv .kafka .pytest_cache .mypy_cache .ruff_cache demo-output recovery
+    rm -rf .venv .kafka .pytest_cache .mypy_cache .ruff_cache demo-output recovery .rtcef-loop
 
 # Kill-and-restart replays of the 21 recorded RTCEF runs through a real broker: one row per run
 chaos *args: jars
@@ -90,3 +91,15 @@ chaos *args: jars
 # Run the benchmarks (state, latency, optimiser, throughput, recovery) and save tests/bench/RESULTS.md
 bench *args: jars
     {{py}} -m tests.bench.bench "$@"
+
+# The real loop: the original RTCEF services and Wayeb driven by this controller, by the original one, and not adapted; writes tests/rtcef/RESULTS.md
+rtcef-loop *args: jars
+    {{py}} -m tests.rtcef.loop "$@"
+
+# Build Wayeb from the vendored source with Maven (cached by source hash); prints its classpath
+wayeb: bootstrap
+    {{py}} tests/rtcef/wayeb.py build
+
+# Re-resolve the original services' hashed Python 3.9 lock from their vendored requirements.txt
+rtcef-lock: bootstrap
+    {{py}} -m uv pip compile {{shared}}/vendor/rtcef/requirements.txt --python-version 3.9 --generate-hashes --quiet --custom-compile-command "just rtcef-lock" -o tests/rtcef/requirements-py39.lock

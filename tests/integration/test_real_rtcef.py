@@ -1,0 +1,143 @@
+"""The real loop, small: this controller drives the original factory, engine and collector.
+
+The original RTCEF services (``../shared/vendor/rtcef``, their Python 3.9
+environment and Wayeb compiled by ``tests/rtcef``) run against a broker on
+``localhost:9092``, the real maritime sample is replayed, and instructions are
+sent as the original Observer writes them: one RETRAIN, then one OPTIMIZE with a
+budget of 3. The engine must end up scoring with the model each ``play`` named,
+every message we wrote must decode with the original schemas, and the real
+services must log no error.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.rtcef import loop
+from tests.rtcef.stack import Stack
+from tests.rtcef.traffic import Record, Tap, decode, produce, wait_until
+
+pytestmark = pytest.mark.integration
+
+BUDGET = 3
+CHECKED = ("id", "train_id", "optimisation_id", "type", "timestamp", "best_i")
+
+
+def command(number: int, kind: str, timestamp: int, *, train_id: int = -1,
+            optimisation_id: int = -1, best_i: int = -1) -> dict[str, Any]:  # fmt: skip
+    """The checked fields of a command as the original controller numbers them."""
+    return {"id": number, "train_id": train_id, "optimisation_id": optimisation_id,
+            "type": kind, "timestamp": timestamp, "best_i": best_i}  # fmt: skip
+
+
+def newest_dataset_end(run_dir: Path, tap: Tap) -> int:
+    """The last timestamp of the factory's newest assembled data set (it checks commands by it)."""
+    version = tap.of("assembled_datasets")[-1].value["version"]
+    lines = (
+        (run_dir / "assembled" / f"assembled_dataset_version_{version}").read_text().splitlines()
+    )
+    return int(json.loads(lines[-1])["timestamp"])
+
+
+def send_instruction(number: int, kind: str, timestamp: int) -> None:
+    """An instruction exactly as the original Observer writes it (no key fields)."""
+    produce("optimiser_instructions",
+            [{"id": number, "timestamp": timestamp, "instruction": kind}], key={})  # fmt: skip
+
+
+def play_for(tap: Tap, count: int, services: Stack) -> Record:
+    wait_until(lambda: sum(r.value["type"] == "play" for r in tap.of("engine_sync")) >= count,
+               300, f"play number {count}", check=services.check_alive)  # fmt: skip
+    return [r for r in tap.of("engine_sync") if r.value["type"] == "play"][count - 1]
+
+
+def scored_with(tap: Tap, model_id: int, services: Stack) -> Record:
+    def found() -> bool:
+        return any(r.value["model_version"] == model_id for r in tap.of("model_runtime_scores"))
+
+    wait_until(found, 240, f"a score report of model {model_id}", check=services.check_alive)
+    return next(r for r in tap.of("model_runtime_scores") if r.value["model_version"] == model_id)
+
+
+@pytest.mark.timeout(900)  # ~3 min warm; the first run also builds Wayeb and the 3.9 venv
+def test_our_controller_drives_the_real_factory_and_engine_through_a_retrain_and_an_optimize(
+    tmp_path: Path,
+) -> None:
+    prepared = loop.prepare(tmp_path)
+    run_dir = tmp_path / "ours"
+
+    with loop.services(prepared, run_dir, "ours", BUDGET, observer=False) as (services, tap):
+        wait_until(lambda: tap.count("assembled_datasets") > 0, 240,
+                   "the factory's first data set", check=services.check_alive)  # fmt: skip
+        retrain_at = newest_dataset_end(run_dir, tap)
+        send_instruction(0, "train", retrain_at)
+        first_play = play_for(tap, 1, services)
+        first_score = scored_with(tap, first_play.value["model_id"], services)
+
+        optimize_at = max(retrain_at + 1, newest_dataset_end(run_dir, tap))
+        send_instruction(1, "optimise", optimize_at)
+        second_play = play_for(tap, 2, services)
+        second_score = scored_with(tap, second_play.value["model_id"], services)
+        errors = loop.service_errors(services)
+        keys = raw_keys(tap)
+
+    commands = [r.value for r in tap.of("factory_commands")]
+    reports = {r.value["reply_id"]: r.value for r in tap.of("factory_reports")}
+    steps = commands[2 : 2 + BUDGET]
+    scores = [json.loads(reports[c["id"]]["metrics"])["f_val"] for c in steps]
+    expected = [
+        command(0, "train", retrain_at, train_id=0),
+        command(1, "opt_initialise", optimize_at, optimisation_id=0),
+        *[command(2 + i, "opt_step", optimize_at, optimisation_id=0) for i in range(BUDGET)],
+        command(2 + BUDGET, "opt_finalise", optimize_at, optimisation_id=0,
+                best_i=scores.index(min(scores))),
+    ]  # fmt: skip
+    assert [{k: c[k] for k in CHECKED} for c in commands] == expected
+    assert json.loads(commands[0]["params"]) == {"params": loop.INITIAL_PARAMS}
+    assert all(math.isfinite(s) for s in scores)
+    syncs = [
+        (r.value["type"], r.value["timestamp"], r.value["model_id"]) for r in tap.of("engine_sync")
+    ]
+    assert syncs == [
+        ("pause", retrain_at, -1), ("play", retrain_at, reports[0]["model_id"]),
+        ("pause", optimize_at, -1), ("play", optimize_at, reports[2 + BUDGET]["model_id"]),
+    ]  # fmt: skip
+    # The engine swapped to exactly the models our plays named.
+    assert first_score.value["model_version"] == first_play.value["model_id"]
+    assert second_score.value["model_version"] == second_play.value["model_id"]
+    assert first_score.value["creation_method"] == "retrain"
+    assert second_score.value["creation_method"] == "optimisation"
+    # Everything we wrote decodes with the original schemas, keys too; nothing was refused.
+    assert tap.undecodable == []
+    assert tap.dead_letters == []
+    assert keys == {"factory_commands": len(commands), "engine_sync": 4}
+    assert errors == []
+
+
+def raw_keys(tap: Tap) -> dict[str, int]:
+    """How many of our messages' keys decode with the original key schemas, per topic."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    from tests.rtcef.stack import BOOTSTRAP
+
+    counted: dict[str, int] = {}
+    consumer = Consumer({"bootstrap.servers": BOOTSTRAP, "group.id": "keys"})
+    try:
+        for topic in ("factory_commands", "engine_sync"):
+            consumer.assign([TopicPartition(topic, 0, 0)])
+            expected = tap.count(topic)
+            messages: list[Any] = []
+            while len(messages) < expected:
+                batch = consumer.consume(100, timeout=5)
+                if not batch:
+                    break
+                messages.extend(m for m in batch if m.error() is None)
+            counted[topic] = sum(isinstance(decode(topic, m.key(), "key"), dict) for m in messages)
+    finally:
+        consumer.close()
+    return counted

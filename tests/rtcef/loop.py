@@ -1,0 +1,420 @@
+"""The real RTCEF loop: the original services and Wayeb, driven by this controller or another.
+
+``python -m tests.rtcef.loop`` (``just rtcef-loop``) runs three runs on the same
+stream, the real maritime sample converted by ``tests/rtcef/maritime.py``:
+
+* ``ours``: this controller (rtcef dialect, Avro) in the original controller's place;
+* ``original``: the original controller, ``services/optimiser.py``;
+* ``offline``: no adaptation (upstream's ``start_offline``: no Observer).
+
+Each run gets a fresh broker on ``localhost:9092``, the Wayeb JVMs, the factory,
+collector, engine, controller, observer and replayer, and ends when the engine
+has scored the whole stream and no round is open. Its topic traffic is recorded
+in the recordings' layout under ``.rtcef-loop/<run>/traffic``; the comparison
+(one table, one plot of MCC over stream time with the model swaps marked) goes
+to ``tests/rtcef/RESULTS.md`` and ``tests/rtcef/mcc.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import statistics
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tests.kafka.client import create_topics
+from tests.rtcef import maritime, stack, wayeb
+from tests.rtcef.traffic import Record, Tap, wait_until
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_WORK = stack.ROOT / ".rtcef-loop"
+MODES = ("ours", "original", "offline")
+TEMPLATE = "port/conf_1.ini"
+#: The template's offline optimisation (the original's ``initialModel``), for our warm start.
+OFFLINE_PICKLE = (
+    stack.VENDOR / "data" / "saved_models" / "optimisation"
+    / "skopt_model_enteringAreaGPH_0_sv_nnv_m_nt_c_month_trm_1.pkl"
+)  # fmt: skip
+#: The template's starting parameters (``init.model.param.*``), as INITIAL_PARAMS.
+INITIAL_PARAMS = {
+    "confidence": 0.11137427805691247, "order": 4,
+    "pmin": 0.007072005024638059, "gamma": 0.007053011729848838,
+}  # fmt: skip
+KEEP = 5  # observations both controllers carry into the next round (keepNEvals)
+WEEK = 604_800
+#: A log line reporting a problem: a Python traceback or error, a JVM ERROR or exception.
+ERROR_LINE = re.compile(r"Traceback|\bERROR\b|Exception\b|\b[Ee]rror:")
+
+
+def say(text: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
+
+
+# --------------------------------------------------------------------------- preparing
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What every run shares: the built parts and the converted stream."""
+
+    python: str
+    classpath: str
+    stream: Path
+    records: int
+    window: stack.Window
+    warm_start: Path
+    build_seconds: dict[str, float]
+
+
+def prepare(work: Path, *, limit: int | None = None) -> Prepared:
+    """Build Wayeb, install the services' Python, convert the stream (each cached)."""
+    work.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    began = time.monotonic()
+    classpath = wayeb.ensure_built()
+    timings["wayeb"] = round(time.monotonic() - began, 1)
+    began = time.monotonic()
+    python = stack.ensure_services_python()
+    timings["python 3.9 env"] = round(time.monotonic() - began, 1)
+    stream = work / ("stream.json" if limit is None else f"stream-{limit}.json")
+    stats = maritime.convert(stack.SAMPLE, stream, limit=limit)
+    first, last = int(stats["first_timestamp"]), int(stats["last_timestamp"])
+    window = stack.Window(start=first, end=last, engine_start=first + WEEK)
+    warm = work / "warm-start.json"
+    _warm_start_file(warm)
+    return Prepared(python, classpath, stream, int(stats["records"]), window, warm, timings)
+
+
+def _warm_start_file(path: Path) -> None:
+    from dataflow import warmstart
+
+    if warmstart.main([str(OFFLINE_PICKLE), "-o", str(path)]) != 0:
+        raise stack.StackError(f"could not convert {OFFLINE_PICKLE}")
+
+
+# --------------------------------------------------------------------------- one run
+
+
+@dataclass
+class RunResult:
+    """What one run measured."""
+
+    mode: str
+    wall_s: float
+    scores: list[dict[str, Any]] = field(default_factory=list)  # timestamp, mcc, model_version
+    instructions: list[dict[str, Any]] = field(default_factory=list)
+    commands: list[dict[str, Any]] = field(default_factory=list)
+    reports: list[dict[str, Any]] = field(default_factory=list)
+    syncs: list[dict[str, Any]] = field(default_factory=list)  # + broker_ms
+    models: list[dict[str, Any]] = field(default_factory=list)
+    rounds: list[dict[str, Any]] = field(default_factory=list)  # kind, paused_s, model_id
+    dead_letters: list[dict[str, str]] = field(default_factory=list)
+    undecodable: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    def swaps(self) -> list[dict[str, Any]]:
+        """The score reports where the engine's model version changed."""
+        out, current = [], None
+        for score in self.scores:
+            if current is not None and score["model_version"] != current:
+                out.append(score)
+            current = score["model_version"]
+        return out
+
+
+def controller_env(prepared: Prepared, budget: int, run_dir: Path) -> dict[str, str]:
+    """This controller's settings for the loop: the rtcef dialect, Avro, the template's start."""
+    return {
+        "KAFKA_BOOTSTRAP_SERVERS": stack.BOOTSTRAP,
+        "CONTROLLER_DIALECT": "rtcef",
+        "WIRE_ENCODING": "avro",
+        "OPTIMISER_BUDGET": str(budget),
+        "INITIAL_PARAMS": json.dumps(INITIAL_PARAMS),
+        "WARM_START_FILE": str(prepared.warm_start),
+        "LOG_FORMAT": "json",
+    }
+
+
+@contextmanager
+def services(prepared: Prepared, run_dir: Path, mode: str, budget: int,
+             observer: bool = True) -> Iterator[tuple[stack.Stack, Tap]]:  # fmt: skip
+    """Everything of one run up and the tap following it; all stopped on exit."""
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True)
+    with ExitStack() as exits:
+        exits.enter_context(stack.loop_broker(run_dir / "kafka"))
+        create_topics(stack.BOOTSTRAP, stack.TOPICS)
+        original = {"nTotalEvals": str(KEEP + budget), "nInitBench": str(min(10, KEEP + budget))}
+        services_ = stack.Stack(run_dir)
+        services_.config = stack.write_config(run_dir, prepared.stream, prepared.window,
+                                              template=TEMPLATE, optimiser=original)  # fmt: skip
+        exits.callback(services_.close)
+        tap = exits.enter_context(Tap(progress=_progress))
+        say(f"{mode}: starting Wayeb server and service")
+        services_.start_wayeb("wayeb_server", prepared.classpath, ["server"], stack.SERVER_PORTS)
+        services_.start_wayeb(
+            "wayeb_service", prepared.classpath,
+            ["service", "--pythonPort", str(stack.SERVICE_PORTS[1]),
+             "--javaPort", str(stack.SERVICE_PORTS[0])], stack.SERVICE_PORTS,
+        )  # fmt: skip
+        for name in ("factory", "collector", "engine"):
+            services_.start_rtcef(name, prepared.python)
+        if mode == "ours":
+            recovery = run_dir / "recovery"
+            from dataflow import recovery as recovery_store
+
+            recovery_store.ensure(recovery, 1)
+            services_.start(
+                "controller",
+                [sys.executable, "-m", "bytewax.run", "dataflow.flow:get_flow()",
+                 "-r", str(recovery), "-s", "5", "-b", "30"],
+                env=controller_env(prepared, budget, run_dir), cwd=stack.ROOT,
+            )  # fmt: skip
+        else:
+            services_.start_rtcef("optimiser", prepared.python)
+        if observer and mode != "offline":
+            services_.start_rtcef("observer", prepared.python)
+        time.sleep(3)  # the consumers assign their partitions before the stream starts
+        services_.check_alive()
+        services_.start_rtcef("replayer", prepared.python)
+        say(f"{mode}: replaying {prepared.records} records")
+        yield services_, tap
+
+
+def _progress(record: Record) -> None:
+    value = record.value
+    if record.topic == "model_runtime_scores":
+        metrics = json.loads(value["batch_metrics"] or "{}")
+        say(f"  score  t={value['timestamp']} model={value['model_version']} "
+            f"mcc={metrics.get('mcc', float('nan')):.3f}")  # fmt: skip
+    elif record.topic == "optimiser_instructions":
+        say(f"  instruction {value['id']}: {value['instruction']} at t={value['timestamp']}")
+    elif record.topic == "engine_sync":
+        say(f"  sync   {value['type']} model={value['model_id']}")
+    elif record.topic == "factory_commands" and value["type"] != "opt_step":
+        say(f"  command {value['id']}: {value['type']}")
+    elif record.topic == "model_versions":
+        say(f"  model  {value['id']} ({value['creation_method']}) pt={value['pt']}")
+
+
+def run(prepared: Prepared, work: Path, mode: str, budget: int, *, quiet_s: float = 45.0,
+        timeout_s: float = 3600.0) -> RunResult:  # fmt: skip
+    """One whole run: the stream replayed to its end, every round finished."""
+    run_dir = work / mode
+    began = time.monotonic()
+    with services(prepared, run_dir, mode, budget) as (services_, tap):
+        last_input = prepared.records - 1
+
+        def settled() -> bool:
+            position = tap.last("engine_current_position")
+            if position is None or position.value["offset"] < last_input:
+                return False
+            syncs = tap.of("engine_sync")
+            if sum(s.value["type"] == "pause" for s in syncs) != sum(
+                s.value["type"] == "play" for s in syncs
+            ):
+                return False
+            busy = [tap.last(t) for t in ("optimiser_instructions", "factory_commands",
+                                          "factory_reports", "engine_sync")]  # fmt: skip
+            newest = max((r.broker_ms for r in busy if r is not None), default=0)
+            return time.time() * 1000 - newest > quiet_s * 1000
+
+        def healthy() -> None:
+            services_.check_alive()
+            tap.check()
+
+        wait_until(settled, timeout_s, f"the {mode} run to finish", check=healthy)
+        tap.write(run_dir / "traffic")
+        result = _result(mode, round(time.monotonic() - began, 1), tap)
+        result.errors = service_errors(services_)
+    (run_dir / "result.json").write_text(json.dumps(asdict(result), indent=1))
+    return result
+
+
+def service_errors(services_: stack.Stack) -> list[str]:
+    """Lines of the real services' logs that report an error or a traceback."""
+    found = []
+    for service in services_.services:
+        if service.name == "controller":
+            continue
+        logs = [service.log, services_.run_dir / "logs" / f"{service.name}_service.log"]
+        for log in logs:
+            if not log.exists():
+                continue
+            for line in log.read_text(errors="replace").splitlines():
+                if ERROR_LINE.search(line):
+                    found.append(f"{service.name}: {line.strip()[:300]}")
+    return found
+
+
+def _result(mode: str, wall_s: float, tap: Tap) -> RunResult:
+    result = RunResult(mode, wall_s)
+    for record in tap.of("model_runtime_scores"):
+        metrics = json.loads(record.value["batch_metrics"] or "{}")
+        result.scores.append({
+            "timestamp": record.value["timestamp"], "model_version": record.value["model_version"],
+            "mcc": metrics.get("mcc"), "creation_method": record.value["creation_method"],
+        })  # fmt: skip
+    result.instructions = [r.value for r in tap.of("optimiser_instructions")]
+    result.commands = [r.value for r in tap.of("factory_commands")]
+    result.reports = [r.value for r in tap.of("factory_reports")]
+    result.models = [r.value for r in tap.of("model_versions")]
+    syncs = tap.of("engine_sync")
+    result.syncs = [{**r.value, "broker_ms": r.broker_ms} for r in syncs]
+    commands = tap.of("factory_commands")
+    pause: Record | None = None
+    for sync in syncs:
+        if sync.value["type"] == "pause":
+            pause = sync
+        elif pause is not None:
+            inside = [c for c in commands if pause.broker_ms <= c.broker_ms <= sync.broker_ms]
+            optimise = any(c.value["type"] == "opt_initialise" for c in inside)
+            result.rounds.append({
+                "kind": "OPTIMIZE" if optimise else "RETRAIN",
+                "paused_s": round((sync.broker_ms - pause.broker_ms) / 1000, 2),
+                "steps": sum(c.value["type"] == "opt_step" for c in inside),
+                "model_id": sync.value["model_id"],
+            })  # fmt: skip
+            pause = None
+    result.dead_letters = list(tap.dead_letters)
+    result.undecodable = list(tap.undecodable)
+    return result
+
+
+# --------------------------------------------------------------------------- comparison
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return round(statistics.fmean(values), 3) if values else None
+
+
+def table(results: Sequence[RunResult], prepared: Prepared) -> str:
+    """The results table (markdown)."""
+    swap_times = [s["timestamp"] for r in results for s in r.swaps()[:1]]
+    split = min(swap_times) if swap_times else None
+    header = (
+        "| run | wall | score reports | mean MCC | MCC before / after t₁ | instructions "
+        "| rounds (R/O) | commands | model swaps | paused per round (mean / max) |"
+    )
+    lines = [header, "|" + "---|" * 10]
+    for r in results:
+        mccs = [s["mcc"] for s in r.scores if s["mcc"] is not None]
+        before = [s["mcc"] for s in r.scores if s["mcc"] is not None and split is not None
+                  and s["timestamp"] < split]  # fmt: skip
+        after = [s["mcc"] for s in r.scores if s["mcc"] is not None and split is not None
+                 and s["timestamp"] >= split]  # fmt: skip
+        paused = [x["paused_s"] for x in r.rounds]
+        kinds = [x["kind"] for x in r.rounds]
+        lines.append(
+            f"| {r.mode} | {r.wall_s:.0f} s | {len(r.scores)} | {_mean(mccs)} "
+            f"| {_mean(before)} / {_mean(after)} | {len(r.instructions)} "
+            f"| {kinds.count('RETRAIN')}/{kinds.count('OPTIMIZE')} | {len(r.commands)} "
+            f"| {len(r.swaps())} | "
+            + (f"{statistics.fmean(paused):.1f} s / {max(paused):.1f} s |" if paused else "- |")
+        )
+    notes = [
+        "",
+        f"Stream: `{stack.SAMPLE.name}` converted ({prepared.records} records, stream time "
+        f"{prepared.window.start}-{prepared.window.end}); engine scores weekly from "
+        f"{prepared.window.engine_start}. t₁ = {split} (the first model swap of any run): "
+        "the same split for all three.",
+    ]
+    return "\n".join(lines + notes)
+
+
+def plot(results: Sequence[RunResult], path: Path) -> None:
+    """MCC over stream time, one line per run, model swaps marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(9, 4.5))
+    styles = {"ours": ("C0", "o"), "original": ("C1", "s"), "offline": ("C7", ".")}
+    for r in results:
+        colour, marker = styles.get(r.mode, ("C3", "x"))
+        points = [(s["timestamp"], s["mcc"]) for s in r.scores if s["mcc"] is not None]
+        if points:
+            xs = [time.strftime("%Y-%m-%d", time.gmtime(t)) for t, _ in points]
+            axes.plot(range(len(xs)), [y for _, y in points], color=colour, marker=marker,
+                      label=r.mode)  # fmt: skip
+            index = {t: i for i, (t, _) in enumerate(points)}
+            for swap in r.swaps():
+                if swap["timestamp"] in index:
+                    axes.axvline(index[swap["timestamp"]], color=colour, alpha=0.35, ls="--")
+            axes.set_xticks(range(len(xs)), xs, rotation=60, fontsize=7)
+    axes.set_ylabel("MCC (weekly score report)")
+    axes.set_title("Real RTCEF loop on the maritime sample (dashed: model swaps)")
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def write_results(results: Sequence[RunResult], prepared: Prepared, out: Path) -> None:
+    """RESULTS.md and mcc.png beside it."""
+    rounds = "\n".join(
+        f"* {r.mode}: " + (", ".join(f"{x['kind']} ({x['steps']} steps) {x['paused_s']} s → model "
+                                      f"{x['model_id']}" for x in r.rounds) or "no rounds")
+        for r in results
+    )  # fmt: skip
+    problems = "\n".join(
+        f"* {r.mode}: {len(r.dead_letters)} dead letters, {len(r.undecodable)} undecodable, "
+        f"{len(r.errors)} error lines in the real services' logs"
+        for r in results
+    )
+    text = (
+        "# The real RTCEF loop: this controller, the original, and no adaptation\n\n"
+        "Written by `just rtcef-loop` (`python -m tests.rtcef.loop`); "
+        f"{time.strftime('%Y-%m-%d')}. Builds: "
+        + ", ".join(f"{k} {v} s" for k, v in prepared.build_seconds.items())
+        + " (0 s: cached).\n\n"
+        + table(results, prepared)
+        + "\n\n![MCC over stream time](mcc.png)\n\n## Rounds (engine paused, pause → play)\n\n"
+        + rounds + "\n\n## Checks\n\n" + problems + "\n"
+    )  # fmt: skip
+    out.write_text(text)
+    plot(results, out.parent / "mcc.png")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.rtcef.loop",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--runs", nargs="+", choices=MODES, default=list(MODES))
+    parser.add_argument(
+        "--budget", type=int, default=15,
+        help="opt_step commands per OPTIMIZE round, both controllers (15)",
+    )  # fmt: skip
+    parser.add_argument("--limit", type=int, help="replay only the first N records")
+    parser.add_argument("--work", type=Path, default=DEFAULT_WORK)
+    parser.add_argument("--results", type=Path, default=HERE / "RESULTS.md")
+    args = parser.parse_args(argv)
+    with stack.interrupts_as_keyboard_interrupt():
+        try:
+            prepared = prepare(args.work, limit=args.limit)
+            say(f"prepared: {prepared.records} records; builds {prepared.build_seconds}")
+            results = [run(prepared, args.work, mode, args.budget) for mode in args.runs]
+        except KeyboardInterrupt:
+            say("interrupted: every process was stopped")
+            return 130
+    write_results(results, prepared, args.results)
+    print((args.results).read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONDONTWRITEBYTECODE", "1")
+    sys.exit(main())

@@ -1,0 +1,344 @@
+"""The original RTCEF services, started from ``../shared/vendor/rtcef`` (read-only) for a real loop.
+
+Test infrastructure, like ``tests/kafka/broker.py``. It provides, from the
+project's own files only:
+
+* the services' Python 3.9 environment, installed once per lock hash from
+  ``requirements-py39.lock`` (``just rtcef-lock`` regenerates it from the vendored
+  ``requirements.txt``) into the user cache;
+* a configuration generated from a vendored template (``configs/port/conf_N.ini``):
+  every path that is written to points into the run's own folder, the ones that
+  are only read (patterns, schemas, starting models, offline pickles) into the
+  vendored copy, the data set is our converted maritime sample, and the optimiser's
+  budget and time window are set as asked;
+* the services as processes (the two Wayeb JVMs, then factory, collector, engine,
+  the controller under test, observer, replayer), each with its log in the run
+  folder, started in the order they need and stopped by pid, in reverse order,
+  on exit or Ctrl-C.
+
+Nothing is written into the vendored tree: Python runs with
+``PYTHONDONTWRITEBYTECODE`` and every process's working directory is the run folder.
+"""
+
+from __future__ import annotations
+
+import configparser
+import hashlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.kafka import broker as kafka_broker
+from tests.rtcef import wayeb
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+SHARED = Path(os.environ.get("RTCEF_SHARED_DIR", ROOT.parent / "shared"))
+VENDOR = SHARED / "vendor" / "rtcef"
+SAMPLE = SHARED / "vendor" / "wayeb-sample" / "227592820.csv"
+LOCK = HERE / "requirements-py39.lock"
+
+#: Wayeb's Kafka clients hard-code this address: the loop's broker must listen here.
+BROKER_PORT = 9092
+BOOTSTRAP = f"localhost:{BROKER_PORT}"
+
+#: The eleven topics of the maritime configurations (one partition each, as upstream).
+TOPICS = (
+    "optimiser_instructions", "factory_commands", "factory_reports", "dataset_versions",
+    "model_versions", "input_stream", "output_stream", "model_runtime_scores",
+    "engine_current_position", "assembled_datasets", "engine_sync",
+)  # fmt: skip
+
+#: py4j ports: the factory's Wayeb ``server`` (java, python) and the engine's ``service``.
+SERVER_PORTS = (25334, 25333)
+SERVICE_PORTS = (25336, 25335)
+
+
+class StackError(RuntimeError):
+    """A part of the loop could not be built, configured or started."""
+
+
+# --------------------------------------------------------------------------- Python 3.9
+
+
+def find_python39() -> str:
+    """The interpreter for the services: ``RTCEF_PYTHON``, pyenv's 3.9, or ``python3.9``."""
+    explicit = os.environ.get("RTCEF_PYTHON")
+    if explicit:
+        return explicit
+    pyenv_root = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv"))
+    for candidate in sorted((pyenv_root / "versions").glob("3.9.*/bin/python"), reverse=True):
+        return str(candidate)
+    found = shutil.which("python3.9")
+    if found:
+        return found
+    raise StackError("no Python 3.9 found: set RTCEF_PYTHON, or install 3.9 with pyenv")
+
+
+def services_env_dir() -> Path:
+    """The cached environment's folder, keyed by the lock's content."""
+    digest = hashlib.sha256(LOCK.read_bytes()).hexdigest()[:12]
+    return kafka_broker.jar_cache_dir().parent / f"rtcef-py39-{digest}"
+
+
+def ensure_services_python(quiet: bool = False) -> str:
+    """Create (once) the services' virtualenv from the hashed lock; return its python."""
+    home = services_env_dir()
+    python = home / "bin" / "python"
+    if (home / "complete").exists():
+        return str(python)
+    if home.exists():
+        shutil.rmtree(home)
+    if not quiet:
+        print("rtcef: installing the services' Python 3.9 environment (first run only)...",
+              file=sys.stderr)  # fmt: skip
+    _run([find_python39(), "-m", "venv", str(home)], "creating the Python 3.9 venv")
+    _run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+          "--require-hashes", "--no-deps", "-r", str(LOCK)], "pip install of the lock")  # fmt: skip
+    _run([str(python), "-c", "import kafka, py4j, skopt, fastavro, avro, ujson, numpy"],
+         "importing the services' packages")  # fmt: skip
+    (home / "complete").write_text(time.strftime("%Y-%m-%dT%H:%M:%S"))
+    return str(python)
+
+
+def _run(command: Sequence[str], what: str) -> None:
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise StackError(f"{what} failed ({result.returncode}):\n{result.stdout}{result.stderr}")
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+@dataclass(frozen=True)
+class Window:
+    """The stream time the replayer, engine and collector agree on (seconds)."""
+
+    start: int  # replayer StartTime
+    end: int  # replayer EndTime
+    engine_start: int  # engine model.param.start_time: scores are counted after it
+    reporting_dt: int = 604_800  # a score report per week of stream time
+
+
+def write_config(
+    run_dir: Path,
+    dataset: Path,
+    window: Window,
+    *,
+    template: str = "port/conf_1.ini",
+    optimiser: Mapping[str, str] | None = None,
+) -> Path:
+    """Write ``run_dir/conf.ini`` from a vendored template; return its path.
+
+    ``optimiser`` overrides keys of the original controller's ``[optimiser]``
+    section (e.g. ``nTotalEvals``); our controller ignores the file.
+    """
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.optionxform = str  # type: ignore[assignment,method-assign]  # keep the keys' case
+    source = VENDOR / "configs" / template
+    if not parser.read(source):
+        raise StackError(f"cannot read the template {source}")
+    folders = {name: _mkdir(run_dir / name) for name in
+               ("logs", "assembled", "collected", "models", "optimiser", "reader")}  # fmt: skip
+    opt_folder = folders["optimiser"]
+    settings: dict[str, dict[str, str]] = {
+        "default": {"ProjectPath": str(VENDOR)},
+        "kafka": {"all.bootstrap_servers": BOOTSTRAP},
+        "optimiser": {
+            "executionLog": str(folders["logs"] / "optimiser_service.log"),
+            "optimisationLogs": f"{_mkdir(opt_folder / 'logs')}/",
+            "optimisationSamples": f"{_mkdir(opt_folder / 'samples')}/",
+            "optimisationModels": f"{_mkdir(opt_folder / 'models')}/",
+            **(optimiser or {}),
+        },
+        "engine": {
+            "executionLog": str(folders["logs"] / "engine_service.log"),
+            "model.param.start_time": str(window.engine_start),
+            "model.param.reporting_dt": str(window.reporting_dt),
+        },
+        "factory": {
+            "executionLog": str(folders["logs"] / "factory_service.log"),
+            "assembledDatasetsPath": f"{folders['assembled']}/",
+            "savedModelsPath": str(folders["models"]),
+        },
+        "observer": {"executionLog": str(folders["logs"] / "observer_service.log")},
+        "collector": {
+            "executionLog": str(folders["logs"] / "collector_service.log"),
+            "StoragePath": f"{folders['collected']}/",
+        },
+        "replayer": {
+            "DatasetPath": str(dataset),
+            "StartTime": str(window.start),
+            "EndTime": str(window.end),
+            "StartPeriod": "0",
+            "cyclic": "false",
+        },
+        "reader": {"outputFolder": f"{folders['reader']}/"},
+    }
+    for section, values in settings.items():
+        if not parser.has_section(section) and section != "default":
+            raise StackError(f"{source} has no [{section}] section")
+        for key, value in values.items():
+            parser[section][key] = value
+    path = run_dir / "conf.ini"
+    with path.open("w") as handle:
+        handle.write(f"; generated from {source} by tests/rtcef/stack.py\n")
+        parser.write(handle)
+    return path
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+# --------------------------------------------------------------------------- processes
+
+
+@dataclass
+class Service:
+    """One started process: its name, pid and log."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    log: Path
+    #: Ends by itself when its work is done (the replayer): exiting with 0 is not a failure.
+    finite: bool = False
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+@dataclass
+class Stack:
+    """Processes started for one run, stopped in reverse order by ``close``."""
+
+    run_dir: Path
+    config: Path | None = None
+    services: list[Service] = field(default_factory=list)
+
+    def start(
+        self,
+        name: str,
+        command: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> Service:
+        log = self.run_dir / "logs" / f"{name}.out"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("ab") as handle:
+            process = subprocess.Popen(
+                list(command), cwd=cwd or self.run_dir, env={**os.environ, **(env or {})},
+                stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True,  # Ctrl-C is ours to handle; we stop each by pid
+            )  # fmt: skip
+        (self.run_dir / "pids").mkdir(exist_ok=True)
+        (self.run_dir / "pids" / name).write_text(str(process.pid))
+        service = Service(name, process, log)
+        self.services.append(service)
+        return service
+
+    def start_rtcef(self, name: str, python: str) -> Service:
+        """An original service: ``python main.py -s NAME -c conf.ini`` from the vendored tree."""
+        assert self.config is not None, "write the configuration first"
+        env = {"PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1"}
+        service = self.start(
+            name, [python, str(VENDOR / "main.py"), "-s", name, "-c", str(self.config)], env=env
+        )
+        service.finite = name == "replayer"  # replays the file once, then exits
+        return service
+
+    def start_wayeb(self, name: str, classpath: str, args: Sequence[str],
+                    ports: Sequence[int], deadline: float = 60.0) -> Service:  # fmt: skip
+        """A Wayeb JVM (``server`` or ``service``), returned once its py4j ports listen."""
+        # Wayeb's logback truncates ./wayeb.log at start: each JVM gets its own folder.
+        folder = _mkdir(self.run_dir / name)
+        command = wayeb.java_command(classpath, *args, logback=HERE / "logback.xml")
+        service = self.start(name, command, cwd=folder)
+        limit = time.monotonic() + deadline
+        while not all(port_open(p) for p in ports[:1]):
+            if not service.alive():
+                raise StackError(f"{name} exited during start-up:\n{_tail(service.log_text())}")
+            if time.monotonic() > limit:
+                raise StackError(f"{name} not listening on {ports[0]} after {deadline:.0f}s")
+            time.sleep(0.2)
+        return service
+
+    def check_alive(self) -> None:
+        """Raise, with its log tail, if a started process has died."""
+        for service in self.services:
+            if not service.alive() and not (service.finite and service.process.returncode == 0):
+                raise StackError(
+                    f"{service.name} exited with code {service.process.returncode}:\n"
+                    + _tail(service.log_text())
+                )
+
+    def close(self) -> None:
+        """Stop every process, newest first: SIGTERM, then SIGKILL after a grace period."""
+        for service in reversed(self.services):
+            stop_process(service.process)
+        self.services.clear()
+
+
+def stop_process(process: subprocess.Popen[bytes], grace: float = 10.0) -> None:
+    """Stop a process started in its own session, with its children, by pid."""
+    if process.poll() is not None:
+        return
+    for sig, wait in ((signal.SIGINT, 3.0), (signal.SIGTERM, grace), (signal.SIGKILL, 30.0)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether something accepts connections on ``host:port``."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
+def _tail(text: str, lines: int = 40) -> str:
+    return "\n".join(text.splitlines()[-lines:])
+
+
+@contextmanager
+def interrupts_as_keyboard_interrupt() -> Iterator[None]:
+    """SIGTERM (and Ctrl-C) unwind through ``finally`` blocks, so every process is stopped."""
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextmanager
+def loop_broker(state_dir: Path) -> Iterator[kafka_broker.Broker]:
+    """A fresh broker on ``localhost:9092`` (refused, naming the cause, if the port is taken)."""
+    if port_open(BROKER_PORT):
+        raise StackError(
+            f"port {BROKER_PORT} is in use: the real loop needs it (Wayeb's Kafka client"
+            " hard-codes localhost:9092); stop whatever listens there and retry"
+        )
+    server = kafka_broker.start(state_dir, port=BROKER_PORT)
+    try:
+        yield server
+    finally:
+        server.stop()
