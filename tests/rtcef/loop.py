@@ -208,7 +208,7 @@ def _progress(record: Record) -> None:
 
 
 def run(prepared: Prepared, work: Path, mode: str, budget: int, *, quiet_s: float = 45.0,
-        timeout_s: float = 3600.0) -> RunResult:  # fmt: skip
+        timeout_s: float = 1800.0) -> RunResult:  # fmt: skip
     """One whole run: the stream replayed to its end, every round finished."""
     run_dir = work / mode
     began = time.monotonic()
