@@ -93,8 +93,15 @@ def _mkdir(path: Path) -> Path:
 
 
 def _cluster_id() -> str:
-    # KRaft wants a 22-character base64url UUID; a hex GUID is rejected.
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    """A KRaft cluster id: a 22-character base64url UUID (a hex GUID is rejected).
+
+    One in 64 of those starts with ``-``, which the storage tool's argument parser
+    takes for an option ("--cluster-id: expected one argument"): draw again.
+    """
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 @dataclass
