@@ -28,6 +28,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +118,8 @@ class RunResult:
     syncs: list[dict[str, Any]] = field(default_factory=list)  # + broker_ms
     models: list[dict[str, Any]] = field(default_factory=list)
     rounds: list[dict[str, Any]] = field(default_factory=list)  # kind, paused_s, model_id
+    #: Broker time from each step's report to the controller's next command (ms).
+    hops_ms: list[int] = field(default_factory=list)
     dead_letters: list[dict[str, str]] = field(default_factory=list)
     undecodable: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
@@ -286,6 +289,12 @@ def _result(mode: str, wall_s: float, tap: Tap) -> RunResult:
                 "model_id": sync.value["model_id"],
             })  # fmt: skip
             pause = None
+    sent = {c.value["id"]: c for c in commands}
+    for report in tap.of("factory_reports"):
+        following = sent.get(report.value["reply_id"] + 1)
+        answered = sent.get(report.value["reply_id"])
+        if following and answered and answered.value["type"] == "opt_step":
+            result.hops_ms.append(following.broker_ms - report.broker_ms)
     result.dead_letters = list(tap.dead_letters)
     result.undecodable = list(tap.undecodable)
     return result
@@ -304,9 +313,10 @@ def table(results: Sequence[RunResult], prepared: Prepared) -> str:
     split = min(swap_times) if swap_times else None
     header = (
         "| run | wall | score reports | mean MCC | MCC before / after t₁ | instructions "
-        "| rounds (R/O) | commands | model swaps | paused per round (mean / max) |"
+        "| rounds (R/O) | commands | model swaps | paused per round (mean / max) "
+        "| report → next command (median / max) |"
     )
-    lines = [header, "|" + "---|" * 10]
+    lines = [header, "|" + "---|" * 11]
     for r in results:
         mccs = [s["mcc"] for s in r.scores if s["mcc"] is not None]
         before = [s["mcc"] for s in r.scores if s["mcc"] is not None and split is not None
@@ -321,6 +331,11 @@ def table(results: Sequence[RunResult], prepared: Prepared) -> str:
             f"| {kinds.count('RETRAIN')}/{kinds.count('OPTIMIZE')} | {len(r.commands)} "
             f"| {len(r.swaps())} | "
             + (f"{statistics.fmean(paused):.1f} s / {max(paused):.1f} s |" if paused else "- |")
+            + (
+                f" {statistics.median(r.hops_ms):.0f} ms / {max(r.hops_ms)} ms |"
+                if r.hops_ms
+                else " - |"
+            )
         )
     notes = [
         "",
@@ -337,28 +352,60 @@ def plot(results: Sequence[RunResult], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
+    import matplotlib.dates as mdates
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(figsize=(9, 4.5))
     styles = {"ours": ("C0", "o"), "original": ("C1", "s"), "offline": ("C7", ".")}
     for r in results:
         colour, marker = styles.get(r.mode, ("C3", "x"))
-        points = [(s["timestamp"], s["mcc"]) for s in r.scores if s["mcc"] is not None]
+        points = [(_when(s["timestamp"]), s["mcc"]) for s in r.scores if s["mcc"] is not None]
         if points:
-            xs = [time.strftime("%Y-%m-%d", time.gmtime(t)) for t, _ in points]
-            axes.plot(range(len(xs)), [y for _, y in points], color=colour, marker=marker,
-                      label=r.mode)  # fmt: skip
-            index = {t: i for i, (t, _) in enumerate(points)}
-            for swap in r.swaps():
-                if swap["timestamp"] in index:
-                    axes.axvline(index[swap["timestamp"]], color=colour, alpha=0.35, ls="--")
-            axes.set_xticks(range(len(xs)), xs, rotation=60, fontsize=7)
+            axes.plot([t for t, _ in points], [y for _, y in points], color=colour,
+                      marker=marker, label=r.mode)  # fmt: skip
+        for swap in r.swaps():
+            axes.axvline(_when(swap["timestamp"]), color=colour, alpha=0.4, ls="--")
+    axes.xaxis.set_major_formatter(mdates.DateFormatter("%Y-%m-%d"))
+    figure.autofmt_xdate()
     axes.set_ylabel("MCC (weekly score report)")
-    axes.set_title("Real RTCEF loop on the maritime sample (dashed: model swaps)")
+    axes.set_title(
+        "Real RTCEF loop, maritime sample: engine MCC (dashed: first report of a new model)"
+    )
     axes.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
+
+
+READING = """\
+Reading the figures: MCC is the engine's own weekly score report (`batch_metrics`).
+The engine resets its statistics when it loads a model, so a report due just after
+a swap counts only the events since (a handful): an MCC of 0 there is that, not a
+bad model, and the original Observer (LowScoreThreshold 0.2) answers it with an
+OPTIMIZE in both adaptive runs. "Paused" is the controller's `pause` to its `play`
+(broker times); the engine reads `engine_sync` only between batches of up to 10,000
+input records, so it keeps scoring with the old model into the round and resumes
+when it has read the new model. "Report → next command" is the controller's hop
+inside an OPTIMIZE round: from a step's report to the next command, broker times.
+Traffic of every run, in the recordings' layout: `traffic/<run>/<topic>.jsonl`."""
+
+
+def load_result(path: Path) -> RunResult:
+    """A run's ``result.json``, as ``run`` wrote it."""
+    return RunResult(**json.loads(path.read_text()))
+
+
+def keep_traffic(results: Sequence[RunResult], work: Path, out: Path) -> None:
+    """Copy each run's recorded topics beside the results (small: the bulk topics are not kept)."""
+    for result in results:
+        target = out / "traffic" / result.mode
+        if target.exists():
+            shutil.rmtree(target)
+        shutil.copytree(work / result.mode / "traffic", target)
+
+
+def _when(timestamp: int) -> datetime:
+    return datetime.fromtimestamp(timestamp, tz=UTC)
 
 
 def write_results(results: Sequence[RunResult], prepared: Prepared, out: Path) -> None:
@@ -380,7 +427,8 @@ def write_results(results: Sequence[RunResult], prepared: Prepared, out: Path) -
         + ", ".join(f"{k} {v} s" for k, v in prepared.build_seconds.items())
         + " (0 s: cached).\n\n"
         + table(results, prepared)
-        + "\n\n![MCC over stream time](mcc.png)\n\n## Rounds (engine paused, pause → play)\n\n"
+        + "\n\n![MCC over stream time](mcc.png)\n\n" + READING
+        + "\n\n## Rounds (engine paused, pause → play)\n\n"
         + rounds + "\n\n## Checks\n\n" + problems + "\n"
     )  # fmt: skip
     out.write_text(text)
@@ -401,16 +449,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, help="replay only the first N records")
     parser.add_argument("--work", type=Path, default=DEFAULT_WORK)
     parser.add_argument("--results", type=Path, default=HERE / "RESULTS.md")
+    parser.add_argument(
+        "--report-only", action="store_true",
+        help="rewrite the results from the runs already in --work (no run)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     with stack.interrupts_as_keyboard_interrupt():
         try:
             prepared = prepare(args.work, limit=args.limit)
             say(f"prepared: {prepared.records} records; builds {prepared.build_seconds}")
-            results = [run(prepared, args.work, mode, args.budget) for mode in args.runs]
+            if args.report_only:
+                results = [load_result(args.work / mode / "result.json") for mode in args.runs]
+            else:
+                results = [run(prepared, args.work, mode, args.budget) for mode in args.runs]
         except KeyboardInterrupt:
             say("interrupted: every process was stopped")
             return 130
     write_results(results, prepared, args.results)
+    keep_traffic(results, args.work, args.results.parent)
     print((args.results).read_text())
     return 0
 
