@@ -53,7 +53,10 @@ def document_from_result(result: Any) -> dict[str, Any]:
         name = getattr(dimension, "name", None)
         if not isinstance(name, str) or not name:
             raise ConfigError(f"dimension {index} has no name: names are what match it")
-        low, high = getattr(dimension, "bounds", (None, None))
+        bounds = getattr(dimension, "bounds", None)
+        if not isinstance(bounds, tuple | list) or len(bounds) != 2:
+            raise ConfigError(f"dimension {name!r} has no numeric (low, high) bounds")
+        low, high = bounds
         described.append(
             {"name": name, "kind": type(dimension).__name__, "bounds": [_plain(low), _plain(high)]}
         )
@@ -89,7 +92,11 @@ def render(document: Mapping[str, Any]) -> str:
 
 
 def check(document: Mapping[str, Any], profile: optimizer.Profile) -> int:
-    """How many observations the controller will read from ``document`` (raises if none fit)."""
+    """How many observations the controller will read from ``document``.
+
+    Raises ``ConfigError`` when the dimensions do not match the profile's or a
+    value is outside its bounds.
+    """
     return len(optimizer.observations_from_warm_start(profile, document))
 
 
@@ -125,11 +132,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         document = document_from_result(load_result(args.result))
         count = check(document, optimizer.PROFILES[args.profile])
-    except ModuleNotFoundError as error:
-        print(f"warmstart: cannot load {args.result}: {error} (install scikit-optimize)",
+    except (ModuleNotFoundError, ImportError, AttributeError) as error:
+        print(f"warmstart: cannot load {args.result}: {error} (a class it names is missing:"
+              " is scikit-optimize installed, in a compatible version?)",
               file=sys.stderr)  # fmt: skip
         return 2
-    except (OSError, pickle.UnpicklingError, ConfigError) as error:
+    except (OSError, EOFError, pickle.UnpicklingError, ConfigError) as error:
         print(f"warmstart: {args.result}: {error}", file=sys.stderr)
         return 2
     text = render(document)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -36,12 +37,19 @@ def command(number: int, kind: str, timestamp: int, *, train_id: int = -1,
 
 
 def newest_dataset_end(run_dir: Path, tap: Tap) -> int:
-    """The last timestamp of the factory's newest assembled data set (it checks commands by it)."""
-    version = tap.of("assembled_datasets")[-1].value["version"]
-    lines = (
-        (run_dir / "assembled" / f"assembled_dataset_version_{version}").read_text().splitlines()
-    )
-    return int(json.loads(lines[-1])["timestamp"])
+    """The last timestamp of the factory's newest assembled data set (it checks commands by it).
+
+    The factory deletes a data set's file once it has assembled a newer one: read
+    the newest again when the file went away meanwhile.
+    """
+    for _ in range(20):
+        version = tap.of("assembled_datasets")[-1].value["version"]
+        path = run_dir / "assembled" / f"assembled_dataset_version_{version}"
+        try:
+            return int(json.loads(path.read_text().splitlines()[-1])["timestamp"])
+        except FileNotFoundError:
+            time.sleep(0.5)
+    raise AssertionError("the factory's newest data set kept disappearing")
 
 
 def send_instruction(number: int, kind: str, timestamp: int) -> None:
@@ -50,9 +58,15 @@ def send_instruction(number: int, kind: str, timestamp: int) -> None:
             [{"id": number, "timestamp": timestamp, "instruction": kind}], key={})  # fmt: skip
 
 
+def healthy(services: Stack, tap: Tap) -> None:
+    """Fail at once, with the reason, if a service died or the tap stopped reading."""
+    services.check_alive()
+    tap.check()
+
+
 def play_for(tap: Tap, count: int, services: Stack) -> Record:
     wait_until(lambda: sum(r.value["type"] == "play" for r in tap.of("engine_sync")) >= count,
-               300, f"play number {count}", check=services.check_alive)  # fmt: skip
+               300, f"play number {count}", check=lambda: healthy(services, tap))  # fmt: skip
     return [r for r in tap.of("engine_sync") if r.value["type"] == "play"][count - 1]
 
 
@@ -60,7 +74,9 @@ def scored_with(tap: Tap, model_id: int, services: Stack) -> Record:
     def found() -> bool:
         return any(r.value["model_version"] == model_id for r in tap.of("model_runtime_scores"))
 
-    wait_until(found, 240, f"a score report of model {model_id}", check=services.check_alive)
+    wait_until(
+        found, 240, f"a score report of model {model_id}", check=lambda: healthy(services, tap)
+    )
     return next(r for r in tap.of("model_runtime_scores") if r.value["model_version"] == model_id)
 
 
@@ -73,7 +89,8 @@ def test_our_controller_drives_the_real_factory_and_engine_through_a_retrain_and
 
     with loop.services(prepared, run_dir, "ours", BUDGET, observer=False) as (services, tap):
         wait_until(lambda: tap.count("assembled_datasets") > 0, 240,
-                   "the factory's first data set", check=services.check_alive)  # fmt: skip
+                   "the factory's first data set", check=lambda: healthy(services, tap),
+        )  # fmt: skip
         retrain_at = newest_dataset_end(run_dir, tap)
         send_instruction(0, "train", retrain_at)
         first_play = play_for(tap, 1, services)
@@ -107,7 +124,11 @@ def test_our_controller_drives_the_real_factory_and_engine_through_a_retrain_and
         ("pause", retrain_at, -1), ("play", retrain_at, reports[0]["model_id"]),
         ("pause", optimize_at, -1), ("play", optimize_at, reports[2 + BUDGET]["model_id"]),
     ]  # fmt: skip
-    # The engine swapped to exactly the models our plays named.
+    # The engine swapped to exactly the models our plays named, and to no other.
+    versions = [r.value["model_version"] for r in tap.of("model_runtime_scores")]
+    assert [v for i, v in enumerate(versions) if i == 0 or v != versions[i - 1]] == [
+        -1, first_play.value["model_id"], second_play.value["model_id"],
+    ]  # fmt: skip
     assert first_score.value["model_version"] == first_play.value["model_id"]
     assert second_score.value["model_version"] == second_play.value["model_id"]
     assert first_score.value["creation_method"] == "retrain"

@@ -228,7 +228,19 @@ def start(
             start_new_session=True,  # Ctrl-C in the terminal is ours to handle, not the broker's
         )  # fmt: skip
     broker = Broker(process.pid, port, controller_port, str(work), 0.0)
-    limit = began + deadline
+    try:
+        _wait_ready(process, broker, began + deadline, deadline)
+    except BaseException:  # a failed start or a Ctrl-C: the broker is in its own session
+        stop_pid(process.pid, timeout=5)
+        raise
+    broker.startup_seconds = round(time.monotonic() - began, 2)
+    return broker
+
+
+def _wait_ready(
+    process: subprocess.Popen[bytes], broker: Broker, limit: float, deadline: float
+) -> None:
+    port = broker.port
     while True:
         if process.poll() is not None:
             raise BrokerError(
@@ -238,14 +250,11 @@ def start(
         if _ready(port):
             break
         if time.monotonic() > limit:
-            broker.stop(timeout=5)
             raise BrokerError(
                 f"broker not ready after {deadline:.0f}s on port {port}; log tail:\n"
                 + broker.log_tail()
             )
         time.sleep(0.1)
-    broker.startup_seconds = round(time.monotonic() - began, 2)
-    return broker
 
 
 def _ready(port: int) -> bool:

@@ -18,6 +18,8 @@ to ``tests/rtcef/RESULTS.md`` and ``tests/rtcef/mcc.png``.
 from __future__ import annotations
 
 import argparse
+import fcntl
+import itertools
 import json
 import os
 import re
@@ -32,9 +34,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from tests.kafka.client import create_topics
+from confluent_kafka.admin import AdminClient, NewTopic
+
 from tests.rtcef import maritime, stack, wayeb
-from tests.rtcef.traffic import Record, Tap, wait_until
+from tests.rtcef.traffic import DEAD_LETTERS, Record, Tap, wait_until
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_WORK = stack.ROOT / ".rtcef-loop"
@@ -120,6 +123,8 @@ class RunResult:
     rounds: list[dict[str, Any]] = field(default_factory=list)  # kind, paused_s, model_id
     #: Broker time from each step's report to the controller's next command (ms).
     hops_ms: list[int] = field(default_factory=list)
+    #: False when the run did not finish within its time limit (the figures are partial).
+    settled: bool = True
     dead_letters: list[dict[str, str]] = field(default_factory=list)
     undecodable: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
@@ -150,13 +155,15 @@ def controller_env(prepared: Prepared, budget: int, run_dir: Path) -> dict[str, 
 @contextmanager
 def services(prepared: Prepared, run_dir: Path, mode: str, budget: int,
              observer: bool = True) -> Iterator[tuple[stack.Stack, Tap]]:  # fmt: skip
-    """Everything of one run up and the tap following it; all stopped on exit."""
+    """Everything of one run up and the tap following it; all stopped on exit or SIGTERM."""
+    stack.check_ports_free()  # before anything of a run that may still be going is touched
     if run_dir.exists():
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True)
     with ExitStack() as exits:
+        exits.enter_context(stack.interrupts_as_keyboard_interrupt())
         exits.enter_context(stack.loop_broker(run_dir / "kafka"))
-        create_topics(stack.BOOTSTRAP, stack.TOPICS)
+        create_loop_topics()
         original = {"nTotalEvals": str(KEEP + budget), "nInitBench": str(min(10, KEEP + budget))}
         services_ = stack.Stack(run_dir)
         services_.config = stack.write_config(run_dir, prepared.stream, prepared.window,
@@ -192,6 +199,20 @@ def services(prepared: Prepared, run_dir: Path, mode: str, budget: int,
         services_.start_rtcef("replayer", prepared.python)
         say(f"{mode}: replaying {prepared.records} records")
         yield services_, tap
+
+
+def create_loop_topics() -> None:
+    """The 11 topics and our dead-letter topic, stamped with the broker's append time.
+
+    ``LogAppendTime`` makes every message's timestamp the broker's clock, so pause
+    durations and hops are measured on one clock whoever produced the messages.
+    """
+    client = AdminClient({"bootstrap.servers": stack.BOOTSTRAP})
+    config = {"message.timestamp.type": "LogAppendTime"}
+    topics = [NewTopic(t, num_partitions=1, replication_factor=1, config=config)
+              for t in (*stack.TOPICS, DEAD_LETTERS)]  # fmt: skip
+    for future in client.create_topics(topics, operation_timeout=30).values():
+        future.result(timeout=60)
 
 
 def _progress(record: Record) -> None:
@@ -236,9 +257,15 @@ def run(prepared: Prepared, work: Path, mode: str, budget: int, *, quiet_s: floa
             services_.check_alive()
             tap.check()
 
-        wait_until(settled, timeout_s, f"the {mode} run to finish", check=healthy)
+        try:
+            wait_until(settled, timeout_s, f"the {mode} run to finish", check=healthy)
+            finished = True
+        except TimeoutError as error:
+            say(f"{mode}: {error}; keeping what was measured, marked unsettled")
+            finished = False
         tap.write(run_dir / "traffic")
         result = _result(mode, round(time.monotonic() - began, 1), tap)
+        result.settled = finished
         result.errors = service_errors(services_)
     (run_dir / "result.json").write_text(json.dumps(asdict(result), indent=1))
     return result
@@ -275,6 +302,7 @@ def _result(mode: str, wall_s: float, tap: Tap) -> RunResult:
     syncs = tap.of("engine_sync")
     result.syncs = [{**r.value, "broker_ms": r.broker_ms} for r in syncs]
     commands = tap.of("factory_commands")
+    pauses = [s for s in syncs if s.value["type"] == "pause"]
     pause: Record | None = None
     for sync in syncs:
         if sync.value["type"] == "pause":
@@ -282,9 +310,12 @@ def _result(mode: str, wall_s: float, tap: Tap) -> RunResult:
         elif pause is not None:
             inside = [c for c in commands if pause.broker_ms <= c.broker_ms <= sync.broker_ms]
             optimise = any(c.value["type"] == "opt_initialise" for c in inside)
+            later = [p.broker_ms for p in pauses if p.broker_ms > sync.broker_ms]
+            window = (pause.broker_ms, later[0] if later else None)
             result.rounds.append({
                 "kind": "OPTIMIZE" if optimise else "RETRAIN",
                 "paused_s": round((sync.broker_ms - pause.broker_ms) / 1000, 2),
+                "engine_stopped_s": engine_stopped_s(tap.positions_ms, *window),
                 "steps": sum(c.value["type"] == "opt_step" for c in inside),
                 "model_id": sync.value["model_id"],
             })  # fmt: skip
@@ -300,6 +331,22 @@ def _result(mode: str, wall_s: float, tap: Tap) -> RunResult:
     return result
 
 
+def engine_stopped_s(positions_ms: Sequence[int], start: int, end: int | None,
+                     gap_ms: int = 2000) -> float:  # fmt: skip
+    """How long the engine stood still in a round: its position gaps over ``gap_ms``.
+
+    The engine reports its position for every input record it consumes; a gap
+    that opens at or after the round's ``pause`` (and before the next round's)
+    is time the engine did not consume. The wait after the stream's last record
+    is not a gap (no position follows it).
+    """
+    stopped = 0
+    for before, after in itertools.pairwise(positions_ms):
+        if before >= start and (end is None or before < end) and after - before > gap_ms:
+            stopped += after - before
+    return round(stopped / 1000, 1)
+
+
 # --------------------------------------------------------------------------- comparison
 
 
@@ -313,10 +360,10 @@ def table(results: Sequence[RunResult], prepared: Prepared) -> str:
     split = min(swap_times) if swap_times else None
     header = (
         "| run | wall | score reports | mean MCC | MCC before / after t₁ | instructions "
-        "| rounds (R/O) | commands | model swaps | paused per round (mean / max) "
-        "| report → next command (median / max) |"
+        "| rounds (R/O) | commands | model swaps | pause → play per round (mean / max) "
+        "| engine stopped per round (mean / max) | report → next command (median / max) |"
     )
-    lines = [header, "|" + "---|" * 11]
+    lines = [header, "|" + "---|" * 12]
     for r in results:
         mccs = [s["mcc"] for s in r.scores if s["mcc"] is not None]
         before = [s["mcc"] for s in r.scores if s["mcc"] is not None and split is not None
@@ -324,13 +371,20 @@ def table(results: Sequence[RunResult], prepared: Prepared) -> str:
         after = [s["mcc"] for s in r.scores if s["mcc"] is not None and split is not None
                  and s["timestamp"] >= split]  # fmt: skip
         paused = [x["paused_s"] for x in r.rounds]
+        stopped = [x.get("engine_stopped_s", 0.0) for x in r.rounds]
         kinds = [x["kind"] for x in r.rounds]
         lines.append(
-            f"| {r.mode} | {r.wall_s:.0f} s | {len(r.scores)} | {_mean(mccs)} "
+            f"| {r.mode}{'' if r.settled else ' (unfinished)'} | {r.wall_s:.0f} s "
+            f"| {len(r.scores)} | {_mean(mccs)} "
             f"| {_mean(before)} / {_mean(after)} | {len(r.instructions)} "
             f"| {kinds.count('RETRAIN')}/{kinds.count('OPTIMIZE')} | {len(r.commands)} "
             f"| {len(r.swaps())} | "
             + (f"{statistics.fmean(paused):.1f} s / {max(paused):.1f} s |" if paused else "- |")
+            + (
+                f" {statistics.fmean(stopped):.1f} s / {max(stopped):.1f} s |"
+                if stopped
+                else " - |"
+            )
             + (
                 f" {statistics.median(r.hops_ms):.0f} ms / {max(r.hops_ms)} ms |"
                 if r.hops_ms
@@ -382,12 +436,14 @@ Reading the figures: MCC is the engine's own weekly score report (`batch_metrics
 The engine resets its statistics when it loads a model, so a report due just after
 a swap counts only the events since (a handful): an MCC of 0 there is that, not a
 bad model, and the original Observer (LowScoreThreshold 0.2) answers it with an
-OPTIMIZE in both adaptive runs. "Paused" is the controller's `pause` to its `play`
-(broker times); the engine reads `engine_sync` only between batches of up to 10,000
-input records, so it keeps scoring with the old model into the round and resumes
-when it has read the new model. "Report → next command" is the controller's hop
-inside an OPTIMIZE round: from a step's report to the next command, broker times.
-Traffic of every run, in the recordings' layout: `traffic/<run>/<topic>.jsonl`."""
+OPTIMIZE in both adaptive runs. "Pause → play" is the controller's `pause` to its
+`play`; "engine stopped" is how long the engine really stood still in the round (gaps
+of over 2 s in its per-record position messages): it reads `engine_sync` only between
+batches of up to 10,000 input records, so it scores on with the old model into the
+round and resumes once it has read the new model. "Report → next command" is the
+controller's hop inside an OPTIMIZE round, from a step's report to the next command.
+All times are the broker's (the topics use `LogAppendTime`). Traffic of every run,
+in the recordings' layout: `traffic/<run>/<topic>.jsonl`."""
 
 
 def load_result(path: Path) -> RunResult:
@@ -411,7 +467,8 @@ def _when(timestamp: int) -> datetime:
 def write_results(results: Sequence[RunResult], prepared: Prepared, out: Path) -> None:
     """RESULTS.md and mcc.png beside it."""
     rounds = "\n".join(
-        f"* {r.mode}: " + (", ".join(f"{x['kind']} ({x['steps']} steps) {x['paused_s']} s → model "
+        f"* {r.mode}: " + (", ".join(f"{x['kind']} ({x['steps']} steps) {x['paused_s']} s "
+                                      f"({x.get('engine_stopped_s', '?')} s) → model "
                                       f"{x['model_id']}" for x in r.rounds) or "no rounds")
         for r in results
     )  # fmt: skip
@@ -428,11 +485,23 @@ def write_results(results: Sequence[RunResult], prepared: Prepared, out: Path) -
         + " (0 s: cached).\n\n"
         + table(results, prepared)
         + "\n\n![MCC over stream time](mcc.png)\n\n" + READING
-        + "\n\n## Rounds (engine paused, pause → play)\n\n"
+        + "\n\n## Rounds (pause → play; engine stopped)\n\n"
         + rounds + "\n\n## Checks\n\n" + problems + "\n"
     )  # fmt: skip
     out.write_text(text)
     plot(results, out.parent / "mcc.png")
+
+
+@contextmanager
+def exclusive(work: Path) -> Iterator[None]:
+    """One loop per work folder: a second one must not rewrite the files the first one reads."""
+    work.mkdir(parents=True, exist_ok=True)
+    with (work / ".lock").open("w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise stack.StackError(f"another rtcef-loop is using {work}") from None
+        yield
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -454,8 +523,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="rewrite the results from the runs already in --work (no run)",
     )  # fmt: skip
     args = parser.parse_args(argv)
-    with stack.interrupts_as_keyboard_interrupt():
+    with stack.interrupts_as_keyboard_interrupt(), exclusive(args.work):
         try:
+            if not args.report_only:
+                stack.check_ports_free()
             prepared = prepare(args.work, limit=args.limit)
             say(f"prepared: {prepared.records} records; builds {prepared.build_seconds}")
             if args.report_only:

@@ -23,6 +23,7 @@ Nothing is written into the vendored tree: Python runs with
 from __future__ import annotations
 
 import configparser
+import contextlib
 import hashlib
 import os
 import shutil
@@ -244,8 +245,6 @@ class Stack:
                 stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True,  # Ctrl-C is ours to handle; we stop each by pid
             )  # fmt: skip
-        (self.run_dir / "pids").mkdir(exist_ok=True)
-        (self.run_dir / "pids" / name).write_text(str(process.pid))
         service = Service(name, process, log)
         self.services.append(service)
         return service
@@ -286,26 +285,37 @@ class Stack:
                 )
 
     def close(self) -> None:
-        """Stop every process, newest first: SIGTERM, then SIGKILL after a grace period."""
-        for service in reversed(self.services):
-            stop_process(service.process)
+        """Stop every process by its pid (its whole session), without being interrupted.
+
+        All get SIGINT at once, then SIGTERM, then SIGKILL, each after a grace
+        period: a second Ctrl-C or a SIGTERM meanwhile cannot leave one running.
+        """
+        with signals_held():
+            pending = [s.process for s in self.services]
+            for sig, grace in (
+                (signal.SIGINT, 3.0),
+                (signal.SIGTERM, 10.0),
+                (signal.SIGKILL, 30.0),
+            ):
+                pending = [p for p in pending if p.poll() is None]
+                for process in pending:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(process.pid, sig)
+                limit = time.monotonic() + grace
+                while any(p.poll() is None for p in pending) and time.monotonic() < limit:
+                    time.sleep(0.05)
         self.services.clear()
 
 
-def stop_process(process: subprocess.Popen[bytes], grace: float = 10.0) -> None:
-    """Stop a process started in its own session, with its children, by pid."""
-    if process.poll() is not None:
-        return
-    for sig, wait in ((signal.SIGINT, 3.0), (signal.SIGTERM, grace), (signal.SIGKILL, 30.0)):
-        try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            process.wait(wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
+@contextmanager
+def signals_held() -> Iterator[None]:
+    """Ignore SIGINT and SIGTERM for the duration (used while stopping everything)."""
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
@@ -329,14 +339,25 @@ def interrupts_as_keyboard_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def check_ports_free() -> None:
+    """Refuse to start when the loop's fixed ports are taken (another loop, or leftovers).
+
+    Checked before anything is deleted or started: Wayeb's Kafka client hard-codes
+    ``localhost:9092`` and its py4j gateways listen on fixed ports, so two loops
+    cannot share a machine, and a leftover JVM would answer in the new one's place.
+    """
+    taken = [p for p in (BROKER_PORT, SERVER_PORTS[0], SERVICE_PORTS[0]) if port_open(p)]
+    if taken:
+        raise StackError(
+            f"port(s) {taken} in use: the real loop needs 9092 (Kafka, hard-coded in Wayeb)"
+            f" and {SERVER_PORTS[0]}/{SERVICE_PORTS[0]} (Wayeb's py4j gateways). Another loop"
+            " or a leftover process holds them: `ss -ltnp` names it; stop it and retry"
+        )
+
+
 @contextmanager
 def loop_broker(state_dir: Path) -> Iterator[kafka_broker.Broker]:
-    """A fresh broker on ``localhost:9092`` (refused, naming the cause, if the port is taken)."""
-    if port_open(BROKER_PORT):
-        raise StackError(
-            f"port {BROKER_PORT} is in use: the real loop needs it (Wayeb's Kafka client"
-            " hard-codes localhost:9092); stop whatever listens there and retry"
-        )
+    """A fresh broker on ``localhost:9092`` (call ``check_ports_free`` first)."""
     server = kafka_broker.start(state_dir, port=BROKER_PORT)
     try:
         yield server

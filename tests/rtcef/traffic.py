@@ -74,6 +74,8 @@ class Tap:
     newest: dict[str, Record] = field(default_factory=dict)
     undecodable: list[str] = field(default_factory=list)
     dead_letters: list[dict[str, str]] = field(default_factory=list)
+    #: Broker time of every engine position message: when the engine was consuming.
+    positions_ms: list[int] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _thread: threading.Thread | None = None
@@ -151,12 +153,17 @@ class Tap:
             return
         record = Record(topic, message.offset(), message.timestamp()[1], value)
         with self._lock:
+            if topic == "engine_current_position":
+                self.positions_ms.append(record.broker_ms)
             self.counts[topic] = self.counts.get(topic, 0) + 1
             self.newest[topic] = record
             if topic not in BULK:
                 self.records.setdefault(topic, []).append(record)
         if self.progress is not None and topic not in BULK:
-            self.progress(record)
+            try:
+                self.progress(record)
+            except (KeyError, TypeError, ValueError) as error:  # progress is only a display
+                print(f"tap: cannot show {topic}@{record.offset}: {error}", flush=True)
 
 
 def produce(topic: str, records: Iterable[dict[str, Any]], key: dict[str, Any]) -> None:

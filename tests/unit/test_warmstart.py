@@ -76,7 +76,7 @@ def test_names_that_differ_only_in_case_are_refused_not_guessed() -> None:
 def test_a_result_without_dimension_names_is_refused() -> None:
     space = SimpleNamespace(dimensions=[SimpleNamespace(name=None, bounds=(0.0, 1.0))])
     result = SimpleNamespace(space=space, x_iters=[[0.5]], func_vals=[-0.1])
-    with pytest.raises(ConfigError, match="dimension 0 has no name"):
+    with pytest.raises(ConfigError, match=r"^dimension 0 has no name: names are what match it$"):
         warmstart.document_from_result(result)
 
 
@@ -88,6 +88,22 @@ def test_a_file_that_is_not_a_result_exits_2_and_says_why(
 
     assert warmstart.main([str(path)]) == 2
 
-    err = capsys.readouterr().err
-    assert "unpickling runs code" in err
-    assert "not a scikit-optimize OptimizeResult" in err
+    assert capsys.readouterr().err.splitlines() == [
+        warmstart.TRUST_WARNING,
+        f"warmstart: {path}: not a scikit-optimize OptimizeResult"
+        " ('dict' object has no attribute 'space')",
+    ]
+
+
+def test_a_truncated_file_exits_2_and_says_why(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "truncated.pkl"
+    path.write_bytes(PORT_MONTH_1.read_bytes()[:100])
+
+    assert warmstart.main([str(path)]) == 2
+
+    assert capsys.readouterr().err.splitlines() == [
+        warmstart.TRUST_WARNING,
+        f"warmstart: {path}: pickle data was truncated",
+    ]
