@@ -441,7 +441,10 @@ OPTIMIZE in both adaptive runs. "Pause → play" is the controller's `pause` to 
 of over 2 s in its per-record position messages): it reads `engine_sync` only between
 batches of up to 10,000 input records, so it scores on with the old model into the
 round and resumes once it has read the new model. "Report → next command" is the
-controller's hop inside an OPTIMIZE round, from a step's report to the next command.
+controller's hop inside an OPTIMIZE round, from a step's report to the next command,
+measured on a saturated machine: the original Python services poll Kafka in a tight
+loop (a `poll` with no timeout in `while True`), about 40 % of a core each, so the
+2-core machine runs at a load of about 9 throughout.
 All times are the broker's (the topics use `LogAppendTime`). Traffic of every run,
 in the recordings' layout: `traffic/<run>/<topic>.jsonl`."""
 
