@@ -98,7 +98,7 @@ rtcef-loop *args: jars
 
 # Build Wayeb from the vendored source with Maven (cached by source hash); prints its classpath
 wayeb: bootstrap
-    {{py}} tests/rtcef/wayeb.py build
+    {{py}} -m tests.rtcef.wayeb build
 
 # Re-resolve the original services' hashed Python 3.9 lock from their vendored requirements.txt
 rtcef-lock: bootstrap

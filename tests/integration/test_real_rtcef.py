@@ -19,8 +19,9 @@ from typing import Any
 
 import pytest
 
+from tests.kafka.client import read_messages
 from tests.rtcef import loop
-from tests.rtcef.stack import Stack
+from tests.rtcef.stack import BOOTSTRAP, Stack
 from tests.rtcef.traffic import Record, Tap, decode, produce, wait_until
 
 pytestmark = pytest.mark.integration
@@ -142,23 +143,8 @@ def test_our_controller_drives_the_real_factory_and_engine_through_a_retrain_and
 
 def raw_keys(tap: Tap) -> dict[str, int]:
     """How many of our messages' keys decode with the original key schemas, per topic."""
-    from confluent_kafka import Consumer, TopicPartition
-
-    from tests.rtcef.stack import BOOTSTRAP
-
-    counted: dict[str, int] = {}
-    consumer = Consumer({"bootstrap.servers": BOOTSTRAP, "group.id": "keys"})
-    try:
-        for topic in ("factory_commands", "engine_sync"):
-            consumer.assign([TopicPartition(topic, 0, 0)])
-            expected = tap.count(topic)
-            messages: list[Any] = []
-            while len(messages) < expected:
-                batch = consumer.consume(100, timeout=5)
-                if not batch:
-                    break
-                messages.extend(m for m in batch if m.error() is None)
-            counted[topic] = sum(isinstance(decode(topic, m.key(), "key"), dict) for m in messages)
-    finally:
-        consumer.close()
+    counted = {}
+    for topic in ("factory_commands", "engine_sync"):
+        messages = read_messages(BOOTSTRAP, topic, count=tap.count(topic), timeout=30)
+        counted[topic] = sum(isinstance(decode(topic, m.key(), "key"), dict) for m in messages)
     return counted

@@ -45,13 +45,18 @@ class BrokerError(RuntimeError):
     """The broker could not be provisioned, started or stopped."""
 
 
-def jar_cache_dir() -> Path:
-    """Where the broker's jars are cached: keyed by the pom's content, so a bump re-resolves."""
+def cache_root() -> Path:
+    """The per-user cache of everything the tests build or fetch (jars, Wayeb, venvs)."""
     root = os.environ.get("KAFKA_HARNESS_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "rtcef-controller"
     )
+    return Path(root)
+
+
+def jar_cache_dir() -> Path:
+    """Where the broker's jars are cached: keyed by the pom's content, so a bump re-resolves."""
     digest = hashlib.sha256(POM.read_bytes()).hexdigest()[:12]
-    return Path(root) / f"kafka-{digest}"
+    return cache_root() / f"kafka-{digest}"
 
 
 def ensure_jars(quiet: bool = False) -> Path:
@@ -62,7 +67,7 @@ def ensure_jars(quiet: bool = False) -> Path:
         return libs
     if shutil.which("mvn") is None:
         raise BrokerError("Maven (mvn) is not on PATH: it is needed once to fetch Kafka's jars")
-    staging = Path(tempfile.mkdtemp(prefix="libs-", dir=_mkdir(cache)))
+    staging = Path(tempfile.mkdtemp(prefix="libs-", dir=ensure_dir(cache)))
     command = [
         "mvn", "-q", "-B", "-f", str(POM), DEPENDENCY_PLUGIN,
         f"-DoutputDirectory={staging}", "-DincludeScope=runtime",
@@ -87,7 +92,8 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _mkdir(path: Path) -> Path:
+def ensure_dir(path: Path) -> Path:
+    """Create ``path`` (and its parents) if missing; return it."""
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -192,7 +198,7 @@ def start(
     if java is None:
         raise BrokerError("java is not on PATH: the broker needs a JDK 17+")
     libs = ensure_jars()
-    work = _mkdir(Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="kafka-")))
+    work = ensure_dir(Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="kafka-")))
     properties = work / "server.properties"
     if properties.exists() and port is None:
         previous = json.loads((work / "ports.json").read_text())
@@ -298,7 +304,7 @@ def _cli_up(state_dir: Path, deadline: float) -> int:
             print(running.bootstrap)
             print(f"kafka-harness: already running, pid {running.pid}", file=sys.stderr)
             return 0
-    broker = start(_mkdir(state_dir) / "broker", deadline=deadline)
+    broker = start(ensure_dir(state_dir) / "broker", deadline=deadline)
     state.write_text(json.dumps(asdict(broker)))
     (state_dir / "bootstrap").write_text(broker.bootstrap)
     print(broker.bootstrap)

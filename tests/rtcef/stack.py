@@ -87,7 +87,7 @@ def find_python39() -> str:
 def services_env_dir() -> Path:
     """The cached environment's folder, keyed by the lock's content."""
     digest = hashlib.sha256(LOCK.read_bytes()).hexdigest()[:12]
-    return kafka_broker.jar_cache_dir().parent / f"rtcef-py39-{digest}"
+    return kafka_broker.cache_root() / f"rtcef-py39-{digest}"
 
 
 def ensure_services_python(quiet: bool = False) -> str:
@@ -147,7 +147,7 @@ def write_config(
     source = VENDOR / "configs" / template
     if not parser.read(source):
         raise StackError(f"cannot read the template {source}")
-    folders = {name: _mkdir(run_dir / name) for name in
+    folders = {name: kafka_broker.ensure_dir(run_dir / name) for name in
                ("logs", "assembled", "collected", "models", "optimiser", "reader")}  # fmt: skip
     opt_folder = folders["optimiser"]
     settings: dict[str, dict[str, str]] = {
@@ -155,9 +155,9 @@ def write_config(
         "kafka": {"all.bootstrap_servers": BOOTSTRAP},
         "optimiser": {
             "executionLog": str(folders["logs"] / "optimiser_service.log"),
-            "optimisationLogs": f"{_mkdir(opt_folder / 'logs')}/",
-            "optimisationSamples": f"{_mkdir(opt_folder / 'samples')}/",
-            "optimisationModels": f"{_mkdir(opt_folder / 'models')}/",
+            "optimisationLogs": f"{kafka_broker.ensure_dir(opt_folder / 'logs')}/",
+            "optimisationSamples": f"{kafka_broker.ensure_dir(opt_folder / 'samples')}/",
+            "optimisationModels": f"{kafka_broker.ensure_dir(opt_folder / 'models')}/",
             **(optimiser or {}),
         },
         "engine": {
@@ -193,11 +193,6 @@ def write_config(
     with path.open("w") as handle:
         handle.write(f"; generated from {source} by tests/rtcef/stack.py\n")
         parser.write(handle)
-    return path
-
-
-def _mkdir(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
     return path
 
 
@@ -263,7 +258,7 @@ class Stack:
                     ports: Sequence[int], deadline: float = 60.0) -> Service:  # fmt: skip
         """A Wayeb JVM (``server`` or ``service``), returned once its py4j ports listen."""
         # Wayeb's logback truncates ./wayeb.log at start: each JVM gets its own folder.
-        folder = _mkdir(self.run_dir / name)
+        folder = kafka_broker.ensure_dir(self.run_dir / name)
         command = wayeb.java_command(classpath, *args, logback=HERE / "logback.xml")
         service = self.start(name, command, cwd=folder)
         limit = time.monotonic() + deadline

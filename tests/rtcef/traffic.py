@@ -22,6 +22,7 @@ from typing import Any
 import fastavro
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
+from tests.kafka import client
 from tests.rtcef.stack import BOOTSTRAP, TOPICS, VENDOR
 
 SCHEMAS = VENDOR / "schemas" / "schemas_maritime"
@@ -168,20 +169,9 @@ class Tap:
 
 def produce(topic: str, records: Iterable[dict[str, Any]], key: dict[str, Any]) -> None:
     """Write records as an original service would (Avro key and value), acknowledged."""
-    from confluent_kafka import Producer
-
-    producer = Producer({"bootstrap.servers": BOOTSTRAP, "acks": "all"})
-    failures: list[str] = []
-
-    def delivered(error: Any, _message: Any) -> None:
-        if error is not None:
-            failures.append(str(error))
-
+    raw_key = encode(topic, key, "key")
     for record in records:
-        value, raw_key = encode(topic, record), encode(topic, key, "key")
-        producer.produce(topic, value=value, key=raw_key, on_delivery=delivered)
-    if producer.flush(30) or failures:
-        raise RuntimeError(f"could not write to {topic}: {failures or 'flush timed out'}")
+        client.produce(BOOTSTRAP, topic, [encode(topic, record)], key=raw_key)
 
 
 def wait_until(condition: Callable[[], bool], timeout: float, what: str,

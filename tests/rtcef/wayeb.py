@@ -17,10 +17,10 @@ the Python side.
 
 Command line::
 
-    python tests/rtcef/wayeb.py build                  # compile once; prints the classpath
-    python tests/rtcef/wayeb.py run -- --help          # execs Wayeb's CLI
-    python tests/rtcef/wayeb.py run -- server
-    python tests/rtcef/wayeb.py run -- service --pythonPort 25335 --javaPort 25336
+    python -m tests.rtcef.wayeb build                  # compile once; prints the classpath
+    python -m tests.rtcef.wayeb run -- --help          # execs Wayeb's CLI
+    python -m tests.rtcef.wayeb run -- server
+    python -m tests.rtcef.wayeb run -- service --pythonPort 25335 --javaPort 25336
 """
 
 from __future__ import annotations
@@ -35,6 +35,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from tests.kafka.broker import cache_root
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -57,14 +59,6 @@ def wayeb_source_dir() -> Path:
         return Path(explicit).resolve()
     shared = Path(os.environ.get("RTCEF_SHARED_DIR") or ROOT.parent / "shared")
     return (shared / "vendor/rtcef/libraries/models/wrappers/wayeb").resolve()
-
-
-def cache_root() -> Path:
-    """The per-user cache shared with ``tests/kafka/broker.py``."""
-    root = os.environ.get("KAFKA_HARNESS_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "rtcef-controller"
-    )
-    return Path(root)
 
 
 def source_digest(source: Path | None = None) -> str:
