@@ -69,6 +69,53 @@ def test_each_overlay_renders_and_passes_strict_schema_validation(
     }  # fmt: skip
 
 
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_disruption_budget_selects_the_pods_and_lets_a_drain_evict_one_at_a_time(
+    overlay: str,
+) -> None:
+    docs = render(overlay)
+    (budget,) = [d for d in docs if d["kind"] == "PodDisruptionBudget"]
+    sts = statefulset(docs)
+
+    assert budget["spec"]["maxUnavailable"] == 1
+    assert budget["spec"]["selector"] == sts["spec"]["selector"]
+    selected = budget["spec"]["selector"]["matchLabels"]
+    assert selected
+    assert selected.items() <= sts["spec"]["template"]["metadata"]["labels"].items()
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_pods_mount_no_token_bound_tmp_and_need_the_kafka_secret(overlay: str) -> None:
+    pod = statefulset(render(overlay))["spec"]["template"]["spec"]
+    (controller,) = pod["containers"]
+
+    assert pod["automountServiceAccountToken"] is False
+    assert {v["name"]: v for v in pod["volumes"]}["tmp"] == {
+        "name": "tmp", "emptyDir": {"sizeLimit": "256Mi"},
+    }  # fmt: skip
+    assert [e for e in controller["envFrom"] if "secretRef" in e] == [
+        {"secretRef": {"name": "rtcef-controller-kafka", "optional": False}}
+    ]
+
+
+def test_the_docker_build_context_holds_what_the_image_copies_and_nothing_else() -> None:
+    lines = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()]
+    allowed = [line[1:].rstrip("/") for line in lines if line.startswith("!")]
+    copied = [
+        source
+        for line in (ROOT / "Dockerfile").read_text().splitlines()
+        if line.startswith("COPY") and "--from=" not in line
+        for source in [w for w in line.split()[1:] if not w.startswith("--")][:-1]
+    ]
+
+    assert "*" in lines  # everything else is left out
+    assert copied  # the Dockerfile was read
+    for source in copied:
+        assert any(source == a or source.startswith(f"{a}/") for a in allowed), source
+    for entry in allowed:
+        assert any(s == entry or s.startswith(f"{entry}/") for s in copied), entry
+
+
 def test_the_dockerfile_passes_hadolint() -> None:
     check = subprocess.run([BIN / "hadolint", ROOT / "Dockerfile"],
                            capture_output=True, text=True, check=False)  # fmt: skip
