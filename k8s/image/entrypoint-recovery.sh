@@ -4,10 +4,11 @@
 # never touches existing state.
 #
 # One volume per pod (volumeClaimTemplates): pod k keeps partition k of
-# BYTEWAX_RECOVERY_PARTITIONS (default: BYTEWAX_REPLICAS, else 1).
+# BYTEWAX_RECOVERY_PARTITIONS (default: the Helm chart's BYTEWAX_RECOVERY_PARTS,
+# then BYTEWAX_REPLICAS, else 1).
 set -eu
 directory="${BYTEWAX_RECOVERY_DIRECTORY:-${BYTEWAX_SQLITE_DIRECTORY:?set BYTEWAX_RECOVERY_DIRECTORY}}"
-partitions="${BYTEWAX_RECOVERY_PARTITIONS:-${BYTEWAX_REPLICAS:-1}}"
+partitions="${BYTEWAX_RECOVERY_PARTITIONS:-${BYTEWAX_RECOVERY_PARTS:-${BYTEWAX_REPLICAS:-1}}}"
 if [ -n "${BYTEWAX_POD_NAME:-}" ] && [ "$partitions" -gt 1 ]; then
     ordinal="${BYTEWAX_POD_NAME##*-}"
     exec python -m dataflow.recovery "$directory" "$partitions" --only "$ordinal"

@@ -19,6 +19,16 @@ if [ -n "${BYTEWAX_RECOVERY_DIRECTORY:-}" ]; then
     export BYTEWAX_RECOVERY_BACKUP_INTERVAL="${BYTEWAX_RECOVERY_BACKUP_INTERVAL:-30}"
 fi
 replicas="${BYTEWAX_REPLICAS:-1}"
+# A StatefulSet's pods are named <statefulset>-<ordinal>: take the StatefulSet's
+# name from this pod's, so a renamed set (kustomize namePrefix, a Helm release
+# name) still gives Bytewax the right process id and addresses.
+pod="${BYTEWAX_POD_NAME:-}"
+case "$pod" in
+    *-*) case "${pod##*-}" in
+             ''|*[!0-9]*) ;;
+             *) export BYTEWAX_STATEFULSET_NAME="${pod%-*}" ;;
+         esac ;;
+esac
 # Idempotent: creates only missing partitions, so a deployment without the init
 # container (waxctl) starts too.
 if [ -n "${BYTEWAX_RECOVERY_DIRECTORY:-}" ]; then

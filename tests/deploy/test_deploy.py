@@ -273,3 +273,40 @@ def test_the_entrypoint_gives_bytewax_the_cluster_only_when_there_is_one(
                          text=True, check=True).stdout  # fmt: skip
 
     assert out.strip() == expected
+
+
+@pytest.mark.parametrize(
+    ("pod", "expected"),
+    [
+        # A kustomize namePrefix renames the StatefulSet and its pods, not the ConfigMap's value.
+        ("prod-c-1", "prod-c|prod-c-0.prod-c.prod.svc.cluster.local:9999;"
+                     "prod-c-1.prod-c.prod.svc.cluster.local:9999"),
+        ("c-1", "c|c-0.c.prod.svc.cluster.local:9999;c-1.c.prod.svc.cluster.local:9999"),
+    ],
+)  # fmt: skip
+def test_the_entrypoint_takes_the_statefulset_name_from_the_pods_own_name(
+    pod: str, expected: str, tmp_path: Path
+) -> None:
+    fake = tmp_path / "python"
+    fake.write_text('#!/bin/sh\necho "${BYTEWAX_STATEFULSET_NAME:-}|${BYTEWAX_ADDRESSES:-}"\n')
+    fake.chmod(0o755)
+    env = {"PATH": f"{tmp_path}:/usr/bin:/bin", "BYTEWAX_REPLICAS": "2",
+           "BYTEWAX_STATEFULSET_NAME": "c", "BYTEWAX_POD_NAME": pod,
+           "POD_NAMESPACE": "prod"}  # fmt: skip
+
+    out = subprocess.run(["sh", K8S / "image" / "entrypoint.sh"], env=env, capture_output=True,
+                         text=True, check=True).stdout  # fmt: skip
+
+    assert out.strip() == expected
+
+
+def test_the_recovery_entrypoint_honours_the_helm_charts_partition_count(
+    tmp_path: Path,
+) -> None:
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}",
+           "BYTEWAX_RECOVERY_DIRECTORY": str(tmp_path), "BYTEWAX_RECOVERY_PARTS": "4"}  # fmt: skip
+
+    subprocess.run(["sh", K8S / "image" / "entrypoint-recovery.sh"], env=env, cwd=ROOT,
+                   capture_output=True, text=True, check=True)  # fmt: skip
+
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"part-{i}.sqlite3" for i in range(4)]
