@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Final
 
-from bytewax.connectors.kafka import KafkaSource
+from bytewax.connectors.kafka import KafkaSource, _list_parts
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+from confluent_kafka.admin import AdminClient
 from typing_extensions import override
 
 #: The tick source's one partition; the same name as Bytewax's ``SimplePollingSource``
@@ -104,12 +105,30 @@ class _PacedPartition(StatefulSourcePartition[Any, Any]):
         self._inner.close()
 
 
+#: librdkafka properties only a consumer understands: any other client warns (CONFWARN).
+CONSUMER_ONLY: Final = frozenset({"auto.offset.reset", "fetch.message.max.bytes"})
+
+
 class PacedKafkaSource(KafkaSource):
     """Bytewax's ``KafkaSource`` (same partitions and resume state), paced when idle."""
 
     def __init__(self, *args: Any, idle_wait: timedelta, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.idle_wait = idle_wait
+
+    def admin_config(self) -> dict[str, str | int | float | bool]:
+        """The partition lister's settings: the consumers' minus what only a consumer reads.
+
+        Bytewax gives its admin client every consumer setting, and librdkafka logs a
+        ``CONFWARN`` line for each one a non-consumer ignores, on every start.
+        """
+        config: dict[str, str | int | float | bool] = {"bootstrap.servers": ",".join(self._brokers)}
+        config.update((k, v) for k, v in self._add_config.items() if k not in CONSUMER_ONLY)
+        return config
+
+    @override
+    def list_parts(self) -> list[str]:
+        return list(_list_parts(AdminClient(self.admin_config()), self._topics))
 
     @override
     def build_part(  # type: ignore[override]

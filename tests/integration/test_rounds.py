@@ -37,6 +37,8 @@ def test_an_optimize_round_then_a_retrain_run_end_to_end(
             metrics = page.read().decode()
     controller.stop()
 
+    # No client is handed settings it does not understand (librdkafka's CONFWARN lines).
+    assert [line for line in controller.log_text().splitlines() if "CONFWARN" in line] == []
     for line in [
         'controller_rounds_started_total{key="controller",kind="OPTIMIZE"} 1.0',
         'controller_rounds_started_total{key="controller",kind="RETRAIN"} 1.0',
