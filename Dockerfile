@@ -7,11 +7,16 @@ FROM python:3.11-slim-bookworm AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 WORKDIR /src
 RUN python -m venv /opt/venv
-COPY .ci/runtime.lock /src/runtime.lock
+COPY .ci/runtime.lock .ci/build.lock /src/
 RUN /opt/venv/bin/pip install --require-hashes --no-deps -r /src/runtime.lock
+# The package is built with the hash-pinned build backend, not whatever setuptools
+# build isolation would fetch; the backend stays out of the runtime virtualenv.
+RUN python -m venv /opt/build \
+    && /opt/build/bin/pip install --require-hashes --no-deps -r /src/build.lock
 COPY pyproject.toml README.md /src/
 COPY dataflow /src/dataflow
-RUN /opt/venv/bin/pip install --no-deps .
+RUN /opt/build/bin/pip wheel --no-deps --no-build-isolation --wheel-dir /src/dist . \
+    && /opt/venv/bin/pip install --no-deps /src/dist/*.whl
 
 # ---- runtime: slim Python, the virtualenv, the entrypoints, nothing else
 FROM python:3.11-slim-bookworm

@@ -75,10 +75,11 @@ fmt: bootstrap
     {{py}} -m ruff format dataflow tests
     {{py}} -m ruff check --fix dataflow tests
 
-# Re-resolve the lock files from pyproject.toml: dev (.venv, CI) and runtime (the image)
+# Re-resolve the lock files from pyproject.toml: dev (.venv, CI), runtime and build backend (the image)
 lock: bootstrap
     {{py}} -m uv pip compile pyproject.toml --group dev --python-version 3.11 --generate-hashes --quiet -o {{lock}}
     {{py}} -m uv pip compile pyproject.toml --python-version 3.11 --generate-hashes --quiet -o .ci/runtime.lock
+    grep -m1 '^setuptools==' {{lock}} | cut -d' ' -f1 | {{py}} -m uv pip compile - --python-version 3.11 --generate-hashes --quiet --custom-compile-command "just lock" -o .ci/build.lock
 
 # Remove the virtualenv, caches and local broker/recovery state
 clean: kafka-down
