@@ -98,6 +98,16 @@ def test_pods_mount_no_token_bound_tmp_and_need_the_kafka_secret(overlay: str) -
     ]
 
 
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_probe_asks_whether_the_dataflow_progresses_not_only_whether_http_answers(
+    overlay: str,
+) -> None:
+    (controller,) = statefulset(render(overlay))["spec"]["template"]["spec"]["containers"]
+
+    for kind in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert controller[kind]["exec"] == {"command": ["python", "-m", "dataflow.probe"]}, kind
+
+
 def test_the_docker_build_context_holds_what_the_image_copies_and_nothing_else() -> None:
     lines = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()]
     allowed = [line[1:].rstrip("/") for line in lines if line.startswith("!")]
@@ -217,12 +227,19 @@ def test_the_entrypoint_starts_the_flow_with_the_manifest_variables(
         client.produce(kafka_bootstrap, topics["INSTRUCTION_TOPIC"],
                        [b'{"instruction_type": "retrain", "timestamp": 9}'])  # fmt: skip
         (pause,) = client.read_messages(kafka_bootstrap, topics["SYNC_TOPIC"], count=1, timeout=60)
+        time.sleep(6)  # past the manifests' 5 s snapshot interval: the partition was written
+        probe = subprocess.run(
+            [sys.executable, "-m", "dataflow.probe", "--max-age", "6"], cwd=ROOT,
+            env={"BYTEWAX_RECOVERY_DIRECTORY": str(tmp_path), "BYTEWAX_REPLICAS": "1"},
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
     finally:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait(10)
 
     assert pause.value() == b'{"type":"pause","timestamp":9,"model_id":-1}'
     assert (tmp_path / "part-0.sqlite3").exists()
+    assert (probe.returncode, probe.stderr) == (0, "")
 
 
 def test_sigterm_stops_the_controller_within_5_s_even_as_pid_1(
