@@ -108,6 +108,15 @@ def test_every_probe_asks_whether_the_dataflow_progresses_not_only_whether_http_
         assert controller[kind]["exec"] == {"command": ["python", "-m", "dataflow.probe"]}, kind
 
 
+@pytest.mark.parametrize(
+    ("overlay", "strategy"), [("single-process", None), ("multi-process", {"type": "OnDelete"})]
+)
+def test_a_cluster_of_processes_is_replaced_together_not_rolled_one_pod_at_a_time(
+    overlay: str, strategy: dict[str, str] | None
+) -> None:
+    assert statefulset(render(overlay))["spec"].get("updateStrategy") == strategy
+
+
 def test_the_docker_build_context_holds_what_the_image_copies_and_nothing_else() -> None:
     lines = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()]
     allowed = [line[1:].rstrip("/") for line in lines if line.startswith("!")]
