@@ -269,10 +269,15 @@ class _Reader:
         return default
 
     def choice(self, name: str, default: str, options: tuple[str, ...]) -> str:
+        """The variable's value if it is one of ``options``.
+
+        Otherwise the problem is recorded and a valid option returned (the default,
+        if it is one), so that reading the other variables goes on.
+        """
         value = self.text(name, default)
         if value not in options:
             self.problems.append(f"{name}: {value!r} is not one of {list(options)}")
-            return default
+            return default if default in options else options[0]
         return value
 
     def json_value(self, name: str) -> Any:

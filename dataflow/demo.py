@@ -72,6 +72,8 @@ class Demo:
         if args.budget:
             self.profile = msgspec.structs.replace(self.profile, budget=args.budget)  # fmt: skip
         self.stop = threading.Event()
+        #: The last progress line printed (kept across waits: each line is printed once).
+        self.shown = ""
         self.codec = Codec(args.dialect, args.encoding)
         self.engine = EngineSimulator(codec=self.codec)
         self.threads: list[threading.Thread] = []
@@ -169,7 +171,6 @@ class Demo:
 
     def wait_for_rounds(self, count: int, began: float) -> None:
         """Print progress until ``count`` rounds ended."""
-        shown = ""
         while True:
             if self.controller and self.controller.poll() is not None:
                 raise RuntimeError(f"controller exited ({self.controller.returncode}); "
@@ -179,9 +180,9 @@ class Demo:
             events = self.events()
             done = [e for e in events if e.get("event") in ("round_completed", "round_aborted")]
             line = self._progress(events)
-            if line != shown:
+            if line != self.shown:
                 print(f"[{time.monotonic() - began:5.1f}s] {line}", flush=True)
-                shown = line
+                self.shown = line
             if len(done) >= count:
                 return
             time.sleep(0.3)

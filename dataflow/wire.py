@@ -104,6 +104,14 @@ class Codec:
             return msg.Rejection(f"{what}: {record}")
         return msgspec.json.encode(record)
 
+    def _limit(self, text: bytes, max_bytes: int) -> int:
+        """The size limit left for the JSON decoder.
+
+        None after Avro: ``_json_of`` checked its size on the wire, and its JSON
+        form is larger, so checking that again would refuse what fits.
+        """
+        return len(text) if self.avro else max_bytes
+
     # ------------------------------------------------------------------ inputs
 
     def decode_instruction(
@@ -113,7 +121,7 @@ class Codec:
         text = self._json_of("instructions", data, "instruction", max_bytes)
         if isinstance(text, msg.Rejection):
             return text
-        return msg.decode_instruction(text, self.dialect, max_bytes)
+        return msg.decode_instruction(text, self.dialect, self._limit(text, max_bytes))
 
     def decode_report(
         self, data: bytes, max_bytes: int = msg.DEFAULT_MAX_MESSAGE_BYTES
@@ -127,7 +135,7 @@ class Codec:
         text = self._json_of("reports", data, "report", max_bytes)
         if isinstance(text, msg.Rejection):
             return text
-        report = msg.decode_report(text, self.dialect, max_bytes)
+        report = msg.decode_report(text, self.dialect, self._limit(text, max_bytes))
         model = report.model_id if isinstance(report, msg.Report) else None
         if self.avro and isinstance(model, int) and not _INT32[0] <= model <= _INT32[1]:
             return msg.Rejection(

@@ -115,10 +115,14 @@ def test_a_factory_error_is_retried_and_the_round_still_completes(
         syncs = wiring.wait_for_plays(1)
     controller.stop()
 
-    assert syncs[-1].type == "play"
-    assert syncs[-1].model_id != -1
     ids = [c.id for c in wiring.commands_sent(count=6, timeout=10)]
     assert ids == ["cmd-0", "cmd-1", "cmd-1", "cmd-2", "cmd-3", "cmd-3"]
+    # The play names the model of the finalise's successful answer, not of its failed one.
+    reports = [msg.decode_report(m.value(), "seed")
+               for m in wiring.read(wiring.reports, count=5, timeout=10)]  # fmt: skip
+    finalised = [r for r in reports if isinstance(r, msg.Report) and r.reply_id == "cmd-3"]
+    assert [r.ok for r in finalised] == [False, True]
+    assert syncs[-1] == msg.SyncMessage("play", 7, finalised[-1].model_id)
 
 
 def test_an_unreachable_broker_makes_the_controller_exit_non_zero_within_its_bound() -> None:

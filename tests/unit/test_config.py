@@ -52,6 +52,17 @@ def test_every_problem_is_listed_at_once() -> None:
     ]
 
 
+def test_a_dialect_without_a_profile_of_its_name_is_a_listed_problem_not_a_crash(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(optimizer, "PROFILES", {"rtcef": optimizer.PROFILES["rtcef"]})
+
+    with pytest.raises(SettingsError) as raised:
+        Settings.from_env({"CONTROLLER_DIALECT": "seed"})
+
+    assert raised.value.problems == ["OPTIMISER_PROFILE: 'seed' is not one of ['rtcef']"]
+
+
 def test_initial_params_must_name_the_search_space() -> None:
     with pytest.raises(SettingsError) as raised:
         Settings.from_env({"INITIAL_PARAMS": '{"pmin": 0.1}'})

@@ -110,3 +110,19 @@ def test_a_model_id_the_engine_sync_schema_cannot_carry_is_refused() -> None:
 def test_avro_is_refused_for_the_seed_dialect() -> None:
     with pytest.raises(ValueError, match="use the rtcef dialect"):
         Codec("seed", "avro")
+
+
+def test_an_avro_message_is_held_to_the_size_limit_by_its_size_on_the_wire() -> None:
+    metrics = json.dumps({"f_val": -0.5, "mcc": 0.5, "trace": "\u00e9" * 400})
+    record = {"reply_id": 7, "params_dict": "", "model_id": 3, "metrics": metrics}
+    data = fastavro_bytes("factory_reports", "value", record)
+
+    # Its JSON form is about twice as large: only the wire size counts, and only once.
+    assert isinstance(AVRO.decode_report(data, max_bytes=len(data)), msg.Report)
+    assert isinstance(AVRO.decode_instruction(
+        fastavro_bytes("optimiser_instructions", "value",
+                       {"id": 1, "instruction": "train", "timestamp": 5}), max_bytes=20,
+    ), msg.Instruction)  # fmt: skip
+    assert AVRO.decode_report(data, max_bytes=len(data) - 1) == msg.Rejection(
+        f"report: message of {len(data)} bytes exceeds the {len(data) - 1} limit"
+    )
