@@ -256,13 +256,13 @@ class Stack:
 
     def start_wayeb(self, name: str, classpath: str, args: Sequence[str],
                     ports: Sequence[int], deadline: float = 60.0) -> Service:  # fmt: skip
-        """A Wayeb JVM (``server`` or ``service``), returned once its py4j ports listen."""
+        """A Wayeb JVM (``server`` or ``service``), returned once its py4j Java port listens."""
         # Wayeb's logback truncates ./wayeb.log at start: each JVM gets its own folder.
         folder = kafka_broker.ensure_dir(self.run_dir / name)
         command = wayeb.java_command(classpath, *args, logback=HERE / "logback.xml")
         service = self.start(name, command, cwd=folder)
         limit = time.monotonic() + deadline
-        while not all(port_open(p) for p in ports[:1]):
+        while not port_open(ports[0]):  # the Java side; the Python one opens per client
             if not service.alive():
                 raise StackError(f"{name} exited during start-up:\n{_tail(service.log_text())}")
             if time.monotonic() > limit:

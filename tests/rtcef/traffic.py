@@ -169,9 +169,8 @@ class Tap:
 
 def produce(topic: str, records: Iterable[dict[str, Any]], key: dict[str, Any]) -> None:
     """Write records as an original service would (Avro key and value), acknowledged."""
-    raw_key = encode(topic, key, "key")
-    for record in records:
-        client.produce(BOOTSTRAP, topic, [encode(topic, record)], key=raw_key)
+    values = [encode(topic, record) for record in records]
+    client.produce(BOOTSTRAP, topic, values, key=encode(topic, key, "key"))
 
 
 def wait_until(condition: Callable[[], bool], timeout: float, what: str,
