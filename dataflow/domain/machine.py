@@ -10,10 +10,11 @@ A *session* (one per key) turns each Observer instruction into a conversation:
 
 * RETRAIN: pause the engine, ``train`` with the current best parameters, and on
   the matching report play with the report's ``model_id``.
-* OPTIMIZE: pause, ``opt_initialise`` (never answered), then one ``opt_step`` per
-  proposal of the optimiser, each answered by a report whose ``f_val`` the
-  optimiser learns; after the budget, ``opt_finalise`` with ``best_i``; on its
-  report play with its ``model_id`` and adopt the winning parameters.
+* OPTIMIZE: pause, ``opt_initialise`` (not awaited; a refusal of it ends the
+  round), then one ``opt_step`` per proposal of the optimiser, each answered by
+  a report whose ``f_val`` the optimiser learns; after the budget,
+  ``opt_finalise`` with ``best_i``; on its report play with its ``model_id`` and
+  adopt the winning parameters.
 * UPDATE_PARAMS replaces the current best parameters when its turn comes.
 
 Instructions are *admitted* into a FIFO queue and executed one at a time, in the
@@ -522,6 +523,8 @@ def _propose_step(state: Session, at_ms: int, config: MachineConfig, out: list[E
 
 def _on_step_report(state: Session, event: ReportArrived, config: MachineConfig) -> Result:
     report, at_ms, round_ = event.report, event.at_ms, _round_of(state)
+    if _answers_initialise(state, report, config):
+        return _on_initialise_report(state, event, config)
     if not _matches(state, report, config):
         return state, [Reject(state.key, _unmatched(state, report, config, state.key))]
     if not report.ok or report.f_val is None:
@@ -539,9 +542,39 @@ def _on_step_report(state: Session, event: ReportArrived, config: MachineConfig)
                   _NO_PARAMS, best_i=optimizer.best_index(snapshot))  # fmt: skip
 
 
+def _on_initialise_report(state: Session, event: ReportArrived, config: MachineConfig) -> Result:
+    """A reply to the round's ``opt_initialise``, which nothing awaits.
+
+    The originals never answer it. The seed's factory answers it only to refuse it
+    ("No dataset available to lock"); every step of the round would then fail ("No
+    optimization session active"), so the round ends now, playing the model the
+    engine had. A factory replying in order answers ``opt_initialise`` before the
+    first step, so this row sees it while that step is outstanding, in any merge
+    order (a held one is fed in, oldest first, as soon as both are sent).
+    """
+    report, round_ = event.report, _round_of(state)
+    if report.ok:
+        return state, [Reject(state.key, f"report {report.reply_id!r:.40}: acknowledges "
+                              "opt_initialise, which needs no answer")]  # fmt: skip
+    detail = f"opt_initialise refused: {report.error or 'factory reported an error'}"
+    note = Note(state.key, "round_aborted", round_.number, step=_step_of(state), detail=detail)
+    return _end_round(state, state.model_id, note, event.at_ms, config)
+
+
+def _answers_initialise(state: Session, report: Report, config: MachineConfig) -> bool:
+    round_ = state.round
+    return (
+        round_ is not None
+        and round_.kind == "optimise"
+        and _counter(report, config, state.key) == round_.first_command
+    )
+
+
 def _on_final_report(state: Session, event: ReportArrived, config: MachineConfig) -> Result:
     """The report that ends a round: of ``train`` (TRAINING) or ``opt_finalise`` (FINALIZING)."""
     report, at_ms, round_ = event.report, event.at_ms, _round_of(state)
+    if _answers_initialise(state, report, config):
+        return _on_initialise_report(state, event, config)
     if not _matches(state, report, config):
         return state, [Reject(state.key, _unmatched(state, report, config, state.key))]
     if not report.ok or report.model_id is None:

@@ -369,7 +369,7 @@ def test_a_step_report_without_f_val_counts_as_a_factory_error() -> None:
 @pytest.mark.parametrize(
     ("reply_id", "reason"),
     [
-        ("cmd-0", "report 'cmd-0': duplicate (already answered; awaiting 'cmd-1')"),
+        ("cmd-0", "report 'cmd-0': acknowledges opt_initialise, which needs no answer"),
         ("job-1", "report 'job-1': foreign reply_id (not a command of session 'controller')"),
         ("cmd-01", "report 'cmd-01': foreign reply_id (not a command of session 'controller')"),
     ],
@@ -381,6 +381,50 @@ def test_waiting_report_that_is_not_the_awaited_one_is_rejected_and_changes_noth
 
     assert state == WAITING
     assert effects == [m.Reject(KEY, reason)]
+
+
+def test_a_refused_opt_initialise_ends_the_round_at_once_playing_the_model_the_engine_had() -> None:
+    had_model = msgspec.structs.replace(WAITING, model_id=4)
+
+    refused = report("cmd-0", ok=False, error="No dataset available to lock")
+
+    state, effects = step(had_model, refused)
+
+    assert state == idle(
+        next_command=2, optimisations=1, rounds=1, model_id=4, last_admitted=1000,
+        last_optimize=1000,
+    )  # fmt: skip
+    assert effects == [
+        m.Note(KEY, "round_aborted", 1, step=0,
+               detail="opt_initialise refused: No dataset available to lock"),
+        play(1, 4),
+    ]  # fmt: skip
+
+
+def test_a_step_refused_after_a_refused_opt_initialise_is_stale() -> None:
+    aborted, _ = step(WAITING, report("cmd-0", ok=False, error="No dataset available to lock"))
+
+    state, effects = step(aborted, report("cmd-1", ok=False, error="No optimization session"))
+
+    assert state == aborted
+    assert effects == [m.Reject(KEY, "report 'cmd-1': stale (its round is over)")]
+
+
+def test_a_held_opt_initialise_refusal_ends_the_round_before_its_step_report_is_read() -> None:
+    refused = report("cmd-0", ok=False, error="No dataset available to lock")
+    stepped = report("cmd-1", ok=False, error="No optimization session active")
+    held, _ = step(step(None, refused)[0], stepped)
+
+    state, effects = step(held, instruction(OPTIMIZE))
+
+    assert state == idle(next_command=2, optimisations=1, rounds=1, last_admitted=1000,
+                         last_optimize=1000)  # fmt: skip
+    assert effects[-3:] == [
+        m.Note(KEY, "round_aborted", 1, step=0,
+               detail="opt_initialise refused: No dataset available to lock"),
+        play(1, -1),
+        m.Reject(KEY, "report 'cmd-1': stale (its round is over)"),
+    ]  # fmt: skip
 
 
 def test_reply_ids_are_compared_as_command_numbers_whatever_their_wire_type() -> None:
