@@ -83,7 +83,7 @@ lock: bootstrap
 
 # Remove the virtualenv, caches and local broker/recovery state
 clean: kafka-down
-    rm -rf .venv .kafka .pytest_cache .mypy_cache .ruff_cache demo-output recovery .rtcef-loop
+    rm -rf .venv .kafka .pytest_cache .mypy_cache .ruff_cache demo-output recovery .rtcef-loop .seed-loop
 
 # Kill-and-restart replays of the 21 recorded RTCEF runs through a real broker: one row per run
 chaos *args: jars
@@ -97,6 +97,14 @@ bench *args: jars
 rtcef-loop *args: jars
     {{py}} -m tests.rtcef.loop "$@"
 
+# The seed's loop: the PyFlink port's Flink factory, inference engine and Observer driven by this controller, by the port's own PyFlink controller, and not adapted; writes tests/seed/RESULTS.md
+seed-loop *args: jars
+    {{py}} -m tests.seed.loop "$@"
+
+# Build the seed's Flink jobs and their Wayeb fork with Maven (cached); prints what was built
+seed-build: bootstrap
+    {{py}} -m tests.seed.build
+
 # Build Wayeb from the vendored source with Maven (cached by source hash); prints its classpath
 wayeb: bootstrap
     {{py}} -m tests.rtcef.wayeb build
@@ -104,3 +112,7 @@ wayeb: bootstrap
 # Re-resolve the original services' hashed Python 3.9 lock from their vendored requirements.txt
 rtcef-lock: bootstrap
     {{py}} -m uv pip compile {{shared}}/vendor/rtcef/requirements.txt --python-version 3.9 --generate-hashes --quiet --custom-compile-command "just rtcef-lock" -o tests/rtcef/requirements-py39.lock
+
+# Re-resolve the port's PyFlink controller's hashed Python 3.9 lock (the seed loop's `port` run)
+seed-pyflink-lock: bootstrap
+    {{py}} -m uv pip compile tests/seed/requirements-pyflink.in --python-version 3.9 --generate-hashes --quiet --custom-compile-command "just seed-pyflink-lock" -o tests/seed/requirements-pyflink.lock

@@ -180,16 +180,7 @@ def services(prepared: Prepared, run_dir: Path, mode: str, budget: int,
         for name in ("factory", "collector", "engine"):
             services_.start_rtcef(name, prepared.python)
         if mode == "ours":
-            recovery = run_dir / "recovery"
-            from dataflow import recovery as recovery_store
-
-            recovery_store.ensure(recovery, 1)
-            services_.start(
-                "controller",
-                [sys.executable, "-m", "bytewax.run", "dataflow.flow:get_flow()",
-                 "-r", str(recovery), "-s", "5", "-b", "30"],
-                env=controller_env(prepared, budget, run_dir), cwd=stack.ROOT,
-            )  # fmt: skip
+            services_.start_controller(controller_env(prepared, budget, run_dir))
         else:
             services_.start_rtcef("optimiser", prepared.python)
         if observer and mode != "offline":
@@ -503,7 +494,7 @@ def exclusive(work: Path) -> Iterator[None]:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise stack.StackError(f"another rtcef-loop is using {work}") from None
+            raise stack.StackError(f"another loop is using {work}") from None
         yield
 
 

@@ -84,28 +84,36 @@ def find_python39() -> str:
     raise StackError("no Python 3.9 found: set RTCEF_PYTHON, or install 3.9 with pyenv")
 
 
-def services_env_dir() -> Path:
-    """The cached environment's folder, keyed by the lock's content."""
-    digest = hashlib.sha256(LOCK.read_bytes()).hexdigest()[:12]
-    return kafka_broker.cache_root() / f"rtcef-py39-{digest}"
+def services_env_dir(lock: Path = LOCK, name: str = "rtcef-py39") -> Path:
+    """A cached environment's folder, keyed by its lock's content."""
+    digest = hashlib.sha256(lock.read_bytes()).hexdigest()[:12]
+    return kafka_broker.cache_root() / f"{name}-{digest}"
 
 
-def ensure_services_python(quiet: bool = False) -> str:
-    """Create (once) the services' virtualenv from the hashed lock; return its python."""
-    home = services_env_dir()
+def ensure_services_python(
+    quiet: bool = False,
+    *,
+    lock: Path = LOCK,
+    name: str = "rtcef-py39",
+    imports: str = "kafka, py4j, skopt, fastavro, avro, ujson, numpy",
+) -> str:
+    """Create (once) a Python 3.9 virtualenv from a hashed lock; return its python.
+
+    By default the original services' environment; ``imports`` are checked once installed.
+    """
+    home = services_env_dir(lock, name)
     python = home / "bin" / "python"
     if (home / "complete").exists():
         return str(python)
     if home.exists():
         shutil.rmtree(home)
     if not quiet:
-        print("rtcef: installing the services' Python 3.9 environment (first run only)...",
+        print(f"{name}: installing the Python 3.9 environment of {lock.name} (first run only)...",
               file=sys.stderr)  # fmt: skip
     _run([find_python39(), "-m", "venv", str(home)], "creating the Python 3.9 venv")
     _run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-          "--require-hashes", "--no-deps", "-r", str(LOCK)], "pip install of the lock")  # fmt: skip
-    _run([str(python), "-c", "import kafka, py4j, skopt, fastavro, avro, ujson, numpy"],
-         "importing the services' packages")  # fmt: skip
+          "--require-hashes", "--no-deps", "-r", str(lock)], "pip install of the lock")  # fmt: skip
+    _run([str(python), "-c", f"import {imports}"], f"importing {imports}")
     (home / "complete").write_text(time.strftime("%Y-%m-%dT%H:%M:%S"))
     return str(python)
 
@@ -243,6 +251,19 @@ class Stack:
         service = Service(name, process, log)
         self.services.append(service)
         return service
+
+    def start_controller(self, env: Mapping[str, str], name: str = "controller") -> Service:
+        """This controller as an operator runs it (``bytewax.run``, a fresh recovery store).
+
+        Snapshots every 5 s, the store keeping 30 s of them; ``env`` is its settings.
+        """
+        from dataflow import recovery as recovery_store
+
+        recovery = self.run_dir / f"{name}-recovery"
+        recovery_store.ensure(recovery, 1)
+        command = [sys.executable, "-m", "bytewax.run", "dataflow.flow:get_flow()",
+                   "-r", str(recovery), "-s", "5", "-b", "30"]  # fmt: skip
+        return self.start(name, command, env=env, cwd=ROOT)
 
     def start_rtcef(self, name: str, python: str) -> Service:
         """An original service: ``python main.py -s NAME -c conf.ini`` from the vendored tree."""

@@ -70,6 +70,12 @@ class Tap:
     """A background reader of every loop topic, from the beginning, with a progress callback."""
 
     progress: Callable[[Record], None] | None = None
+    #: The broker, the topics followed (the dead-letter one among them), how values decode
+    #: and which topics are only counted: the RTCEF loop's unless told (the seed loop's JSON).
+    bootstrap: str = BOOTSTRAP
+    topics: tuple[str, ...] = (*TOPICS, DEAD_LETTERS)
+    decoder: Callable[[str, bytes], dict[str, Any]] = decode
+    bulk: frozenset[str] = BULK
     records: dict[str, list[Record]] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
     newest: dict[str, Record] = field(default_factory=dict)
@@ -120,11 +126,11 @@ class Tap:
 
     def _run(self) -> None:
         consumer = Consumer({
-            "bootstrap.servers": BOOTSTRAP, "group.id": "rtcef-loop-tap",
+            "bootstrap.servers": self.bootstrap, "group.id": "rtcef-loop-tap",
             "enable.auto.commit": False, "enable.partition.eof": False,
         })  # fmt: skip
         try:
-            consumer.assign([TopicPartition(t, 0, 0) for t in (*TOPICS, DEAD_LETTERS)])
+            consumer.assign([TopicPartition(t, 0, 0) for t in self.topics])
             while not self._stop.is_set():
                 for message in consumer.consume(500, timeout=0.2):
                     error = message.error()
@@ -147,7 +153,7 @@ class Tap:
                 self.dead_letters.append(headers)
             return
         try:
-            value = decode(topic, message.value())
+            value = self.decoder(topic, message.value())
         except (ValueError, EOFError, TypeError, IndexError, UnicodeDecodeError) as error:
             with self._lock:
                 self.undecodable.append(f"{topic}@{message.offset()}: {error}")
@@ -158,9 +164,9 @@ class Tap:
                 self.positions_ms.append(record.broker_ms)
             self.counts[topic] = self.counts.get(topic, 0) + 1
             self.newest[topic] = record
-            if topic not in BULK:
+            if topic not in self.bulk:
                 self.records.setdefault(topic, []).append(record)
-        if self.progress is not None and topic not in BULK:
+        if self.progress is not None and topic not in self.bulk:
             try:
                 self.progress(record)
             except (KeyError, TypeError, ValueError) as error:  # progress is only a display

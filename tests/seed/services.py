@@ -149,7 +149,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -438,15 +438,18 @@ def controller_env(bootstrap: str, topics: Topics = Topics()) -> dict[str, str]:
     }
 
 
-def create_topics(bootstrap: str, topics: Topics = Topics()) -> None:
-    """Create the seven topics (one partition, ``LogAppendTime``: see the module docstring)."""
+def create_topics(bootstrap: str, topics: Topics = Topics(), extra: Sequence[str] = ()) -> None:
+    """Create the seven topics and ``extra`` (one partition each, ``LogAppendTime``).
+
+    See the module docstring; the broker's clock then dates every message, whoever wrote it.
+    """
     from confluent_kafka.admin import AdminClient, NewTopic
 
     admin = AdminClient({"bootstrap.servers": bootstrap})
     wanted = [
         NewTopic(name, num_partitions=1, replication_factor=1,
                  config={"message.timestamp.type": "LogAppendTime"})
-        for name in topics.all()
+        for name in (*topics.all(), *extra)
     ]  # fmt: skip
     for name, future in admin.create_topics(wanted, operation_timeout=30).items():
         try:
@@ -465,13 +468,18 @@ def feed(
     limit: int | None = None,
     skip: int = 0,
     stop: threading.Event | None = None,
+    hold: Callable[[], bool] | None = None,
+    on_sent: Callable[[int, float], None] | None = None,
 ) -> int:
     """Produce ``path``'s lines (from line ``skip``) as values, like the port's ``data_feeder.py``.
 
     ``rate`` is in records per second (``None``: as fast as the producer goes,
     the feeder's ``--delay 0``); ``limit`` stops after that many; ``stop`` ends
-    early. Unlike ``data_feeder.py``, the file is sent once (it loops forever).
-    Returns the number of records produced (every one delivered).
+    early. While ``hold()`` is true nothing is sent (what is produced is flushed
+    first) and the pace restarts after it. ``on_sent(sent, held_s)`` hears about
+    progress every 100 records and at the end. Unlike ``data_feeder.py``, the file
+    is sent once (it loops forever). Returns the number of records produced
+    (every one delivered).
     """
     from confluent_kafka import KafkaError, Message, Producer
 
@@ -483,15 +491,23 @@ def feed(
 
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "acks": "all"})
     began = time.monotonic()
-    sent = 0
+    sent = paced = 0  # paced: records sent since the pace (re)started at ``began``
+    held = 0.0
     with path.open(encoding="utf-8") as lines:
         for index, line in enumerate(lines):
             if index < skip or not line.strip():
                 continue
             if (limit is not None and sent >= limit) or (stop is not None and stop.is_set()):
                 break
+            if hold is not None and hold():
+                producer.flush(30)
+                waited = time.monotonic()
+                while hold() and not (stop is not None and stop.is_set()):
+                    time.sleep(0.05)
+                held += time.monotonic() - waited
+                began, paced = time.monotonic(), 0
             if rate:
-                ahead = began + sent / rate - time.monotonic()
+                ahead = began + paced / rate - time.monotonic()
                 if ahead > 0:
                     time.sleep(ahead)
             while True:
@@ -502,7 +518,12 @@ def feed(
                     producer.poll(0.1)
             producer.poll(0)
             sent += 1
+            paced += 1
+            if on_sent is not None and sent % 100 == 0:
+                on_sent(sent, held)
     remaining = producer.flush(60)
+    if on_sent is not None:
+        on_sent(sent, held)
     if remaining or failures:
         raise SeedServicesError(f"feeding {topic}: {remaining} undelivered, errors {failures[:3]}")
     return sent

@@ -1,0 +1,135 @@
+"""The seed's loop, small: this controller drives the port's Flink factory and inference engine.
+
+The PyFlink port's ``ModelFactoryJob`` and ``InferenceJob`` (built by
+``tests/seed`` from ``../shared/vendor/flink-rtcef``, run in Flink's local
+MiniCluster) get the maritime sample as their JSON lines. Their Observer's
+first OPTIMIZE instruction is handed to the controller, verbatim, once the
+factory has a data set to lock (their Observer writes to a topic the
+controller does not read here, so that exactly one round runs): one OPTIMIZE
+round with a budget of 2. The factory must answer every command, the
+controller must finalise with the best step and play the model the factory
+made, and the engine must resume and swap to that model's file, then score on
+with it. Deterministic by construction: the same records are fed before the
+instruction and after the play, so the engine's automaton is in the same state
+at the swap on every run (see "Their engine's swap" in the README).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.kafka.client import produce
+from tests.rtcef.traffic import DEAD_LETTERS, wait_until
+from tests.seed import loop, services
+
+pytestmark = pytest.mark.integration
+
+BUDGET = 2
+#: Records fed before the instruction, then after the play.
+BEFORE, AFTER = 3000, 300
+INSTRUCTIONS = "smoke_instructions"
+CHECKED = ("id", "train_id", "optimisation_id", "type", "timestamp", "best_i")
+
+
+def test_this_controller_runs_an_optimize_round_of_the_seeds_factory_and_engine_plays_its_model(
+    tmp_path: Path,
+) -> None:
+    prepared = loop.prepare(tmp_path)
+    options = loop.Options(budget=BUDGET, report_timeout_s=120.0)
+    topics = {"INSTRUCTION_TOPIC": INSTRUCTIONS}
+    with loop.started(prepared, tmp_path / "run", "ours", options, None, topics) as running:
+        tap, logs = running.tap, running.jobs.folder.root / "logs"
+
+        def inference() -> str:
+            return (logs / "inference.out").read_text(errors="replace")
+
+        def scored() -> int:
+            counts = [int(m[1]) for m in loop.HEARTBEAT.finditer(inference())]
+            return max(counts, default=0)
+
+        sent = services.feed(running.bootstrap, prepared.data.infer, limit=BEFORE)
+        assert sent == BEFORE
+
+        def ready() -> bool:
+            optimize = [r for r in tap.of(services.Topics.instructions)
+                        if r.value.get("instruction_type") == "optimize"]  # fmt: skip
+            return (
+                bool(optimize)
+                and tap.count(services.Topics.assembly) > 0
+                and (scored() >= BEFORE - 10)
+            )
+
+        wait_until(ready, 180, "an OPTIMIZE from their Observer, a data set, the records scored",
+                   check=running.check)  # fmt: skip
+        instruction = next(r.value for r in tap.of(services.Topics.instructions)
+                           if r.value.get("instruction_type") == "optimize")  # fmt: skip
+        produce(running.bootstrap, INSTRUCTIONS, [json.dumps(instruction).encode()])
+
+        def played() -> bool:
+            return any(r.value.get("type") == "play" for r in tap.of(services.Topics.sync))
+
+        wait_until(played, 300, "the round's play", check=running.check)
+        services.feed(running.bootstrap, prepared.data.infer, skip=BEFORE, limit=AFTER)
+        swapped = re.compile(r"Engine swapped successfully\.")
+        wait_until(lambda: bool(swapped.search(inference())) and scored() >= BEFORE + AFTER - 10,
+                   120, "the engine to swap and score on", check=running.check)  # fmt: skip
+        time.sleep(3)  # anything late (a duplicate, a dead letter) would show now
+        running.check()
+        commands = [r.value for r in tap.of(services.Topics.commands)]
+        reports = [r.value for r in tap.of(services.Topics.reports)]
+        syncs = [r.value for r in tap.of(services.Topics.sync)]
+        dead = [r.value for r in tap.of(DEAD_LETTERS)] + list(tap.dead_letters)
+        engine_log = inference()
+
+    ts = instruction["timestamp"]
+    steps = [r for r in reports if r["reply_id"] in ("cmd-1", "cmd-2")]
+    assert [r["status"] for r in steps] == ["success", "success"], reports
+    scores = [json.loads(r["metrics"])["f_val"] for r in steps]
+    best_i = scores.index(min(scores))
+    assert [{k: c[k] for k in CHECKED} for c in commands] == [
+        command("cmd-0", "opt_initialise", ts),
+        command("cmd-1", "opt_step", ts),
+        command("cmd-2", "opt_step", ts),
+        command("cmd-3", "opt_finalise", ts, best_i=best_i),
+    ]
+    assert [json.loads(c["params"])["params"] is None for c in commands] == [
+        True, False, False, True
+    ]  # fmt: skip
+    final = [r for r in reports if r["reply_id"] == "cmd-3"]
+    assert [r["status"] for r in final] == ["success"], reports
+    model_id, model_path = final[0]["model_id"], final[0]["model_path"]
+    assert json.loads(final[0]["params_dict"]) == json.loads(steps[best_i]["params_dict"])
+    assert syncs == [
+        {"type": "pause", "timestamp": ts, "model_id": -1},
+        {"type": "play", "timestamp": ts, "model_id": model_id},
+    ]
+    assert dead == []
+    assert tap.undecodable == []
+    # The engine: told to pause, then to play, swapped to the model we named. (No record
+    # reached it in between, so it never logs that it paused: it applies the latest sync
+    # at its next record, which is our play's.)
+    in_order = [
+        "Broadcast: PAUSE received",
+        f"Broadcast: PLAY received - resuming with model_id={model_id}",
+        f"Scheduling model swap to {model_path}",
+        f"Loading model from: {model_path}",
+        "Engine swapped successfully.",
+    ]
+    at = 0
+    for text in in_order:
+        found = engine_log.find(text, at)
+        assert found >= 0, f"the engine's log has no {text!r} after offset {at}"
+        at = found
+    assert "NoSuchElementException" not in engine_log
+    assert "to FAILED" not in engine_log
+
+
+def command(id_: str, type_: str, ts: int, best_i: int = -1) -> dict[str, Any]:
+    return {"id": id_, "train_id": -1, "optimisation_id": 0, "type": type_, "timestamp": ts,
+            "best_i": best_i}  # fmt: skip
