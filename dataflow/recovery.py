@@ -1,42 +1,83 @@
-"""Bytewax recovery directories: idempotent initialisation.
+"""Bytewax recovery directories: idempotent initialisation, and moving partitions.
 
-Role: start-up plumbing. ``python -m bytewax.recovery DIR N`` panics when run
-twice on the same directory, so every entry point (``just run``, the container's
-``entrypoint-recovery.sh``) calls ``ensure`` instead: it creates only the
-partitions that are missing and leaves existing ones (and their state) alone.
-The partition count is fixed forever once a directory is in use.
+Role: start-up and operations plumbing. ``python -m bytewax.recovery DIR N``
+panics when run twice on the same directory, so every entry point (``just run``,
+the container's ``entrypoint-recovery.sh``) calls ``ensure`` instead: it creates
+only the partitions that are missing and leaves existing ones (and their state)
+alone. The partition count is fixed forever once a directory is in use.
 
-Command line: ``python -m dataflow.recovery DIR N [--only K]``.
+Changing the process count. Bytewax resumes when every partition ``0..N-1`` is
+in the recovery directory of some process (a process may hold several, or
+none). With one volume per pod, pod *k* starts with partition *k*; a new pod
+(ordinal at or beyond the partition count) holds none and resumes as it is, but
+the partitions on the volumes of pods that go away must be moved first.
+``rebalance`` does that, with every process stopped: given the volumes of the
+old and new pods (as directories), it puts partition *p* on volume
+``p % processes`` (with its SQLite ``-wal``/``-shm`` files), refusing when a
+partition is missing or held twice with different contents. It marks each
+volume it touched, and ``ensure(..., pod=k)`` never creates a partition on a
+marked volume, so a moved partition is never re-created empty where it was.
+
+Command line::
+
+    python -m dataflow.recovery DIR N [--only K ... | --pod K]
+    python -m dataflow.recovery rebalance --partitions N --processes P DIR0 DIR1 ...
+    python -m dataflow.recovery rebalance-job --volumes M --processes P --partitions N
+        --image IMAGE [--statefulset NAME] [--namespace NS]   # | kubectl apply -f -
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import re
 import shutil
 import sys
 import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from bytewax.recovery import init_db_dir
+
+#: Left in every volume ``rebalance`` touched: partitions are no longer created there.
+MOVED_MARKER = ".partitions-moved"
+_COMPANIONS = ("", "-wal", "-shm")
+_PART = re.compile(r"part-(0|[1-9][0-9]*)\.sqlite3")
+
+
+class RebalanceError(ValueError):
+    """The partitions cannot be moved as asked; nothing was moved."""
 
 
 def partition_files(directory: Path) -> list[Path]:
     """The recovery partitions present in ``directory``."""
-    return sorted(directory.glob("part-*.sqlite3"))
+    return sorted(path for path in directory.glob("part-*.sqlite3") if _PART.fullmatch(path.name))
 
 
-def ensure(directory: Path, partitions: int, only: list[int] | None = None) -> list[str]:
+def ensure(
+    directory: Path, partitions: int, only: list[int] | None = None, *, pod: int | None = None
+) -> list[str]:
     """Make sure partitions ``0..partitions-1`` (or just ``only`` of them) exist.
 
-    ``only`` serves per-pod volumes: pod *k* of a StatefulSet keeps partition *k*
-    of ``partitions`` on its own volume. Returns the names it created.
+    ``pod`` serves per-pod volumes: pod *k* of a StatefulSet creates partition *k*
+    on its own volume, unless *k* is at or beyond the partition count (a pod added
+    later holds none) or ``rebalance`` has touched the volume (its partitions moved;
+    creating one would shadow the real one with an empty copy). Returns the names
+    it created.
     """
     if partitions < 1:
         raise ValueError("a recovery directory needs at least one partition")
+    directory.mkdir(parents=True, exist_ok=True)
+    if pod is not None:
+        if pod >= partitions or (directory / MOVED_MARKER).exists():
+            return []
+        only = [pod]
     indices = range(partitions) if only is None else only
     if any(not 0 <= i < partitions for i in indices):
         raise ValueError(f"partition indices {list(indices)} must be below {partitions}")
-    directory.mkdir(parents=True, exist_ok=True)
     wanted = [f"part-{i}.sqlite3" for i in indices]
     missing = [name for name in wanted if not (directory / name).exists()]
     if not missing:
@@ -48,22 +89,209 @@ def ensure(directory: Path, partitions: int, only: list[int] | None = None) -> l
     return missing
 
 
+@dataclass(frozen=True)
+class Move:
+    """One partition's files going from one volume to another."""
+
+    partition: int
+    source: Path
+    target: Path
+
+
+def plan_rebalance(volumes: Sequence[Path], partitions: int, processes: int) -> list[Move]:
+    """Where each partition goes: ``volumes[p % processes]``. Raises ``RebalanceError``.
+
+    ``volumes`` are the directories of every pod, old and new (at least
+    ``processes`` of them, in pod order). A partition found on two volumes is
+    refused unless the copies are identical (a move interrupted after its copy).
+    """
+    if partitions < 1 or processes < 1:
+        raise RebalanceError("partitions and processes must be at least 1")
+    if len(volumes) < processes:
+        raise RebalanceError(f"{processes} processes need {processes} volumes, got {len(volumes)}")
+    found: dict[int, list[Path]] = {}
+    for volume in volumes:
+        for path in partition_files(volume) if volume.is_dir() else []:
+            index = int(path.name[len("part-") : -len(".sqlite3")])
+            found.setdefault(index, []).append(volume)
+    problems = []
+    beyond = sorted(i for i in found if i >= partitions)
+    if beyond:
+        problems.append(f"partitions {beyond} are beyond the count {partitions}")
+    missing = [i for i in range(partitions) if i not in found]
+    if missing:
+        problems.append(f"partitions {missing} are on none of the volumes")
+    for index, holders in sorted(found.items()):
+        name = f"part-{index}.sqlite3"
+        if len(holders) > 1 and not _identical([holder / name for holder in holders]):
+            problems.append(f"{name} differs between {[str(h) for h in holders]}")
+    if problems:
+        raise RebalanceError("; ".join(problems))
+    moves = []
+    for index, holders in sorted(found.items()):
+        target = volumes[index % processes]
+        for holder in holders:
+            if holder != target:
+                moves.append(Move(index, holder, target))
+    return moves
+
+
+def rebalance(volumes: Sequence[Path], partitions: int, processes: int) -> list[Move]:
+    """Move every partition to ``volumes[p % processes]`` (every process stopped).
+
+    Each move copies the files under a temporary name, renames them into place,
+    then deletes the source: an interrupted rebalance leaves at worst identical
+    copies, which running it again resolves. Returns the moves made.
+    """
+    moves = plan_rebalance(volumes, partitions, processes)
+    for volume in volumes[:processes]:
+        volume.mkdir(parents=True, exist_ok=True)
+    for move in moves:
+        name = f"part-{move.partition}.sqlite3"
+        for suffix in _COMPANIONS:
+            source, target = move.source / f"{name}{suffix}", move.target / f"{name}{suffix}"
+            if source.exists() and not (suffix == "" and target.exists()):
+                partial = move.target / f".{name}{suffix}.moving"
+                shutil.copy2(source, partial)
+                os.replace(partial, target)
+        for suffix in _COMPANIONS:
+            (move.source / f"{name}{suffix}").unlink(missing_ok=True)
+    for volume in {move.source for move in moves} | {move.target for move in moves}:
+        (volume / MOVED_MARKER).write_text("partitions were moved by dataflow.recovery\n")
+    return moves
+
+
+def rebalance_job(
+    statefulset: str, volumes: int, processes: int, partitions: int, image: str,
+    namespace: str | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """A Kubernetes Job running ``rebalance`` over the StatefulSet's recovery volumes.
+
+    It mounts the claims ``recovery-<statefulset>-0 .. volumes-1`` (the
+    ``volumeClaimTemplates`` name ``recovery``) at ``/volumes/<k>``; run it with the
+    StatefulSet at 0 replicas. It runs as the pods do (uid 65532, read-only root).
+    ``ReadWriteOnce`` claims must be attachable to one node together (one zone).
+    """
+    if volumes < processes:
+        raise RebalanceError(f"{processes} processes need {processes} volumes, got {volumes}")
+    labels = {"app.kubernetes.io/name": "rtcef-controller"}
+    metadata: dict[str, Any] = {"name": f"{statefulset}-rebalance", "labels": labels}
+    if namespace:
+        metadata["namespace"] = namespace
+    mounts = [f"/volumes/{k}" for k in range(volumes)]
+    command = ["python", "-m", "dataflow.recovery", "rebalance", "--partitions",
+               str(partitions), "--processes", str(processes), *mounts]  # fmt: skip
+    container = {
+        "name": "rebalance", "image": image, "command": command,
+        "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                            "capabilities": {"drop": ["ALL"]}},
+        "volumeMounts": [{"name": f"volume-{k}", "mountPath": mount}
+                         for k, mount in enumerate(mounts)],
+    }  # fmt: skip
+    pod_spec = {
+        "restartPolicy": "Never", "automountServiceAccountToken": False,
+        "securityContext": {"runAsNonRoot": True, "runAsUser": 65532, "runAsGroup": 65532,
+                            "fsGroup": 65532, "seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": [container],
+        "volumes": [{"name": f"volume-{k}",
+                     "persistentVolumeClaim": {"claimName": f"recovery-{statefulset}-{k}"}}
+                    for k in range(volumes)],
+    }  # fmt: skip
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": metadata,
+            "spec": {"backoffLimit": 0, "template": {"spec": pod_spec}}}  # fmt: skip
+
+
+def _identical(paths: Sequence[Path]) -> bool:
+    first = paths[0].read_bytes()
+    return all(path.read_bytes() == first for path in paths[1:])
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point."""
-    parser = argparse.ArgumentParser(prog="python -m dataflow.recovery", description=__doc__)
+    """Command-line entry point: ``DIR N [--only K | --pod K]`` or ``rebalance ...``."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["rebalance"]:
+        return _rebalance_main(argv[1:])
+    if argv[:1] == ["rebalance-job"]:
+        return _rebalance_job_main(argv[1:])
+    parser = argparse.ArgumentParser(
+        prog="python -m dataflow.recovery",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("directory", type=Path)
     parser.add_argument("partitions", type=int, help="total partition count (fixed forever)")
-    parser.add_argument(
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument(
         "--only",
         type=int,
         action="append",
         default=None,
-        help="create only this partition index (repeatable): per-pod volumes",
+        help="create only this partition index (repeatable)",
     )
-    args = parser.parse_args(argv)
-    created = ensure(args.directory, args.partitions, args.only)
-    state = f"created {', '.join(created)}" if created else "all partitions present"
+    which.add_argument(
+        "--pod", type=int, help="this pod's ordinal: per-pod volumes (see the module docstring)"
+    )
+    args = parser.parse_args(argv)  # fmt: skip
+    created = ensure(args.directory, args.partitions, args.only, pod=args.pod)
+    state = f"created {', '.join(created)}" if created else "nothing to create"
     print(f"recovery: {args.directory}: {state}", file=sys.stderr)
+    return 0
+
+
+def _rebalance_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m dataflow.recovery rebalance",
+        description="Move recovery partitions so that P processes resume: partition p to "
+        "volume p %% P. Stop every process first.",
+    )
+    parser.add_argument("--partitions", type=int, required=True, help="the partition count")
+    parser.add_argument("--processes", type=int, required=True, help="the new process count")
+    parser.add_argument("--dry-run", action="store_true", help="print the moves only")
+    parser.add_argument("volumes", type=Path, nargs="+", help="every pod's volume, in pod order")
+    args = parser.parse_args(argv)
+    try:
+        if args.dry_run:
+            moves = plan_rebalance(args.volumes, args.partitions, args.processes)
+        else:
+            moves = rebalance(args.volumes, args.partitions, args.processes)
+    except RebalanceError as error:
+        print(f"recovery: nothing moved: {error}", file=sys.stderr)
+        return 2
+    for move in moves:
+        print(f"part-{move.partition}: {move.source} -> {move.target}")
+    verb = "would move" if args.dry_run else "moved"
+    print(f"recovery: {verb} {len(moves)} partition(s) for {args.processes} process(es)",
+          file=sys.stderr)  # fmt: skip
+    return 0
+
+
+def _rebalance_job_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m dataflow.recovery rebalance-job",
+        description="Print (JSON, which kubectl reads) a Job that rebalances the StatefulSet's "
+        "recovery volumes for a new process count: `... | kubectl apply -f -`.",
+    )
+    parser.add_argument("--statefulset", default="rtcef-controller")
+    parser.add_argument(
+        "--volumes",
+        type=int,
+        required=True,
+        help="volumes that may hold partitions: the largest pod count run so far",
+    )
+    parser.add_argument("--processes", type=int, required=True, help="the new process count")
+    parser.add_argument(
+        "--partitions", type=int, required=True, help="BYTEWAX_RECOVERY_PARTITIONS (fixed)"
+    )
+    parser.add_argument("--image", required=True, help="the controller's image")
+    parser.add_argument("--namespace")
+    args = parser.parse_args(argv)  # fmt: skip
+    try:
+        job = rebalance_job(args.statefulset, args.volumes, args.processes, args.partitions,
+                            args.image, args.namespace)  # fmt: skip
+    except RebalanceError as error:
+        print(f"recovery: {error}", file=sys.stderr)
+        return 2
+    print(json.dumps(job, indent=2))
     return 0
 
 

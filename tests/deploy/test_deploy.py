@@ -195,7 +195,7 @@ def test_the_recovery_entrypoint_is_idempotent_and_keeps_each_pods_partition(
     assert (tmp_path / "part-2.sqlite3").read_bytes() == before
     assert _snapshot_rows(tmp_path / "part-2.sqlite3") == [(2, 3)]
     assert "created part-2.sqlite3" in first.stderr
-    assert "all partitions present" in second.stderr
+    assert "nothing to create" in second.stderr
 
 
 @pytest.mark.integration
@@ -324,6 +324,52 @@ def test_the_entrypoint_takes_the_statefulset_name_from_the_pods_own_name(
                          text=True, check=True).stdout  # fmt: skip
 
     assert out.strip() == expected
+
+
+def test_a_pod_added_beyond_the_partition_count_starts_with_no_partition(
+    tmp_path: Path,
+) -> None:
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}",
+           "BYTEWAX_RECOVERY_DIRECTORY": str(tmp_path), "BYTEWAX_RECOVERY_PARTITIONS": "3",
+           "BYTEWAX_POD_NAME": "rtcef-controller-3"}  # fmt: skip
+
+    done = subprocess.run(["sh", K8S / "image" / "entrypoint-recovery.sh"], env=env, cwd=ROOT,
+                          capture_output=True, text=True, check=False)  # fmt: skip
+
+    assert done.returncode == 0, done.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_rebalance_job_mounts_the_statefulsets_claims_and_passes_strict_validation(
+    tmp_path: Path,
+) -> None:
+    sts = statefulset(render("multi-process"))
+    claim = sts["spec"]["volumeClaimTemplates"][0]["metadata"]["name"]
+    out = subprocess.run(
+        [sys.executable, "-m", "dataflow.recovery", "rebalance-job", "--volumes", "3",
+         "--processes", "2", "--partitions", "3", "--image", "registry.example/rtcef:1.2",
+         "--statefulset", sts["metadata"]["name"], "--namespace", "prod"],
+        capture_output=True, text=True, check=True, cwd=ROOT,
+    ).stdout  # fmt: skip
+    (tmp_path / "job.json").write_text(out)
+    check = subprocess.run([BIN / "kubernetes-validate", "--strict", tmp_path / "job.json"],
+                           capture_output=True, text=True, check=False)  # fmt: skip
+    job = yaml.safe_load(out)
+    pod = job["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert [v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"]] == [
+        f"{claim}-rtcef-controller-{k}" for k in range(3)
+    ]
+    assert container["command"] == [
+        "python", "-m", "dataflow.recovery", "rebalance", "--partitions", "3", "--processes",
+        "2", "/volumes/0", "/volumes/1", "/volumes/2",
+    ]  # fmt: skip
+    assert [m["mountPath"] for m in container["volumeMounts"]] == container["command"][-3:]
+    assert pod["securityContext"] == sts["spec"]["template"]["spec"]["securityContext"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert job["metadata"]["namespace"] == "prod"
 
 
 def test_the_recovery_entrypoint_honours_the_helm_charts_partition_count(

@@ -94,12 +94,17 @@ class Wiring:
             out.append(sync)
         return out
 
-    def wait_for_plays(self, count: int, timeout: float = 120.0) -> list[msg.SyncMessage]:
-        """Poll the sync topic until ``count`` plays were sent; return every sync message."""
+    def wait_for_plays(
+        self, count: int, timeout: float = 120.0, *, unique: bool = False
+    ) -> list[msg.SyncMessage]:
+        """Poll the sync topic until ``count`` plays were sent; return every sync message.
+
+        ``unique``: replayed copies (same message id) count once.
+        """
         deadline = time.monotonic() + timeout
         syncs: list[msg.SyncMessage] = []
         while time.monotonic() < deadline:
-            syncs = self.syncs_sent(idle=1.0, timeout=10)
+            syncs = self.syncs_sent(unique=unique, idle=1.0, timeout=10)
             if sum(s.type == "play" for s in syncs) >= count:
                 return syncs
             time.sleep(0.5)
@@ -159,6 +164,57 @@ class Controller:
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+
+class Cluster:
+    """Processes of one dataflow, each with its own recovery directory (a pod and its volume).
+
+    Pod *k* runs ``python -m bytewax.run -i k -a <addresses> -r <volume k>``, as the
+    StatefulSet's entrypoint does; ``volumes`` stand in for the per-pod volumes.
+    """
+
+    def __init__(self, wiring: Wiring, workdir: Path, partitions: int) -> None:
+        self.wiring, self.workdir, self.partitions = wiring, workdir, partitions
+        self.processes: list[subprocess.Popen[bytes]] = []
+
+    def volume(self, pod: int) -> Path:
+        return self.workdir / f"volume-{pod}"
+
+    def volumes(self, count: int) -> list[Path]:
+        return [self.volume(pod) for pod in range(count)]
+
+    def start(self, count: int) -> None:
+        """Start ``count`` pods: each runs the init container's step, then the flow."""
+        from tests.kafka.broker import free_port
+
+        addresses = ";".join(f"localhost:{free_port()}" for _ in range(count))
+        for pod in range(count):
+            recovery.ensure(self.volume(pod), self.partitions, pod=pod)
+            log = (self.workdir / f"pod-{pod}.log").open("ab")
+            command = [sys.executable, "-m", "bytewax.run", "dataflow.flow:get_flow()",
+                       "-i", str(pod), "-a", addresses, "-r", str(self.volume(pod)),
+                       "-s", "1", "-b", "10"]  # fmt: skip
+            self.processes.append(subprocess.Popen(
+                command, cwd=ROOT, env={**os.environ, **self.wiring.env()}, stdout=log,
+                stderr=subprocess.STDOUT, start_new_session=True,
+            ))  # fmt: skip
+
+    def stop(self) -> None:
+        """SIGINT every pod together (as a deletion of all pods), then wait; kill stragglers."""
+        for process in self.processes:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGINT)
+        for process in self.processes:
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(30)
+        self.processes.clear()
+
+    def log_text(self) -> str:
+        return "".join(path.read_text(errors="replace")
+                       for path in sorted(self.workdir.glob("pod-*.log")))  # fmt: skip
 
 
 @contextmanager

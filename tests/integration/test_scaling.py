@@ -1,15 +1,17 @@
-"""Several sessions at once (multi-model mode) on 2 workers and on 2 processes."""
+"""Several sessions at once (multi-model mode) on 2 workers and on 2 processes; scaling."""
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 
 import pytest
 
+from dataflow import recovery
 from dataflow.domain import messages as msg
 from dataflow.domain.messages import Instruction, InstructionKind
 from dataflow.kafka import SESSION_HEADER
-from tests.integration.harness import factory
+from tests.integration.harness import Cluster, factory
 
 pytestmark = pytest.mark.integration
 
@@ -47,3 +49,48 @@ def test_three_sessions_run_their_rounds_side_by_side(
     assert sorted((s.timestamp, s.type) for s in syncs) == [
         (100, "pause"), (100, "play"), (101, "pause"), (101, "play"), (102, "pause"), (102, "play"),
     ]  # fmt: skip
+
+
+KEYS = ("m1", "m2", "m3", "m4", "m5", "m6")
+
+
+def test_the_process_count_goes_3_2_4_and_every_session_resumes_where_it_was(
+    wiring_factory, tmp_path
+) -> None:
+    """Per-pod volumes: pods started, stopped, partitions moved, more or fewer pods started."""
+    wiring = wiring_factory("seed", partitions=2, OPTIMISER_BUDGET="2",
+                            SESSION_KEYS=",".join(KEYS))  # fmt: skip
+    cluster = Cluster(wiring, tmp_path, partitions=3)
+    try:
+        with factory(wiring):
+            for round_, processes in enumerate((3, 2, 4)):
+                if round_:  # part-2 goes to pod 0's volume (3 -> 2), then back to pod 2's
+                    assert recovery.rebalance(cluster.volumes(max(3, processes)), 3, processes)
+                cluster.start(processes)
+                for index, key in enumerate(KEYS):
+                    ts = 1000 * (round_ + 1) + index
+                    wiring.send_instruction(Instruction(InstructionKind.OPTIMIZE, ts, model_id=key))
+                wiring.wait_for_plays(len(KEYS) * (round_ + 1), timeout=240, unique=True)
+                time.sleep(3)  # a snapshot (every 1 s) holds the round's end
+                cluster.stop()
+    finally:
+        cluster.stop()
+
+    commands: dict[str, list[msg.FactoryCommand]] = defaultdict(list)
+    for message in wiring.read(wiring.commands, idle=2.0, timeout=30):
+        command = msg.decode_command(message.value())
+        assert isinstance(command, msg.FactoryCommand)
+        key = dict(message.headers())[SESSION_HEADER].decode()
+        if command not in commands[key]:
+            commands[key].append(command)
+    kinds = ["opt_initialise", "opt_step", "opt_step", "opt_finalise"]
+    for index, key in enumerate(KEYS):
+        # Each session's counters went on across the three clusters: command numbers
+        # 0-11 (times 6 keys, plus the key's index), optimisation ids 0, 1, 2.
+        assert [(c.id, c.type, c.optimisation_id, c.timestamp) for c in commands[key]] == [
+            (f"cmd-{n * len(KEYS) + index}", kinds[n % 4], n // 4, 1000 * (n // 4 + 1) + index)
+            for n in range(12)
+        ], cluster.log_text()[-3000:]
+    assert sorted(p.name for p in cluster.volume(0).glob("part-*.sqlite3")) == ["part-0.sqlite3"]
+    assert sorted(p.name for p in cluster.volume(2).glob("part-*.sqlite3")) == ["part-2.sqlite3"]
+    assert not list(cluster.volume(3).glob("part-*.sqlite3"))

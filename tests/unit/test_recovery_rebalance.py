@@ -1,0 +1,124 @@
+"""Moving recovery partitions between per-pod volumes when the process count changes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dataflow import recovery
+from dataflow.recovery import MOVED_MARKER, Move, RebalanceError
+
+
+def volumes(root: Path, count: int) -> list[Path]:
+    """``count`` pod volumes; pod k holds partition k of ``count``, as the init container makes."""
+    made = [root / f"pod-{k}" for k in range(count)]
+    for k, volume in enumerate(made):
+        recovery.ensure(volume, count, pod=k)
+    return made
+
+
+def held(volume: Path) -> list[str]:
+    return sorted(p.name for p in volume.iterdir() if not p.name.startswith("."))
+
+
+def test_going_from_three_processes_to_two_moves_the_third_partition_with_its_sqlite_files(
+    tmp_path: Path,
+) -> None:
+    pods = volumes(tmp_path, 3)
+    (pods[2] / "part-2.sqlite3-wal").write_bytes(b"uncheckpointed pages")
+    content = (pods[2] / "part-2.sqlite3").read_bytes()
+
+    moves = recovery.rebalance(pods, partitions=3, processes=2)
+
+    assert moves == [Move(2, pods[2], pods[0])]
+    assert held(pods[0]) == ["part-0.sqlite3", "part-2.sqlite3", "part-2.sqlite3-wal"]
+    assert held(pods[1]) == ["part-1.sqlite3"]
+    assert held(pods[2]) == []
+    assert (pods[0] / "part-2.sqlite3").read_bytes() == content
+    assert (pods[0] / "part-2.sqlite3-wal").read_bytes() == b"uncheckpointed pages"
+    assert sorted(p.name for p in tmp_path.glob("pod-*/" + MOVED_MARKER)) == [MOVED_MARKER] * 2
+
+
+def test_going_on_to_four_spreads_them_again_and_the_new_pod_holds_none(tmp_path: Path) -> None:
+    pods = volumes(tmp_path, 3)
+    recovery.rebalance(pods, partitions=3, processes=2)
+    pods.append(tmp_path / "pod-3")
+
+    moves = recovery.rebalance(pods, partitions=3, processes=4)
+
+    assert moves == [Move(2, pods[0], pods[2])]
+    assert [held(pod) for pod in pods] == [
+        ["part-0.sqlite3"], ["part-1.sqlite3"], ["part-2.sqlite3"], []
+    ]  # fmt: skip
+
+
+def test_a_balanced_set_moves_nothing(tmp_path: Path) -> None:
+    pods = volumes(tmp_path, 3)
+
+    assert recovery.rebalance(pods, partitions=3, processes=3) == []
+    assert not any((pod / MOVED_MARKER).exists() for pod in pods)
+
+
+def test_a_missing_or_conflicting_partition_is_refused_and_nothing_moves(tmp_path: Path) -> None:
+    pods = volumes(tmp_path, 3)
+    (pods[1] / "part-1.sqlite3").unlink()
+    recovery.ensure(pods[2], 3, only=[0])  # a second, different, partition 0
+    (pods[2] / "part-0.sqlite3").write_bytes(b"another history")
+
+    with pytest.raises(RebalanceError) as refused:
+        recovery.rebalance(pods, partitions=3, processes=2)
+
+    assert str(refused.value) == (
+        f"partitions [1] are on none of the volumes; part-0.sqlite3 differs between "
+        f"{[str(pods[0]), str(pods[2])]}"
+    )
+    assert [held(pod) for pod in pods] == [
+        ["part-0.sqlite3"], [], ["part-0.sqlite3", "part-2.sqlite3"]
+    ]  # fmt: skip
+
+
+def test_identical_copies_left_by_an_interrupted_move_are_resolved(tmp_path: Path) -> None:
+    pods = volumes(tmp_path, 3)
+    (pods[0] / "part-2.sqlite3").write_bytes((pods[2] / "part-2.sqlite3").read_bytes())
+
+    moves = recovery.rebalance(pods, partitions=3, processes=2)
+
+    assert moves == [Move(2, pods[2], pods[0])]
+    assert [held(pod) for pod in pods] == [["part-0.sqlite3", "part-2.sqlite3"],
+                                           ["part-1.sqlite3"], []]  # fmt: skip
+
+
+def test_partitions_beyond_the_count_or_too_few_volumes_are_refused(tmp_path: Path) -> None:
+    pods = volumes(tmp_path, 3)
+
+    with pytest.raises(RebalanceError, match=r"partitions \[2\] are beyond the count 2"):
+        recovery.plan_rebalance(pods, partitions=2, processes=2)
+    with pytest.raises(RebalanceError, match="4 processes need 4 volumes, got 3"):
+        recovery.plan_rebalance(pods, partitions=3, processes=4)
+
+
+def test_a_pod_beyond_the_partition_count_or_on_a_moved_volume_creates_no_partition(
+    tmp_path: Path,
+) -> None:
+    pods = volumes(tmp_path, 3)
+    recovery.rebalance(pods, partitions=3, processes=2)
+
+    assert recovery.ensure(tmp_path / "pod-3", 3, pod=3) == []
+    assert recovery.ensure(pods[2], 3, pod=2) == []
+    assert held(tmp_path / "pod-3") == []
+    assert held(pods[2]) == []
+    assert recovery.ensure(tmp_path / "fresh", 3, pod=1) == ["part-1.sqlite3"]
+
+
+def test_the_command_line_dry_run_prints_the_moves_and_moves_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pods = volumes(tmp_path, 3)
+
+    code = recovery.main(["rebalance", "--partitions", "3", "--processes", "2", "--dry-run",
+                          *map(str, pods)])  # fmt: skip
+
+    assert code == 0
+    assert capsys.readouterr().out == f"part-2: {pods[2]} -> {pods[0]}\n"
+    assert held(pods[2]) == ["part-2.sqlite3"]
