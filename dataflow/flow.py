@@ -293,7 +293,7 @@ def get_flow() -> Dataflow:
     try:
         preflight(settings)
     except StartupError as error:
-        print(f"controller: {error}", file=sys.stderr)
+        log.error(f"controller cannot start: {error}")
         raise SystemExit(3) from None
     log.info("controller starting", extra={"fields": {
         "brokers": settings.brokers, "dialect": settings.dialect,

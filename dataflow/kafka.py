@@ -63,9 +63,22 @@ class OutMessage:
     barrier: bool = False
 
 
-def source_config(settings: Settings) -> dict[str, str]:
+#: librdkafka's own log lines (connection failures, broker errors) go through this logger,
+#: so they come out in LOG_FORMAT like every other line, not as raw ``%3|...|FAIL|`` text.
+CLIENT_LOG: Final = logging.getLogger("dataflow.kafka.client")
+
+
+def client_config(settings: Settings) -> dict[str, Any]:
+    """Settings every Kafka client of the controller starts from: brokers, security, logger.
+
+    librdkafka hands its log lines to ``CLIENT_LOG`` (served when the client polls).
+    """
+    return {**settings.kafka_config(), "logger": CLIENT_LOG}
+
+
+def source_config(settings: Settings) -> dict[str, Any]:
     """Extra librdkafka settings for the Kafka sources."""
-    config = settings.kafka_config()
+    config = client_config(settings)
     config.pop("bootstrap.servers")
     # Bytewax keeps offsets in its recovery store; if one was removed by retention,
     # read what is left rather than jumping to the end (librdkafka's default).
@@ -81,7 +94,7 @@ def preflight(settings: Settings) -> None:
     the error. Never hangs: every call has a deadline of ``STARTUP_TIMEOUT_S``.
     """
     deadline = time.monotonic() + settings.startup_timeout_s
-    admin = AdminClient({**settings.kafka_config(), "socket.connection.setup.timeout.ms": "5000"})
+    admin = AdminClient({**client_config(settings), "socket.connection.setup.timeout.ms": "5000"})
     metadata = None
     last_error: Exception | None = None
     while time.monotonic() < deadline:
@@ -91,6 +104,8 @@ def preflight(settings: Settings) -> None:
         except KafkaException as error:
             last_error = error
             time.sleep(0.2)
+        finally:
+            admin.poll(0)  # serves librdkafka's queued log lines to CLIENT_LOG
     if metadata is None:
         raise StartupError(
             f"Kafka brokers {settings.brokers} unreachable for {settings.startup_timeout_s:g}s"
@@ -123,7 +138,7 @@ class SafeKafkaSink(DynamicSink[OutMessage]):
 
     def __init__(self, settings: Settings, topic: str) -> None:
         self._config = {
-            **settings.kafka_config(),
+            **client_config(settings),
             "enable.idempotence": "true",
             "acks": "all",
             "linger.ms": "0",
