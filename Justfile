@@ -85,6 +85,10 @@ lock: bootstrap
 clean: kafka-down
     rm -rf .venv .kafka .pytest_cache .mypy_cache .ruff_cache demo-output recovery .rtcef-loop .seed-loop
 
+# Build the Dockerfile with buildah (base assembled from Debian packages when no registry answers) and run its pod as the StatefulSet would against a test broker
+image-check *args: jars
+    {{py}} -m tests.deploy.image "$@"
+
 # Kill-and-restart replays of the 21 recorded RTCEF runs through a real broker: one row per run
 chaos *args: jars
     {{py}} -m tests.integration.chaos "$@"
