@@ -71,6 +71,7 @@ GLOBAL_REPORT = re.compile(
 SWAP = re.compile(r"Sync reached \((\d+) >= \d+\)\. Swapping\.")
 SCHEDULED = re.compile(r"Scheduling model swap to (\S+) at T=(\d+)")
 HEARTBEAT = re.compile(r"Engine Heartbeat: Key=\S+ count=(\d+) lastTS=(\d+)")
+SWAPPED = "Engine swapped successfully."
 #: A JVM log line reporting a problem (Flink logs recovered task failures at WARN/INFO).
 ERROR_LINE = re.compile(r"\bERROR\b|Exception\b|switched from \w+ to FAILED")
 
@@ -312,6 +313,8 @@ class RunResult:
     dead_letters: list[dict[str, str]] = field(default_factory=list)
     undecodable: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    #: The exceptions that failed the inference job's tasks (one per failure).
+    task_failures: list[str] = field(default_factory=list)
 
 
 def run(prepared: Prepared, work: Path, mode: str, options: Options) -> RunResult:
@@ -354,18 +357,9 @@ def run(prepared: Prepared, work: Path, mode: str, options: Options) -> RunResul
 
 
 def _result(mode: str, wall_s: float, running: Running, fed: Feeder) -> RunResult:
-    tap, logs = running.tap, running.jobs.folder.root / "logs"
+    tap = running.tap
     result = RunResult(mode, wall_s, fed=fed.sent, held_s=round(fed.held_s, 1))
-    inference = (logs / "inference.out").read_text(errors="replace")
-    for match in GLOBAL_REPORT.finditer(inference):
-        result.scores.append({"timestamp": int(match[1]), "runtime_mcc": _number(match[2]),
-                              "batch_mcc": _number(match[3])})  # fmt: skip
-    scheduled = [m[1] for m in SCHEDULED.finditer(inference)]
-    for index, match in enumerate(SWAP.finditer(inference)):
-        path = scheduled[index] if index < len(scheduled) else None
-        result.swaps.append({"timestamp": int(match[1]), "model_path": path})
-    counts = [int(m[1]) for m in HEARTBEAT.finditer(inference)]
-    result.engine_records = max(counts, default=0)
+    read_logs(result, running.jobs.folder.root / "logs")
     result.instructions = [r.value for r in tap.of(TOPICS.instructions)]
     result.commands = [r.value for r in tap.of(TOPICS.commands)]
     result.reports = [r.value for r in tap.of(TOPICS.reports)]
@@ -375,11 +369,37 @@ def _result(mode: str, wall_s: float, running: Running, fed: Feeder) -> RunResul
     result.rounds = rounds(syncs, tap.of(TOPICS.commands), tap.of(TOPICS.reports))
     result.dead_letters = [r.value for r in tap.of(DEAD_LETTERS)] + list(tap.dead_letters)
     result.undecodable = list(tap.undecodable)
+    return result
+
+
+def read_logs(result: RunResult, logs: Path) -> None:
+    """What the jobs' logs say: scores, swaps (and whether each took), records, failures."""
+    inference = (logs / "inference.out").read_text(errors="replace")
+    result.scores = [
+        {"timestamp": int(m[1]), "runtime_mcc": _number(m[2]), "batch_mcc": _number(m[3])}
+        for m in GLOBAL_REPORT.finditer(inference)
+    ]
+    result.swaps = []
+    path = None
+    for line in inference.splitlines():
+        if scheduled := SCHEDULED.search(line):
+            path = scheduled[1]
+        elif swap := SWAP.search(line):
+            result.swaps.append({"timestamp": int(swap[1]), "model_path": path, "ok": False})
+        elif SWAPPED in line and result.swaps:
+            result.swaps[-1]["ok"] = True
+    counts = [int(m[1]) for m in HEARTBEAT.finditer(inference)]
+    result.engine_records = max(counts, default=0)
+    lines = inference.splitlines()
+    result.task_failures = [  # each failure: the Task's line, then its exception's
+        lines[i + 1].strip()[:200] for i, line in enumerate(lines[:-1])
+        if "to FAILED with failure cause:" in line
+    ]  # fmt: skip
+    result.errors = []
     for name in ("factory", "inference"):
         text = (logs / f"{name}.out").read_text(errors="replace")
         result.errors += [f"{name}: {line.strip()[:300]}" for line in text.splitlines()
                           if ERROR_LINE.search(line)][:50]  # fmt: skip
-    return result
 
 
 def rounds(syncs: Sequence[Record], commands: Sequence[Record],
@@ -431,7 +451,7 @@ def table(results: Sequence[RunResult], prepared: Prepared) -> str:
     header = (
         "| run | wall | fed / scored by the engine | score windows | mean MCC "
         "| MCC before / after t₁ | instructions | rounds R/O (aborted) | commands "
-        "| model swaps | pause → play (mean / max) | feeder held |"
+        "| model swaps (failed) | pause → play (mean / max) | feeder held |"
     )
     lines = [header, "|" + "---|" * 12]
     for r in results:
@@ -448,7 +468,8 @@ def table(results: Sequence[RunResult], prepared: Prepared) -> str:
             f"| {r.mode}{state} | {r.wall_s:.0f} s | {r.fed} / {r.engine_records} "
             f"| {len(r.scores)} | {_mean(mccs)} | {_mean(before)} / {_mean(after)} "
             f"| {len(r.instructions)} | {kinds.count('RETRAIN')}/{kinds.count('OPTIMIZE')} "
-            f"({aborted}) | {len(r.commands)} | {len(r.swaps)} | "
+            f"({aborted}) | {len(r.commands)} "
+            f"| {sum(w['ok'] for w in r.swaps)} ({sum(not w['ok'] for w in r.swaps)}) | "
             + (f"{statistics.fmean(paused):.1f} s / {max(paused):.1f} s" if paused else "-")
             + f" | {r.held_s:.0f} s |"
         )
@@ -499,12 +520,17 @@ Reading the figures: MCC is the batch MCC of the engine's hourly `GLOBAL_REPORT`
 false negative is not reported). The engine resets its statistics at each swap.
 "fed / scored" counts the records sent to `maritime_input` and the engine's own
 count (its heartbeat, every 10 records): records it read while paused are dropped.
-"Pause → play" is from our `pause` to our `play` on `enginesync`, broker time (the
+"Pause → play" is from the controller's `pause` to its `play` on `enginesync`, broker time (the
 topics use `LogAppendTime`); "feeder held" is the wall time the feeder waited for
 a round (see the module docstring of `tests/seed/loop.py`). A round is "aborted"
 when no report of it carried a model (the controller played the model the engine
 had). Their engine swaps models on a `model_reports` record carrying
-`model_path` (`train` and `opt_finalise` reports), at its next record."""
+`model_path` (`train` and `opt_finalise` reports), at its next record; a swap
+"failed" when the engine's task died in it (`NoSuchElementException` in
+`SPSTInterface.getSdfaStateFor`: their engine carries the running automaton's
+state into a model that has no state of that number). Flink restarts the task
+from its checkpoint and the swap is tried again at another record; after 3
+failures in 5 minutes the job fails, and the run ends there ("job failed")."""
 
 
 def _when(timestamp: int) -> datetime:
@@ -528,7 +554,9 @@ def write_results(results: Sequence[RunResult], prepared: Prepared, options: Opt
     )  # fmt: skip
     checks = "\n".join(
         f"* {r.mode}: {len(r.dead_letters)} dead letters, {len(r.undecodable)} undecodable, "
-        f"{len(r.errors)} error lines in the jobs' logs"
+        f"{len(r.task_failures)} task failures of the inference job"
+        + (f" ({', '.join(sorted(set(r.task_failures)))})" if r.task_failures else "")
+        + f", {len(r.errors)} error lines in the jobs' logs"
         + "".join(f"\n  * `{line[:160]}`" for line in r.errors[:5])
         for r in results
     )
@@ -612,6 +640,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"build {prepared.build_seconds} s")  # fmt: skip
             if args.report_only:
                 results = [load_result(args.work / mode / "result.json") for mode in args.runs]
+                for result in results:  # what is read from the logs, read again
+                    read_logs(result, args.work / result.mode / "logs")
             else:
                 results = [run(prepared, args.work, mode, options) for mode in args.runs]
         except KeyboardInterrupt:

@@ -210,6 +210,8 @@ SPLITS_ASSIGNED = "Adding split(s) to reader"
 #: Log lines of a job that failed for good: the factory has no restart strategy, the
 #: inference job gives up after 3 failures in 5 minutes.
 JOB_FAILED = re.compile(r"switched from state \w+ to FAILED|Job execution failed")
+#: The exception that failed a task (the innermost one Flink logs).
+CAUSE = re.compile(r"^(?:Caused by: )?((?:[a-z]\w*\.)+\w*(?:Exception|Error): .*)$", re.MULTILINE)
 
 
 class SeedServicesError(StackError):
@@ -580,8 +582,11 @@ class SeedServices:
         """Raise, with its log tail, if a job's JVM has exited or its job has failed."""
         self.stack.check_alive()
         for service in self.stack.services:
-            if JOB_FAILED.search(service.log_text()):
-                raise SeedServicesError(f"{service.name}: its job failed:\n{_tail(service)}")
+            text = service.log_text()
+            if JOB_FAILED.search(text):
+                causes = CAUSE.findall(text)
+                cause = f" ({causes[-1].strip()[:200]})" if causes else ""
+                raise SeedServicesError(f"{service.name}: its job failed{cause}:\n{_tail(service)}")
 
     def close(self) -> None:
         """Stop both JVMs by pid (SIGINT, then SIGTERM, then SIGKILL)."""

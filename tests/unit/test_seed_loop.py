@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -78,3 +79,32 @@ def test_a_seed_topic_value_is_a_json_object() -> None:
 def test_any_other_seed_topic_value_is_undecodable(data: bytes, reason: str) -> None:
     with pytest.raises(ValueError, match=reason):
         loop.json_value("t", data)
+
+
+def test_the_logs_give_each_swap_and_whether_it_took_and_why_the_task_failed(
+    tmp_path: Path,
+) -> None:
+    lines = [
+        f"{ENGINE}Key=1 Scheduling model swap to /opt/flink/data/saved_models/m3.spst at T=10",
+        f"{ENGINE}Key=1 Sync reached (10 >= 10). Swapping.",
+        f"{ENGINE}Swapping running engines to new model...",
+        f"{ENGINE}Engine swapped successfully.",
+        f"{ENGINE}Engine Heartbeat: Key=1 count=40 lastTS=20",
+        f"{ENGINE}Key=1 Scheduling model swap to /opt/flink/data/saved_models/m7.spst at T=30",
+        f"{ENGINE}Key=1 Sync reached (31 >= 30). Swapping.",
+        "... switched from RUNNING to FAILED with failure cause:",
+        "java.util.NoSuchElementException: key not found: 113",
+        "Caused by: java.util.NoSuchElementException: key not found: 113",
+    ]
+    (tmp_path / "inference.out").write_text("\n".join(lines) + "\n")
+    (tmp_path / "factory.out").write_text("")
+    result = loop.RunResult("ours", 1.0)
+
+    loop.read_logs(result, tmp_path)
+
+    assert result.swaps == [
+        {"timestamp": 10, "model_path": "/opt/flink/data/saved_models/m3.spst", "ok": True},
+        {"timestamp": 31, "model_path": "/opt/flink/data/saved_models/m7.spst", "ok": False},
+    ]
+    assert result.engine_records == 40
+    assert result.task_failures == ["java.util.NoSuchElementException: key not found: 113"]
