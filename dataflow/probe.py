@@ -6,12 +6,16 @@ for the other members of its cluster or when its worker is stuck, so an HTTP
 probe cannot see a stuck dataflow. What can: with recovery on, every worker
 records its progress in its recovery partition at the end of every epoch
 (every ``BYTEWAX_SNAPSHOT_INTERVAL`` seconds, idle or not). So the process is
-alive while its partition files (``part-<k>.sqlite3`` and its ``-wal``) keep
-being written; this pod's partition is ``<k>`` = its StatefulSet ordinal with
-several processes, every partition in the directory with one.
+alive while the partition files in its recovery directory (``part-<k>.sqlite3``
+and their ``-wal``) keep being written. With one volume per pod those are the
+partitions this pod holds: its own at first, any number after the process count
+changed (``python -m dataflow.recovery rebalance``), each written by the process
+that holds it.
 
-Without a recovery directory it falls back to ``GET /metrics`` on the Dataflow
-API port. Standard library only, and cheap: it runs every few seconds.
+Without a recovery directory, or on a pod that holds no partition (added beyond
+the partition count), it falls back to ``GET /metrics`` on the Dataflow API port:
+such a pod's stall shows in the other pods' probes, since a Bytewax cluster
+advances together. Standard library only, and cheap: it runs every few seconds.
 
 Command line: ``python -m dataflow.probe [--max-age SECONDS]`` (exit 0: alive;
 1: stale or unanswered, with the reason on stderr).
@@ -33,13 +37,9 @@ MISSED_SNAPSHOTS = 3
 MIN_MAX_AGE_S = 30.0
 
 
-def partition_files(directory: Path, env: Mapping[str, str]) -> list[Path]:
-    """This process's recovery files: partition <ordinal> with several processes, else all."""
-    replicas = int(env.get("BYTEWAX_REPLICAS", "1") or 1)
-    pod = env.get("BYTEWAX_POD_NAME", "")
-    ordinal = pod.rsplit("-", 1)[-1] if "-" in pod else ""
-    pattern = f"part-{ordinal}.sqlite3*" if replicas > 1 and ordinal.isdigit() else "part-*"
-    return sorted(directory.glob(pattern))
+def partition_files(directory: Path) -> list[Path]:
+    """The recovery partitions this process holds: every one in its directory."""
+    return sorted(directory.glob("part-*.sqlite3*"))
 
 
 def default_max_age(env: Mapping[str, str]) -> float:
@@ -53,17 +53,16 @@ def check(env: Mapping[str, str], max_age: float | None = None, now: float | Non
     directory = env.get("BYTEWAX_RECOVERY_DIRECTORY", "")
     if not directory:
         return _check_http(env)
-    files = partition_files(Path(directory), env)
+    files = partition_files(Path(directory))
     if not files:
-        return f"no recovery partition of this process in {directory}"
+        return _check_http(env)  # a pod beyond the partition count holds none
     limit = default_max_age(env) if max_age is None else max_age
     newest = max(f.stat().st_mtime for f in files)
     age = (time.time() if now is None else now) - newest
     if age > limit:
         return (
-            f"no progress for {age:.0f}s (limit {limit:.0f}s): the recovery partition "
-            f"{files[0].name} is not being written; the dataflow is stuck or its cluster "
-            "has not formed"
+            f"no progress for {age:.0f}s (limit {limit:.0f}s): no recovery partition in "
+            f"{directory} is being written; the dataflow is stuck or its cluster has not formed"
         )
     return ""
 

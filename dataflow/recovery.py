@@ -29,10 +29,12 @@ Command line::
 from __future__ import annotations
 
 import argparse
+import filecmp
 import json
 import os
 import re
 import shutil
+import sqlite3
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -42,9 +44,10 @@ from typing import Any
 
 from bytewax.recovery import init_db_dir
 
-#: Left in every volume ``rebalance`` touched: partitions are no longer created there.
+#: Left in a directory whose partitions were created: none is ever created there again.
+CREATED_MARKER = ".partitions-created"
+#: Left in every volume ``rebalance`` was given: partitions are never created there.
 MOVED_MARKER = ".partitions-moved"
-_COMPANIONS = ("", "-wal", "-shm")
 _PART = re.compile(r"part-(0|[1-9][0-9]*)\.sqlite3")
 
 
@@ -60,33 +63,35 @@ def partition_files(directory: Path) -> list[Path]:
 def ensure(
     directory: Path, partitions: int, only: list[int] | None = None, *, pod: int | None = None
 ) -> list[str]:
-    """Make sure partitions ``0..partitions-1`` (or just ``only`` of them) exist.
+    """Create the partitions of a new recovery directory: ``0..partitions-1``, or ``only``.
 
-    ``pod`` serves per-pod volumes: pod *k* of a StatefulSet creates partition *k*
-    on its own volume, unless *k* is at or beyond the partition count (a pod added
-    later holds none) or ``rebalance`` has touched the volume (its partitions moved;
-    creating one would shadow the real one with an empty copy). Returns the names
+    Only a directory never initialised gets any: one that holds a partition or a
+    marker (``CREATED_MARKER``, written here; ``MOVED_MARKER``, by ``rebalance``) is
+    left as it is, so a partition that is missing or was moved away is never
+    re-created empty (Bytewax would resume without that state, silently, or hold
+    two diverging copies); Bytewax then refuses to resume, naming it. ``pod``
+    serves per-pod volumes: pod *k* of a StatefulSet gets partition *k*, none if
+    *k* is at or beyond the partition count (a pod added later). Returns the names
     it created.
     """
     if partitions < 1:
         raise ValueError("a recovery directory needs at least one partition")
-    directory.mkdir(parents=True, exist_ok=True)
     if pod is not None:
-        if pod >= partitions or (directory / MOVED_MARKER).exists():
-            return []
-        only = [pod]
-    indices = range(partitions) if only is None else only
+        only = [pod] if pod < partitions else []
+    indices = list(range(partitions) if only is None else only)
     if any(not 0 <= i < partitions for i in indices):
-        raise ValueError(f"partition indices {list(indices)} must be below {partitions}")
-    wanted = [f"part-{i}.sqlite3" for i in indices]
-    missing = [name for name in wanted if not (directory / name).exists()]
-    if not missing:
+        raise ValueError(f"partition indices {indices} must be below {partitions}")
+    directory.mkdir(parents=True, exist_ok=True)
+    marked = any((directory / m).exists() for m in (CREATED_MARKER, MOVED_MARKER))
+    if marked or partition_files(directory):
         return []
+    created = [f"part-{i}.sqlite3" for i in indices]
     with tempfile.TemporaryDirectory(dir=directory, prefix=".init-") as scratch:
         init_db_dir(Path(scratch), partitions)  # type: ignore[no-untyped-call]
-        for name in missing:
+        for name in created:
             shutil.move(str(Path(scratch) / name), str(directory / name))
-    return missing
+    _write_marker(directory, CREATED_MARKER, f"created {created or 'no partition'}")
+    return created
 
 
 @dataclass(frozen=True)
@@ -103,18 +108,22 @@ def plan_rebalance(volumes: Sequence[Path], partitions: int, processes: int) -> 
 
     ``volumes`` are the directories of every pod, old and new (at least
     ``processes`` of them, in pod order). A partition found on two volumes is
-    refused unless the copies are identical (a move interrupted after its copy).
+    refused unless the copies are identical (a move interrupted after its copy);
+    so is a ``-wal``/``-shm`` file without its database.
     """
     if partitions < 1 or processes < 1:
         raise RebalanceError("partitions and processes must be at least 1")
     if len(volumes) < processes:
         raise RebalanceError(f"{processes} processes need {processes} volumes, got {len(volumes)}")
     found: dict[int, list[Path]] = {}
+    problems = []
     for volume in volumes:
         for path in partition_files(volume) if volume.is_dir() else []:
             index = int(path.name[len("part-") : -len(".sqlite3")])
             found.setdefault(index, []).append(volume)
-    problems = []
+        for companion in sorted(volume.glob("part-*.sqlite3-*")) if volume.is_dir() else []:
+            if not (volume / companion.name.rsplit("-", 1)[0]).exists():
+                problems.append(f"{companion} has no database beside it: remove it")
     beyond = sorted(i for i in found if i >= partitions)
     if beyond:
         problems.append(f"partitions {beyond} are beyond the count {partitions}")
@@ -139,26 +148,66 @@ def plan_rebalance(volumes: Sequence[Path], partitions: int, processes: int) -> 
 def rebalance(volumes: Sequence[Path], partitions: int, processes: int) -> list[Move]:
     """Move every partition to ``volumes[p % processes]`` (every process stopped).
 
-    Each move copies the files under a temporary name, renames them into place,
-    then deletes the source: an interrupted rebalance leaves at worst identical
-    copies, which running it again resolves. Returns the moves made.
+    First each partition's write-ahead log is checkpointed into its database
+    (refused while a process still has it open), so a partition is one file.
+    Then every volume given is marked (``MOVED_MARKER``: no partition is ever
+    created on it), and each move copies the file under a temporary name, syncs
+    it, renames it into place and only then deletes the source: an interrupted
+    rebalance leaves at worst identical copies, which running it again resolves.
+    Returns the moves made.
     """
+    for volume in volumes:
+        for path in partition_files(volume) if volume.is_dir() else []:
+            _checkpoint(path)
     moves = plan_rebalance(volumes, partitions, processes)
-    for volume in volumes[:processes]:
-        volume.mkdir(parents=True, exist_ok=True)
+    for volume in volumes:
+        if volume.is_dir() or volume in volumes[:processes]:
+            volume.mkdir(parents=True, exist_ok=True)
+            _write_marker(volume, MOVED_MARKER, "partitions were moved by dataflow.recovery")
     for move in moves:
         name = f"part-{move.partition}.sqlite3"
-        for suffix in _COMPANIONS:
-            source, target = move.source / f"{name}{suffix}", move.target / f"{name}{suffix}"
-            if source.exists() and not (suffix == "" and target.exists()):
-                partial = move.target / f".{name}{suffix}.moving"
-                shutil.copy2(source, partial)
-                os.replace(partial, target)
-        for suffix in _COMPANIONS:
-            (move.source / f"{name}{suffix}").unlink(missing_ok=True)
-    for volume in {move.source for move in moves} | {move.target for move in moves}:
-        (volume / MOVED_MARKER).write_text("partitions were moved by dataflow.recovery\n")
+        source, target = move.source / name, move.target / name
+        if not target.exists():
+            partial = move.target / f".{name}.moving"
+            shutil.copyfile(source, partial)
+            _sync(partial)
+            os.replace(partial, target)
+            _sync(move.target)
+        source.unlink()
+        _sync(move.source)
     return moves
+
+
+def _checkpoint(path: Path) -> None:
+    """Fold ``path``'s write-ahead log into it; refuse if a process has it open."""
+    try:
+        connection = sqlite3.connect(path, timeout=1.0)
+        try:
+            busy, _, _ = connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        finally:
+            connection.close()
+    except sqlite3.Error as error:
+        raise RebalanceError(f"{path}: {error} (is a controller still running on it?)") from error
+    leftovers = [c for c in (Path(f"{path}-wal"), Path(f"{path}-shm")) if c.exists()]
+    if busy or leftovers:
+        raise RebalanceError(f"{path} is in use: stop every pod of the dataflow first")
+
+
+def _sync(path: Path) -> None:
+    """Flush a file or a directory to disk, so a move survives a crash of the node."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _write_marker(directory: Path, name: str, text: str) -> None:
+    marker = directory / name
+    if not marker.exists():
+        marker.write_text(text + "\n")
+        _sync(marker)
+        _sync(directory)
 
 
 def rebalance_job(
@@ -202,8 +251,7 @@ def rebalance_job(
 
 
 def _identical(paths: Sequence[Path]) -> bool:
-    first = paths[0].read_bytes()
-    return all(path.read_bytes() == first for path in paths[1:])
+    return all(filecmp.cmp(paths[0], path, shallow=False) for path in paths[1:])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -107,6 +107,9 @@ class _PacedPartition(StatefulSourcePartition[Any, Any]):
 
 #: librdkafka properties only a consumer understands: any other client warns (CONFWARN).
 CONSUMER_ONLY: Final = frozenset({"auto.offset.reset", "fetch.message.max.bytes"})
+#: Not given to the partition lister: nothing polls it, so its log lines would be lost;
+#: without a logger librdkafka writes them to stderr itself.
+_NOT_FOR_LISTER: Final = CONSUMER_ONLY | {"logger"}
 
 
 class PacedKafkaSource(KafkaSource):
@@ -123,7 +126,7 @@ class PacedKafkaSource(KafkaSource):
         ``CONFWARN`` line for each one a non-consumer ignores, on every start.
         """
         config: dict[str, str | int | float | bool] = {"bootstrap.servers": ",".join(self._brokers)}
-        config.update((k, v) for k, v in self._add_config.items() if k not in CONSUMER_ONLY)
+        config.update((k, v) for k, v in self._add_config.items() if k not in _NOT_FOR_LISTER)
         return config
 
     @override

@@ -20,8 +20,9 @@ A *session* (one per key) turns each Observer instruction into a conversation:
 Instructions are *admitted* into a FIFO queue and executed one at a time, in the
 instruction topic's order: a round starts when the one before it has played.
 A factory error report, or a ``Tick`` past the outstanding command's deadline,
-resends the command up to ``max_retries`` times, then aborts the round; an
-aborted round plays the engine with the model it had. So every round that
+resends the command up to ``max_retries`` times, then aborts the round; a
+refused ``opt_initialise`` aborts it at once. An aborted round plays the engine
+with the model it had. So every round that
 pauses the engine ends with exactly one play.
 
 Phases INITIALIZING (after ``opt_initialise``) and OPTIMIZING (between a step's
@@ -48,9 +49,11 @@ sequence; the commands are a function of (I, R) alone because every row is:
   command has not been sent yet (a replay delivered the report before the
   instruction whose round sends it), the report is *held* in the state and
   fed in as soon as the command is sent (``_settle``). Once sent, a report is
-  either the answer to the outstanding command or a duplicate or stale one,
-  whatever the merge order. So command ``c`` sees exactly R's reports for ``c``,
-  in R's order, and what it sends next depends on nothing else. (Also outside
+  either the answer to the outstanding command, a refusal of the round's
+  ``opt_initialise`` (read before the first step's report, as the factory sent
+  it), or a duplicate or stale one, whatever the merge order. So command ``c``
+  sees exactly R's reports for ``c``, in R's order, and what it sends next
+  depends on nothing else. (Also outside
   the guarantee: a hold that is full, ``max_held``, 1,024 reports; a replay
   holds at most the reports read since the last snapshot.)
 * **Tick rows.** Only a silent factory makes a deadline pass; a resend carries the

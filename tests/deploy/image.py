@@ -158,24 +158,37 @@ class Pod:
     """The image's pod, running; ``stop`` sends SIGTERM as the kubelet does."""
 
     def __init__(self, env: Mapping[str, str], volume: Path, log: Path) -> None:
-        self.container = buildah("from", "--pull-never", IMAGE).strip()
-        self.root = buildah("mount", self.container).strip()
-        volume.mkdir(parents=True, exist_ok=True)
-        os.chown(volume, UID, UID)
-        image_path = "/opt/venv/bin:/usr/local/bin:/usr/bin:/bin"
-        variables = [f"{k}={v}" for k, v in {"PATH": image_path, **env}.items()]
         self.log = log
-        with log.open("ab") as out:
-            self.process = subprocess.Popen(
-                ["unshare", "--mount", "--pid", "--fork", "--kill-child", "sh", "-c",
-                 POD_SCRIPT, "pod", self.root, str(volume), *variables],
-                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )  # fmt: skip
+        self.process: subprocess.Popen[bytes] | None = None
+        self.container = buildah("from", "--pull-never", IMAGE).strip()
+        try:
+            self.root = buildah("mount", self.container).strip()
+            volume.mkdir(parents=True, exist_ok=True)
+            os.chown(volume, UID, UID)
+            image_path = "/opt/venv/bin:/usr/local/bin:/usr/bin:/bin"
+            variables = [f"{k}={v}" for k, v in {"PATH": image_path, **env}.items()]
+            with log.open("ab") as out:
+                self.process = subprocess.Popen(
+                    ["unshare", "--mount", "--pid", "--fork", "--kill-child", "sh", "-c",
+                     POD_SCRIPT, "pod", self.root, str(volume), *variables],
+                    stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                    start_new_session=True,
+                )  # fmt: skip
+        except BaseException:
+            self.close()
+            raise
 
-    def stop(self, grace: float = 30.0) -> float:
-        """SIGTERM (the namespace's PID 1 is the controller); seconds until it exited."""
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self, grace: float = 30.0) -> tuple[float, int | None]:
+        """Send SIGTERM (the namespace's PID 1 is the controller); seconds and exit status.
+
+        The status is -9 when it had to be killed.
+        """
         began = time.monotonic()
+        if self.process is None:
+            return 0.0, None
         if self.process.poll() is None:
             os.killpg(self.process.pid, 15)
             try:
@@ -183,12 +196,15 @@ class Pod:
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, 9)
                 self.process.wait(30)
-        return time.monotonic() - began
+                return time.monotonic() - began, -9
+        return time.monotonic() - began, self.process.returncode
 
     def close(self) -> None:
-        self.stop()
-        buildah("umount", self.container, check=False)
-        buildah("rm", self.container, check=False)
+        try:
+            self.stop()
+        finally:
+            buildah("umount", self.container, check=False)
+            buildah("rm", self.container, check=False)
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")

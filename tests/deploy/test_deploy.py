@@ -182,7 +182,7 @@ def test_the_recovery_entrypoint_is_idempotent_and_keeps_each_pods_partition(
 ) -> None:
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}",
            "BYTEWAX_RECOVERY_DIRECTORY": str(tmp_path), "BYTEWAX_RECOVERY_PARTITIONS": "3",
-           "BYTEWAX_POD_NAME": "rtcef-controller-2"}  # fmt: skip
+           "BYTEWAX_REPLICAS": "3", "BYTEWAX_POD_NAME": "rtcef-controller-2"}  # fmt: skip
     script = K8S / "image" / "entrypoint-recovery.sh"
 
     first = subprocess.run(["sh", script], env=env, cwd=ROOT, capture_output=True, text=True,
@@ -191,7 +191,7 @@ def test_the_recovery_entrypoint_is_idempotent_and_keeps_each_pods_partition(
     second = subprocess.run(["sh", script], env=env, cwd=ROOT, capture_output=True, text=True,
                             check=True)  # fmt: skip
 
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["part-2.sqlite3"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".partitions-created", "part-2.sqlite3"]
     assert (tmp_path / "part-2.sqlite3").read_bytes() == before
     assert _snapshot_rows(tmp_path / "part-2.sqlite3") == [(2, 3)]
     assert "created part-2.sqlite3" in first.stderr
@@ -326,18 +326,23 @@ def test_the_entrypoint_takes_the_statefulset_name_from_the_pods_own_name(
     assert out.strip() == expected
 
 
+@pytest.mark.parametrize(
+    ("partitions", "replicas", "pod"),
+    [("3", "4", "rtcef-controller-3"), ("1", "2", "rtcef-controller-1")],
+    ids=["3 partitions, pod 3 of 4", "the base's 1 partition, pod 1 of 2"],
+)
 def test_a_pod_added_beyond_the_partition_count_starts_with_no_partition(
-    tmp_path: Path,
+    tmp_path: Path, partitions: str, replicas: str, pod: str
 ) -> None:
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}",
-           "BYTEWAX_RECOVERY_DIRECTORY": str(tmp_path), "BYTEWAX_RECOVERY_PARTITIONS": "3",
-           "BYTEWAX_POD_NAME": "rtcef-controller-3"}  # fmt: skip
+           "BYTEWAX_RECOVERY_DIRECTORY": str(tmp_path), "BYTEWAX_RECOVERY_PARTITIONS": partitions,
+           "BYTEWAX_REPLICAS": replicas, "BYTEWAX_POD_NAME": pod}  # fmt: skip
 
     done = subprocess.run(["sh", K8S / "image" / "entrypoint-recovery.sh"], env=env, cwd=ROOT,
                           capture_output=True, text=True, check=False)  # fmt: skip
 
     assert done.returncode == 0, done.stderr
-    assert list(tmp_path.iterdir()) == []
+    assert not list(tmp_path.glob("part-*"))
 
 
 def test_the_rebalance_job_mounts_the_statefulsets_claims_and_passes_strict_validation(
@@ -381,4 +386,6 @@ def test_the_recovery_entrypoint_honours_the_helm_charts_partition_count(
     subprocess.run(["sh", K8S / "image" / "entrypoint-recovery.sh"], env=env, cwd=ROOT,
                    capture_output=True, text=True, check=True)  # fmt: skip
 
-    assert sorted(p.name for p in tmp_path.iterdir()) == [f"part-{i}.sqlite3" for i in range(4)]
+    assert sorted(p.name for p in tmp_path.glob("part-*")) == [
+        f"part-{i}.sqlite3" for i in range(4)
+    ]

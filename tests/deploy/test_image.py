@@ -36,7 +36,7 @@ def test_the_image_runs_as_the_statefulsets_pod_answers_an_instruction_and_stops
     try:
         deadline = time.monotonic() + 120
         while "controller starting" not in pod.log_text():
-            assert pod.process.poll() is None, pod.log_text()[-3000:]
+            assert pod.running(), pod.log_text()[-3000:]
             assert time.monotonic() < deadline, pod.log_text()[-3000:]
             time.sleep(0.5)
         instruction = {"id": 0, "timestamp": 1700, "instruction_type": "optimize",
@@ -45,8 +45,8 @@ def test_the_image_runs_as_the_statefulsets_pod_answers_an_instruction_and_stops
         syncs = client.read_messages(kafka_bootstrap, topics["SYNC_TOPIC"], count=1, timeout=90)
         commands = client.read_messages(kafka_bootstrap, topics["COMMAND_TOPIC"], count=2,
                                         timeout=60)  # fmt: skip
-        assert pod.process.poll() is None, pod.log_text()[-3000:]
-        stopped_in = pod.stop()
+        assert pod.running(), pod.log_text()[-3000:]
+        stopped_in, status = pod.stop()
     finally:
         pod.close()
 
@@ -58,6 +58,8 @@ def test_the_image_runs_as_the_statefulsets_pod_answers_an_instruction_and_stops
         ("cmd-0", "opt_initialise", 0, 1700), ("cmd-1", "opt_step", 0, 1700),
     ]  # fmt: skip
     assert stopped_in < 5, pod.log_text()[-2000:]
+    # It stopped on SIGTERM (Python's exit on an interrupt, 130), not killed (-9/137).
+    assert status == 130, (status, pod.log_text()[-2000:])
     partition = volume / "part-0.sqlite3"
     assert partition.stat().st_uid == image.UID
     lines = [line for line in pod.log_text().splitlines() if line.startswith("{")]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -190,14 +191,14 @@ class Cluster:
         addresses = ";".join(f"localhost:{free_port()}" for _ in range(count))
         for pod in range(count):
             recovery.ensure(self.volume(pod), self.partitions, pod=pod)
-            log = (self.workdir / f"pod-{pod}.log").open("ab")
             command = [sys.executable, "-m", "bytewax.run", "dataflow.flow:get_flow()",
                        "-i", str(pod), "-a", addresses, "-r", str(self.volume(pod)),
                        "-s", "1", "-b", "10"]  # fmt: skip
-            self.processes.append(subprocess.Popen(
-                command, cwd=ROOT, env={**os.environ, **self.wiring.env()}, stdout=log,
-                stderr=subprocess.STDOUT, start_new_session=True,
-            ))  # fmt: skip
+            with (self.workdir / f"pod-{pod}.log").open("ab") as log:
+                self.processes.append(subprocess.Popen(
+                    command, cwd=ROOT, env={**os.environ, **self.wiring.env()}, stdout=log,
+                    stderr=subprocess.STDOUT, start_new_session=True,
+                ))  # fmt: skip
 
     def stop(self) -> None:
         """SIGINT every pod together (as a deletion of all pods), then wait; kill stragglers."""
@@ -208,8 +209,10 @@ class Cluster:
             try:
                 process.wait(30)
             except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(30)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+        for process in self.processes:
+            process.wait(60)
         self.processes.clear()
 
     def log_text(self) -> str:

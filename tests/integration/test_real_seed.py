@@ -2,10 +2,12 @@
 
 The PyFlink port's ``ModelFactoryJob`` and ``InferenceJob`` (built by
 ``tests/seed`` from ``../shared/vendor/flink-rtcef``, run in Flink's local
-MiniCluster) get the maritime sample as their JSON lines. Their Observer's
-first OPTIMIZE instruction is handed to the controller, verbatim, once the
-factory has a data set to lock (their Observer writes to a topic the
-controller does not read here, so that exactly one round runs): one OPTIMIZE
+MiniCluster) get the maritime sample as their JSON lines. First an OPTIMIZE
+arrives before the factory has any data set: it refuses ``opt_initialise`` and
+the round must end at once, playing the model the engine had. Then their
+Observer's first OPTIMIZE instruction is handed to the controller, verbatim,
+once the factory has a data set to lock (their Observer writes to a topic the
+controller does not read here, so that only the test's rounds run): an OPTIMIZE
 round with a budget of 2. The factory must answer every command, the
 controller must finalise with the best step and play the model the factory
 made, and the engine must resume and swap to that model's file, then score on
@@ -41,7 +43,7 @@ def test_this_controller_runs_an_optimize_round_of_the_seeds_factory_and_engine_
     tmp_path: Path,
 ) -> None:
     prepared = loop.prepare(tmp_path)
-    options = loop.Options(budget=BUDGET, report_timeout_s=120.0)
+    options = loop.Options(budget=BUDGET, report_timeout_s=120.0, min_gap=0)
     topics = {"INSTRUCTION_TOPIC": INSTRUCTIONS}
     with loop.started(prepared, tmp_path / "run", "ours", options, None, topics) as running:
         tap, logs = running.tap, running.jobs.folder.root / "logs"
@@ -53,6 +55,16 @@ def test_this_controller_runs_an_optimize_round_of_the_seeds_factory_and_engine_
             counts = [int(m[1]) for m in loop.HEARTBEAT.finditer(inference())]
             return max(counts, default=0)
 
+        # Before any data set: their factory refuses opt_initialise, the round ends at once.
+        early = {"id": 0, "timestamp": prepared.data.infer_first_timestamp - 1,
+                 "instruction_type": "optimize", "model_id": "dynamic_v0",
+                 "instruction": "optimize"}  # fmt: skip
+        produce(running.bootstrap, INSTRUCTIONS, [json.dumps(early).encode()])
+
+        def plays() -> int:
+            return sum(r.value.get("type") == "play" for r in tap.of(services.Topics.sync))
+
+        wait_until(lambda: plays() == 1, 120, "the refused round's play", check=running.check)
         sent = services.feed(running.bootstrap, prepared.data.infer, limit=BEFORE)
         assert sent == BEFORE
 
@@ -71,10 +83,7 @@ def test_this_controller_runs_an_optimize_round_of_the_seeds_factory_and_engine_
                            if r.value.get("instruction_type") == "optimize")  # fmt: skip
         produce(running.bootstrap, INSTRUCTIONS, [json.dumps(instruction).encode()])
 
-        def played() -> bool:
-            return any(r.value.get("type") == "play" for r in tap.of(services.Topics.sync))
-
-        wait_until(played, 300, "the round's play", check=running.check)
+        wait_until(lambda: plays() == 2, 300, "the round's play", check=running.check)
         services.feed(running.bootstrap, prepared.data.infer, skip=BEFORE, limit=AFTER)
         swapped = re.compile(r"Engine swapped successfully\.")
         wait_until(lambda: bool(swapped.search(inference())) and scored() >= BEFORE + AFTER - 10,
@@ -87,34 +96,43 @@ def test_this_controller_runs_an_optimize_round_of_the_seeds_factory_and_engine_
         dead = [r.value for r in tap.of(DEAD_LETTERS)] + list(tap.dead_letters)
         engine_log = inference()
 
-    ts = instruction["timestamp"]
-    steps = [r for r in reports if r["reply_id"] in ("cmd-1", "cmd-2")]
+    ts, early_ts = instruction["timestamp"], early["timestamp"]
+    assert reports[:2] == [
+        {"reply_id": "cmd-0", "status": "error", "error": "No dataset available to lock"},
+        {"reply_id": "cmd-1", "status": "error", "error": "No optimization session active"},
+    ]
+    steps = [r for r in reports if r["reply_id"] in ("cmd-3", "cmd-4")]
     assert [r["status"] for r in steps] == ["success", "success"], reports
     scores = [json.loads(r["metrics"])["f_val"] for r in steps]
     best_i = scores.index(min(scores))
     assert [{k: c[k] for k in CHECKED} for c in commands] == [
-        command("cmd-0", "opt_initialise", ts),
-        command("cmd-1", "opt_step", ts),
-        command("cmd-2", "opt_step", ts),
-        command("cmd-3", "opt_finalise", ts, best_i=best_i),
+        command("cmd-0", "opt_initialise", early_ts),
+        command("cmd-1", "opt_step", early_ts),
+        command("cmd-2", "opt_initialise", ts, optimisation_id=1),
+        command("cmd-3", "opt_step", ts, optimisation_id=1),
+        command("cmd-4", "opt_step", ts, optimisation_id=1),
+        command("cmd-5", "opt_finalise", ts, optimisation_id=1, best_i=best_i),
     ]
     assert [json.loads(c["params"])["params"] is None for c in commands] == [
-        True, False, False, True
+        True, False, True, False, False, True
     ]  # fmt: skip
-    final = [r for r in reports if r["reply_id"] == "cmd-3"]
+    final = [r for r in reports if r["reply_id"] == "cmd-5"]
     assert [r["status"] for r in final] == ["success"], reports
     model_id, model_path = final[0]["model_id"], final[0]["model_path"]
     assert json.loads(final[0]["params_dict"]) == json.loads(steps[best_i]["params_dict"])
     assert syncs == [
+        {"type": "pause", "timestamp": early_ts, "model_id": -1},
+        {"type": "play", "timestamp": early_ts, "model_id": -1},  # the model it had
         {"type": "pause", "timestamp": ts, "model_id": -1},
         {"type": "play", "timestamp": ts, "model_id": model_id},
     ]
-    assert dead == []
+    assert [d["dlq-reason"] for d in dead] == ["report 'cmd-1': stale (its round is over)"]
     assert tap.undecodable == []
     # The engine: told to pause, then to play, swapped to the model we named. (No record
     # reached it in between, so it never logs that it paused: it applies the latest sync
     # at its next record, which is our play's.)
     in_order = [
+        "Broadcast: PLAY received - resuming with model_id=-1",
         "Broadcast: PAUSE received",
         f"Broadcast: PLAY received - resuming with model_id={model_id}",
         f"Scheduling model swap to {model_path}",
@@ -130,6 +148,8 @@ def test_this_controller_runs_an_optimize_round_of_the_seeds_factory_and_engine_
     assert "to FAILED" not in engine_log
 
 
-def command(id_: str, type_: str, ts: int, best_i: int = -1) -> dict[str, Any]:
-    return {"id": id_, "train_id": -1, "optimisation_id": 0, "type": type_, "timestamp": ts,
-            "best_i": best_i}  # fmt: skip
+def command(
+    id_: str, type_: str, ts: int, *, optimisation_id: int = 0, best_i: int = -1
+) -> dict[str, Any]:
+    return {"id": id_, "train_id": -1, "optimisation_id": optimisation_id, "type": type_,
+            "timestamp": ts, "best_i": best_i}  # fmt: skip

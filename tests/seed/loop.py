@@ -72,6 +72,8 @@ SWAP = re.compile(r"Sync reached \((\d+) >= \d+\)\. Swapping\.")
 SCHEDULED = re.compile(r"Scheduling model swap to (\S+) at T=(\d+)")
 HEARTBEAT = re.compile(r"Engine Heartbeat: Key=\S+ count=(\d+) lastTS=(\d+)")
 SWAPPED = "Engine swapped successfully."
+#: Score windows averaged by the plot's lines.
+ROLLING = 24
 #: A JVM log line reporting a problem (Flink logs recovered task failures at WARN/INFO).
 ERROR_LINE = re.compile(r"\bERROR\b|Exception\b|switched from \w+ to FAILED")
 
@@ -356,6 +358,16 @@ def run(prepared: Prepared, work: Path, mode: str, options: Options) -> RunResul
     return result
 
 
+def run_or_failure(prepared: Prepared, work: Path, mode: str, options: Options) -> RunResult:
+    """``run``, or a result naming why the run could not start (the other runs go on)."""
+    try:
+        return run(prepared, work, mode, options)
+    except (stack.StackError, OSError) as error:
+        failure = str(error).splitlines()[0]
+        say(f"{mode}: could not run: {failure}")
+        return RunResult(mode, 0.0, settled=False, failure=f"could not run: {failure}")
+
+
 def _result(mode: str, wall_s: float, running: Running, fed: Feeder) -> RunResult:
     tap = running.tap
     result = RunResult(mode, wall_s, fed=fed.sent, held_s=round(fed.held_s, 1))
@@ -463,7 +475,7 @@ def table(results: Sequence[RunResult], prepared: Prepared) -> str:
         paused = [x["paused_s"] for x in r.rounds]
         kinds = [x["kind"] for x in r.rounds]
         aborted = sum(not x["completed"] for x in r.rounds)
-        state = "" if r.settled else f" ({r.failure or 'unfinished'})"
+        state = "" if r.settled else f" ({_failure_text(r)})"
         lines.append(
             f"| {r.mode}{state} | {r.wall_s:.0f} s | {r.fed} / {r.engine_records} "
             f"| {len(r.scores)} | {_mean(mccs)} | {_mean(before)} / {_mean(after)} "
@@ -485,6 +497,12 @@ def table(results: Sequence[RunResult], prepared: Prepared) -> str:
     return "\n".join(lines + notes)
 
 
+def _failure_text(result: RunResult) -> str:
+    if result.failure and "job failed" in result.failure and result.task_failures:
+        return f"their engine's job failed: {result.task_failures[-1]}"
+    return result.failure or "unfinished"
+
+
 def plot(results: Sequence[RunResult], path: Path) -> None:
     """Batch MCC over stream time, one line per run, model swaps marked."""
     import matplotlib
@@ -497,16 +515,21 @@ def plot(results: Sequence[RunResult], path: Path) -> None:
     styles = {"ours": ("C0", "o"), "port": ("C1", "s"), "offline": ("C7", ".")}
     for r in results:
         colour, marker = styles.get(r.mode, ("C3", "x"))
-        points = [(_when(s["timestamp"]), s["batch_mcc"]) for s in r.scores
-                  if s["batch_mcc"] is not None]  # fmt: skip
+        points = sorted((_when(s["timestamp"]), s["batch_mcc"]) for s in r.scores
+                        if s["batch_mcc"] is not None)  # fmt: skip
         if points:
-            axes.plot([t for t, _ in points], [y for _, y in points], color=colour,
-                      marker=marker, markersize=3, lw=0.8, label=r.mode)  # fmt: skip
+            times, values = [t for t, _ in points], [y for _, y in points]
+            axes.scatter(times, values, color=colour, marker=marker, s=6, alpha=0.25)
+            window = ROLLING
+            means = [statistics.fmean(values[max(0, i - window + 1) : i + 1])
+                     for i in range(len(values))]  # fmt: skip
+            axes.plot(times, means, color=colour, lw=1.6,
+                      label=f"{r.mode} (mean of the last {window} windows)")  # fmt: skip
         for swap in r.swaps:
             axes.axvline(_when(swap["timestamp"]), color=colour, alpha=0.35, ls="--")
     axes.xaxis.set_major_formatter(mdates.DateFormatter("%Y-%m-%d"))
     figure.autofmt_xdate()
-    axes.set_ylabel("batch MCC (hourly GLOBAL_REPORT)")
+    axes.set_ylabel("batch MCC (hourly GLOBAL_REPORT; dots: each window)")
     axes.set_title("The seed's services, maritime sample: engine MCC (dashed: model swaps)")
     axes.legend()
     figure.tight_layout()
@@ -517,7 +540,10 @@ def plot(results: Sequence[RunResult], path: Path) -> None:
 READING = """\
 Reading the figures: MCC is the batch MCC of the engine's hourly `GLOBAL_REPORT`
 (the windows their Observer scores; a window with no positive, false positive or
-false negative is not reported). The engine resets its statistics at each swap.
+false negative is not reported), as their job computes it: its formula
+(`Scores.java`) gives values above 1 and a recall of -1 in windows without a
+positive, plotted and averaged as reported. The engine resets its statistics at
+each swap.
 "fed / scored" counts the records sent to `maritime_input` and the engine's own
 count (its heartbeat, every 10 records): records it read while paused are dropped.
 "Pause → play" is from the controller's `pause` to its `play` on `enginesync`, broker time (the
@@ -578,10 +604,11 @@ def write_results(results: Sequence[RunResult], prepared: Prepared, options: Opt
 def keep_traffic(results: Sequence[RunResult], work: Path, out: Path) -> None:
     """Copy each run's recorded topics beside the results."""
     for result in results:
-        target = out / "traffic" / result.mode
+        target, recorded = out / "traffic" / result.mode, work / result.mode / "traffic"
         if target.exists():
             shutil.rmtree(target)
-        shutil.copytree(work / result.mode / "traffic", target)
+        if recorded.exists():
+            shutil.copytree(recorded, target)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -643,7 +670,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for result in results:  # what is read from the logs, read again
                     read_logs(result, args.work / result.mode / "logs")
             else:
-                results = [run(prepared, args.work, mode, options) for mode in args.runs]
+                results = [run_or_failure(prepared, args.work, mode, options)
+                           for mode in args.runs]  # fmt: skip
         except KeyboardInterrupt:
             say("interrupted: every process was stopped")
             return 130

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
+import sqlite3
+import subprocess
+import sys
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -22,22 +27,34 @@ def held(volume: Path) -> list[str]:
     return sorted(p.name for p in volume.iterdir() if not p.name.startswith("."))
 
 
-def test_going_from_three_processes_to_two_moves_the_third_partition_with_its_sqlite_files(
+def crash_after_writing(database: Path) -> None:
+    """Write a row in WAL mode and die without closing: the row is only in the ``-wal``."""
+    script = ("import os, sqlite3, sys; c = sqlite3.connect(sys.argv[1]); "
+              "c.execute('PRAGMA journal_mode=WAL'); c.execute('CREATE TABLE t (x)'); "
+              "c.execute('INSERT INTO t VALUES (42)'); c.commit(); os._exit(0)")  # fmt: skip
+    subprocess.run([sys.executable, "-c", script, str(database)], check=True)
+
+
+def rows(database: Path) -> list[tuple[int]]:
+    with closing(sqlite3.connect(database)) as connection:
+        return connection.execute("SELECT x FROM t").fetchall()
+
+
+def test_going_from_three_processes_to_two_moves_the_third_partition_its_log_folded_in(
     tmp_path: Path,
 ) -> None:
     pods = volumes(tmp_path, 3)
-    (pods[2] / "part-2.sqlite3-wal").write_bytes(b"uncheckpointed pages")
-    content = (pods[2] / "part-2.sqlite3").read_bytes()
+    crash_after_writing(pods[2] / "part-2.sqlite3")
+    assert (pods[2] / "part-2.sqlite3-wal").stat().st_size > 0
 
     moves = recovery.rebalance(pods, partitions=3, processes=2)
 
     assert moves == [Move(2, pods[2], pods[0])]
-    assert held(pods[0]) == ["part-0.sqlite3", "part-2.sqlite3", "part-2.sqlite3-wal"]
+    assert held(pods[0]) == ["part-0.sqlite3", "part-2.sqlite3"]
     assert held(pods[1]) == ["part-1.sqlite3"]
     assert held(pods[2]) == []
-    assert (pods[0] / "part-2.sqlite3").read_bytes() == content
-    assert (pods[0] / "part-2.sqlite3-wal").read_bytes() == b"uncheckpointed pages"
-    assert sorted(p.name for p in tmp_path.glob("pod-*/" + MOVED_MARKER)) == [MOVED_MARKER] * 2
+    assert rows(pods[0] / "part-2.sqlite3") == [(42,)]
+    assert all((pod / MOVED_MARKER).exists() for pod in pods)
 
 
 def test_going_on_to_four_spreads_them_again_and_the_new_pod_holds_none(tmp_path: Path) -> None:
@@ -53,18 +70,18 @@ def test_going_on_to_four_spreads_them_again_and_the_new_pod_holds_none(tmp_path
     ]  # fmt: skip
 
 
-def test_a_balanced_set_moves_nothing(tmp_path: Path) -> None:
+def test_a_balanced_set_moves_nothing_but_marks_every_volume(tmp_path: Path) -> None:
     pods = volumes(tmp_path, 3)
 
     assert recovery.rebalance(pods, partitions=3, processes=3) == []
-    assert not any((pod / MOVED_MARKER).exists() for pod in pods)
+    assert all((pod / MOVED_MARKER).exists() for pod in pods)
 
 
 def test_a_missing_or_conflicting_partition_is_refused_and_nothing_moves(tmp_path: Path) -> None:
     pods = volumes(tmp_path, 3)
     (pods[1] / "part-1.sqlite3").unlink()
-    recovery.ensure(pods[2], 3, only=[0])  # a second, different, partition 0
-    (pods[2] / "part-0.sqlite3").write_bytes(b"another history")
+    shutil.copyfile(pods[0] / "part-0.sqlite3", pods[2] / "part-0.sqlite3")
+    crash_after_writing(pods[2] / "part-0.sqlite3")  # a second copy that went its own way
 
     with pytest.raises(RebalanceError) as refused:
         recovery.rebalance(pods, partitions=3, processes=2)
@@ -76,6 +93,49 @@ def test_a_missing_or_conflicting_partition_is_refused_and_nothing_moves(tmp_pat
     assert [held(pod) for pod in pods] == [
         ["part-0.sqlite3"], [], ["part-0.sqlite3", "part-2.sqlite3"]
     ]  # fmt: skip
+
+
+def test_a_partition_still_open_is_refused_and_nothing_moves(tmp_path: Path) -> None:
+    pods = volumes(tmp_path, 3)
+    crash_after_writing(pods[2] / "part-2.sqlite3")
+    with closing(sqlite3.connect(pods[2] / "part-2.sqlite3")) as running:
+        running.execute("BEGIN")
+        running.execute("SELECT * FROM t").fetchall()  # a reader holding the log
+
+        with pytest.raises(RebalanceError, match=r"part-2\.sqlite3 is in use: stop every pod"):
+            recovery.rebalance(pods, partitions=3, processes=2)
+
+    assert held(pods[2])[0] == "part-2.sqlite3"
+    assert not (pods[0] / "part-2.sqlite3").exists()
+
+
+def test_a_move_interrupted_after_its_copy_is_finished_by_running_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pods = volumes(tmp_path, 3)
+
+    def crash(self: Path, missing_ok: bool = False) -> None:
+        raise OSError("node lost")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(Path, "unlink", crash)
+        with pytest.raises(OSError, match="node lost"):
+            recovery.rebalance(pods, partitions=3, processes=2)
+    assert held(pods[0]) == ["part-0.sqlite3", "part-2.sqlite3"]
+    assert held(pods[2]) == ["part-2.sqlite3"]
+    assert all((pod / MOVED_MARKER).exists() for pod in pods)  # marked before any move
+
+    assert recovery.rebalance(pods, partitions=3, processes=2) == [Move(2, pods[2], pods[0])]
+    assert [held(pod) for pod in pods] == [["part-0.sqlite3", "part-2.sqlite3"],
+                                           ["part-1.sqlite3"], []]  # fmt: skip
+
+
+def test_a_log_without_its_database_is_refused(tmp_path: Path) -> None:
+    pods = volumes(tmp_path, 3)
+    (pods[1] / "part-4.sqlite3-wal").write_bytes(b"left behind")
+
+    with pytest.raises(RebalanceError, match=r"part-4\.sqlite3-wal has no database beside it"):
+        recovery.rebalance(pods, partitions=3, processes=2)
 
 
 def test_identical_copies_left_by_an_interrupted_move_are_resolved(tmp_path: Path) -> None:
@@ -109,6 +169,15 @@ def test_a_pod_beyond_the_partition_count_or_on_a_moved_volume_creates_no_partit
     assert held(tmp_path / "pod-3") == []
     assert held(pods[2]) == []
     assert recovery.ensure(tmp_path / "fresh", 3, pod=1) == ["part-1.sqlite3"]
+
+
+def test_a_directory_once_initialised_never_gets_a_partition_recreated(tmp_path: Path) -> None:
+    assert recovery.ensure(tmp_path, 3) == [f"part-{i}.sqlite3" for i in range(3)]
+    (tmp_path / "part-1.sqlite3").unlink()  # lost: Bytewax must say so, not resume without it
+
+    assert recovery.ensure(tmp_path, 3) == []
+    assert held(tmp_path) == ["part-0.sqlite3", "part-2.sqlite3"]
+    assert (tmp_path / recovery.CREATED_MARKER).exists()
 
 
 def test_the_command_line_dry_run_prints_the_moves_and_moves_nothing(
