@@ -37,6 +37,17 @@ def default_theta(n_dims: int) -> Array:
     return np.zeros(n_dims + 2)
 
 
+def fresh_theta(n_dims: int) -> Array:
+    """Amplitude 1, length scales 1, noise 0.01 (log space): a start that assumes signal.
+
+    From ``default_theta`` (noise as large as the signal) a fit of a few points
+    often settles in a local optimum with short length scales or a flat model.
+    """
+    theta = default_theta(n_dims)
+    theta[-1] = math.log(1e-2)
+    return theta
+
+
 def theta_bounds(n_dims: int) -> list[tuple[float, float]]:
     """L-BFGS-B bounds for ``[log amplitude, log length scales..., log noise]``."""
     return [AMPLITUDE_BOUNDS, *([LENGTH_BOUNDS] * n_dims), NOISE_BOUNDS]

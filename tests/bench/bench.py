@@ -608,9 +608,10 @@ def bench_idle_cpu(bootstrap: str, quick: bool) -> Rows:
 
 
 def bench_optimiser(quick: bool) -> Rows:
+    from scipy.stats import wilcoxon
     from skopt import gp_minimize
 
-    seeds = 5 if quick else 20
+    seeds = 5 if quick else 50
     rows: Rows = []
     cases: list[tuple[str, str, Callable[[o.Profile], Callable[[o.Params], float]]]] = [
         ("seed", "bowl", SYNTHETIC["bowl"]),
@@ -660,7 +661,12 @@ def bench_optimiser(quick: bool) -> Rows:
             best = min(objective(x) for x in space.rvs(profile.budget, random_state=rng))
             results["random"][0].append((time.perf_counter() - began) / profile.budget)
             results["random"][1].append(best)
+        ours = results["ours"][1]
         for method, (times, bests) in results.items():
+            # Paired by seed: one-sided Wilcoxon signed-rank, "ours scores lower than this".
+            p_value = "-"
+            if method != "ours" and any(a != b for a, b in zip(ours, bests, strict=True)):
+                p_value = f"{wilcoxon(ours, bests, alternative='less').pvalue:.3f}"
             rows.append(
                 (
                     profile_name,
@@ -668,6 +674,7 @@ def bench_optimiser(quick: bool) -> Rows:
                     method,
                     f"{statistics.median(times) * 1e3:.1f}",
                     f"{statistics.median(bests):.4f}",
+                    p_value,
                     str(seeds),
                 )
             )
@@ -743,8 +750,8 @@ def main(argv: list[str] | None = None) -> int:
                    bench_state(args.quick)))  # fmt: skip
     if "optimiser" in wanted:
         emit(table("3. Optimiser: time per step and median best f_val after one round's budget",
-                   ("profile", "surface", "method", "ms per step", "median best f_val", "seeds"),
-                   bench_optimiser(args.quick)))  # fmt: skip
+                   ("profile", "surface", "method", "ms per step", "median best f_val",
+                    "p (ours lower, paired)", "seeds"), bench_optimiser(args.quick)))  # fmt: skip
     if not wanted & {"latency", "throughput", "recovery", "hops"}:
         return _save(parts, args.no_save or bool(args.only))
     with broker() as bootstrap:
