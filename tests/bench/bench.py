@@ -62,6 +62,8 @@ from tests.kafka import client
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+#: The optimiser section's regret curves, written whenever the section runs.
+REGRET_PLOT = RESULTS.with_name("optimiser-regret.png")
 RECORDINGS = Path(os.environ.get("RTCEF_SHARED_DIR", ROOT.parent / "shared")) / (
     "data/rtcef-recordings/cards"
 )
@@ -613,6 +615,7 @@ def bench_optimiser(quick: bool) -> Rows:
 
     seeds = 5 if quick else 50
     rows: Rows = []
+    curves: dict[str, dict[str, list[list[float]]]] = {}
     cases: list[tuple[str, str, Callable[[o.Profile], Callable[[o.Params], float]]]] = [
         ("seed", "bowl", SYNTHETIC["bowl"]),
         ("seed", "rastrigin", SYNTHETIC["rastrigin"]),
@@ -630,11 +633,14 @@ def bench_optimiser(quick: bool) -> Rows:
             "skopt": ([], []),
             "random": ([], []),
         }
+        #: Each method's scores in evaluation order, per seed (for the regret curves).
+        traces: dict[str, list[list[float]]] = {method: [] for method in results}
         for seed in range(seeds):
             began = time.perf_counter()
             snapshot = o.run_optimization(surface, profile, key=f"bench-{seed}")
             results["ours"][0].append((time.perf_counter() - began) / profile.budget)
             results["ours"][1].append(min(ob.y for ob in snapshot.observations))
+            traces["ours"].append([ob.y for ob in snapshot.observations])
 
             def objective(
                 x: list[Any],
@@ -655,12 +661,15 @@ def bench_optimiser(quick: bool) -> Rows:
                 )
             results["skopt"][0].append((time.perf_counter() - began) / profile.budget)
             results["skopt"][1].append(float(result.fun))
+            traces["skopt"].append([float(v) for v in result.func_vals])
 
             rng = np.random.RandomState(seed)
             began = time.perf_counter()
-            best = min(objective(x) for x in space.rvs(profile.budget, random_state=rng))
+            scores = [objective(x) for x in space.rvs(profile.budget, random_state=rng)]
             results["random"][0].append((time.perf_counter() - began) / profile.budget)
-            results["random"][1].append(best)
+            results["random"][1].append(min(scores))
+            traces["random"].append(scores)
+        curves[f"{profile_name} / {surface_name}"] = traces
         ours = results["ours"][1]
         for method, (times, bests) in results.items():
             # Paired by seed: one-sided Wilcoxon signed-rank, "ours scores lower than this".
@@ -678,7 +687,38 @@ def bench_optimiser(quick: bool) -> Rows:
                     str(seeds),
                 )
             )
+    plot_regret(curves, REGRET_PLOT)
     return rows
+
+
+def plot_regret(curves: dict[str, dict[str, list[list[float]]]], path: Path) -> None:
+    """Median simple regret after each evaluation, one panel per surface, one line per method.
+
+    Regret is the best score so far minus the best score any method found on that
+    surface in any seed (the surfaces' optima on the discrete axes are not known
+    in closed form); the y axis is logarithmic.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, panels = plt.subplots(1, len(curves), figsize=(3.2 * len(curves), 3.4), squeeze=False)
+    for axes, (surface, traces) in zip(panels[0], curves.items(), strict=True):
+        floor = min(min(scores) for runs in traces.values() for scores in runs)
+        for method, runs in traces.items():
+            best_so_far = np.minimum.accumulate(np.array(runs), axis=1) - floor
+            median = np.median(best_so_far, axis=0)
+            steps = np.arange(1, median.size + 1)
+            axes.plot(steps, np.maximum(median, 1e-6), label=method)
+        axes.set_yscale("log")
+        axes.set_title(surface, fontsize=9)
+        axes.set_xlabel("evaluation")
+    panels[0][0].set_ylabel("median simple regret")
+    panels[0][0].legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
 
 
 # --------------------------------------------------------------------------- report
