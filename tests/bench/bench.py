@@ -62,7 +62,7 @@ from tests.kafka import client
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
-#: The optimiser section's regret curves, written whenever the section runs.
+#: The optimiser section's regret curves, written when the section runs (not with --no-save).
 REGRET_PLOT = RESULTS.with_name("optimiser-regret.png")
 RECORDINGS = Path(os.environ.get("RTCEF_SHARED_DIR", ROOT.parent / "shared")) / (
     "data/rtcef-recordings/cards"
@@ -609,7 +609,7 @@ def bench_idle_cpu(bootstrap: str, quick: bool) -> Rows:
 # --------------------------------------------------------------------------- optimiser quality
 
 
-def bench_optimiser(quick: bool) -> Rows:
+def bench_optimiser(quick: bool, plot: bool = True) -> Rows:
     from scipy.stats import wilcoxon
     from skopt import gp_minimize
 
@@ -687,7 +687,8 @@ def bench_optimiser(quick: bool) -> Rows:
                     str(seeds),
                 )
             )
-    plot_regret(curves, REGRET_PLOT)
+    if plot:
+        plot_regret(curves, REGRET_PLOT)
     return rows
 
 
@@ -791,7 +792,8 @@ def main(argv: list[str] | None = None) -> int:
     if "optimiser" in wanted:
         emit(table("3. Optimiser: time per step and median best f_val after one round's budget",
                    ("profile", "surface", "method", "ms per step", "median best f_val",
-                    "p (ours lower, paired)", "seeds"), bench_optimiser(args.quick)))  # fmt: skip
+                    "p (ours lower, paired)", "seeds"),
+                   bench_optimiser(args.quick, plot=not args.no_save)))  # fmt: skip
     if not wanted & {"latency", "throughput", "recovery", "hops"}:
         return _save(parts, args.no_save or bool(args.only))
     with broker() as bootstrap:
