@@ -3,8 +3,8 @@
 Role: start-up and operations plumbing. ``python -m bytewax.recovery DIR N``
 panics when run twice on the same directory, so every entry point (``just run``,
 the container's ``entrypoint-recovery.sh``) calls ``ensure`` instead: it creates
-only the partitions that are missing and leaves existing ones (and their state)
-alone. The partition count is fixed forever once a directory is in use.
+partitions only in a directory never initialised and leaves any other (and its
+state) alone. The partition count is fixed forever once a directory is in use.
 
 Changing the process count. Bytewax resumes when every partition ``0..N-1`` is
 in the recovery directory of some process (a process may hold several, or
@@ -12,11 +12,11 @@ none). With one volume per pod, pod *k* starts with partition *k*; a new pod
 (ordinal at or beyond the partition count) holds none and resumes as it is, but
 the partitions on the volumes of pods that go away must be moved first.
 ``rebalance`` does that, with every process stopped: given the volumes of the
-old and new pods (as directories), it puts partition *p* on volume
-``p % processes`` (with its SQLite ``-wal``/``-shm`` files), refusing when a
-partition is missing or held twice with different contents. It marks each
-volume it touched, and ``ensure(..., pod=k)`` never creates a partition on a
-marked volume, so a moved partition is never re-created empty where it was.
+old and new pods (as directories), it folds each partition's write-ahead log
+into it and puts partition *p* on volume ``p % processes``, refusing when a
+partition is missing, still open, or held twice with different contents. It
+marks every volume it was given, and ``ensure`` never creates a partition in a
+marked directory, so a moved partition is never re-created empty where it was.
 
 Command line::
 
@@ -96,7 +96,7 @@ def ensure(
 
 @dataclass(frozen=True)
 class Move:
-    """One partition's files going from one volume to another."""
+    """One partition's file going from one volume to another."""
 
     partition: int
     source: Path
