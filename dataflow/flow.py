@@ -13,7 +13,8 @@ Shape::
 
 Step ids are a persisted schema (Bytewax recovery keys them as
 ``<flow>.<step>``): renaming the stateful step drops every session, renaming an
-input re-reads its topic from the start. ``STEP_IDS`` is frozen by a test.
+input re-reads its topic from the start. They are named in ``dataflow.adapters.recovery``
+(``FLOW_ID``, ``*_STEP``) and frozen by ``test_the_persisted_step_ids_are_frozen``.
 """
 
 from __future__ import annotations
@@ -35,11 +36,9 @@ from bytewax.dataflow import Dataflow, Stream
 from bytewax.inputs import Source
 from bytewax.outputs import Sink
 
-from dataflow import observability
-from dataflow.config import Settings, SettingsError, Topics
-from dataflow.domain import machine
-from dataflow.domain import messages as msg
-from dataflow.kafka import (
+from dataflow.adapters import observability
+from dataflow.adapters.config import Settings, SettingsError, Topics
+from dataflow.adapters.kafka import (
     MESSAGE_ID_HEADER,
     SESSION_HEADER,
     OutMessage,
@@ -49,17 +48,20 @@ from dataflow.kafka import (
     preflight,
     source_config,
 )
-from dataflow.sources import PacedKafkaSource, TickSource
-from dataflow.wire import Codec
+from dataflow.adapters.recovery import (
+    FLOW_ID,
+    INSTRUCTIONS_STEP,
+    REPORTS_STEP,
+    SESSION_STEP,
+    TICKS_STEP,
+)
+from dataflow.adapters.sources import PacedKafkaSource, TickSource
+from dataflow.adapters.wire import Codec
+from dataflow.domain import machine
+from dataflow.domain import messages as msg
 
 log = logging.getLogger(__name__)
 
-# Persisted names: never rename (see the module docstring).
-FLOW_ID: Final = "rtcef_controller"
-INSTRUCTIONS_STEP: Final = "instructions"
-REPORTS_STEP: Final = "reports"
-TICKS_STEP: Final = "ticks"
-SESSION_STEP: Final = "session"
 
 RawInput: TypeAlias = KafkaSourceMessage[bytes | None, bytes | None] | KafkaError[Any, Any]
 

@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, Message
 from confluent_kafka.cimpl import TopicPartition
 
-from dataflow.config import TOPIC_DEFAULTS
+from dataflow.adapters.config import TOPIC_DEFAULTS
+from dataflow.adapters.kafka import MESSAGE_ID_HEADER
+from dataflow.adapters.wire import Codec
 from dataflow.domain import messages as msg
-from dataflow.kafka import MESSAGE_ID_HEADER
 from dataflow.sim.runner import add_wire_arguments
-from dataflow.wire import Codec
 
 
 @dataclass

@@ -18,11 +18,11 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dataflow.adapters.wire import Codec, Encoding
 from dataflow.domain import messages as msg
 from dataflow.domain.optimizer import PROFILES, Profile
 from dataflow.sim.runner import add_wire_arguments, serve
 from dataflow.sim.surfaces import SYNTHETIC, Surface, recorded
-from dataflow.wire import Codec, Encoding
 
 #: A report as it goes on the wire: its key (``None``: unkeyed) and value.
 Reply = tuple[bytes | None, bytes]

@@ -16,10 +16,10 @@ import time
 
 from confluent_kafka import Producer
 
-from dataflow.config import TOPIC_DEFAULTS
+from dataflow.adapters.config import TOPIC_DEFAULTS
+from dataflow.adapters.wire import Codec
 from dataflow.domain import messages as msg
 from dataflow.sim.runner import add_wire_arguments
-from dataflow.wire import Codec
 
 KINDS = {
     "optimize": msg.InstructionKind.OPTIMIZE,

@@ -15,8 +15,8 @@ from collections.abc import Callable, Iterable
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, Producer
 from confluent_kafka.cimpl import TopicPartition
 
+from dataflow.adapters.wire import ENCODINGS
 from dataflow.domain.messages import DIALECTS
-from dataflow.wire import ENCODINGS
 
 Handler = Callable[[bytes, list[tuple[str, bytes]]], Iterable[tuple[str, bytes | None, bytes]]]
 

@@ -8,7 +8,7 @@
 # BYTEWAX_RECOVERY_PARTS, then BYTEWAX_REPLICAS, else 1), none if k is at or
 # beyond that count (a pod added later). One process: every partition. Only a
 # volume never initialised gets any: one holding a partition or a marker (of its
-# creation, or of `python -m dataflow.recovery rebalance`) is left as it is.
+# creation, or of `python -m dataflow.tools.recovery rebalance`) is left as it is.
 set -eu
 directory="${BYTEWAX_RECOVERY_DIRECTORY:-${BYTEWAX_SQLITE_DIRECTORY:?set BYTEWAX_RECOVERY_DIRECTORY}}"
 partitions="${BYTEWAX_RECOVERY_PARTITIONS:-${BYTEWAX_RECOVERY_PARTS:-${BYTEWAX_REPLICAS:-1}}}"
@@ -17,7 +17,7 @@ ordinal="${pod##*-}"
 if [ "${BYTEWAX_REPLICAS:-1}" -gt 1 ] && [ -n "$pod" ]; then
     case "$ordinal" in
         ''|*[!0-9]*) ;;
-        *) exec python -m dataflow.recovery "$directory" "$partitions" --pod "$ordinal" ;;
+        *) exec python -m dataflow.tools.recovery "$directory" "$partitions" --pod "$ordinal" ;;
     esac
 fi
-exec python -m dataflow.recovery "$directory" "$partitions"
+exec python -m dataflow.tools.recovery "$directory" "$partitions"

@@ -51,7 +51,7 @@ from typing import Any
 import msgspec
 import numpy as np
 
-from dataflow import recovery
+from dataflow.adapters import recovery
 from dataflow.domain import machine as m
 from dataflow.domain import messages as msg
 from dataflow.domain import optimizer as o

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dataflow.config import VARIABLES, Settings
+from dataflow.adapters.config import VARIABLES, Settings
 from tests.kafka import client
 from tests.kafka.broker import free_port
 from tests.support import ROOT
@@ -105,7 +105,9 @@ def test_every_probe_asks_whether_the_dataflow_progresses_not_only_whether_http_
     (controller,) = statefulset(render(overlay))["spec"]["template"]["spec"]["containers"]
 
     for kind in ("startupProbe", "livenessProbe", "readinessProbe"):
-        assert controller[kind]["exec"] == {"command": ["python", "-m", "dataflow.probe"]}, kind
+        assert controller[kind]["exec"] == {"command": ["python", "-m", "dataflow.tools.probe"]}, (
+            kind
+        )
 
 
 @pytest.mark.parametrize(
@@ -238,7 +240,7 @@ def test_the_entrypoint_starts_the_flow_with_the_manifest_variables(
         (pause,) = client.read_messages(kafka_bootstrap, topics["SYNC_TOPIC"], count=1, timeout=60)
         time.sleep(6)  # past the manifests' 5 s snapshot interval: the partition was written
         probe = subprocess.run(
-            [sys.executable, "-m", "dataflow.probe", "--max-age", "6"], cwd=ROOT,
+            [sys.executable, "-m", "dataflow.tools.probe", "--max-age", "6"], cwd=ROOT,
             env={"BYTEWAX_RECOVERY_DIRECTORY": str(tmp_path), "BYTEWAX_REPLICAS": "1"},
             capture_output=True, text=True, check=False,
         )  # fmt: skip
@@ -351,7 +353,7 @@ def test_the_rebalance_job_mounts_the_statefulsets_claims_and_passes_strict_vali
     sts = statefulset(render("multi-process"))
     claim = sts["spec"]["volumeClaimTemplates"][0]["metadata"]["name"]
     out = subprocess.run(
-        [sys.executable, "-m", "dataflow.recovery", "rebalance-job", "--volumes", "3",
+        [sys.executable, "-m", "dataflow.tools.recovery", "rebalance-job", "--volumes", "3",
          "--processes", "2", "--partitions", "3", "--image", "registry.example/rtcef:1.2",
          "--statefulset", sts["metadata"]["name"], "--namespace", "prod"],
         capture_output=True, text=True, check=True, cwd=ROOT,
@@ -368,7 +370,7 @@ def test_the_rebalance_job_mounts_the_statefulsets_claims_and_passes_strict_vali
         f"{claim}-rtcef-controller-{k}" for k in range(3)
     ]
     assert container["command"] == [
-        "python", "-m", "dataflow.recovery", "rebalance", "--partitions", "3", "--processes",
+        "python", "-m", "dataflow.tools.recovery", "rebalance", "--partitions", "3", "--processes",
         "2", "/volumes/0", "/volumes/1", "/volumes/2",
     ]  # fmt: skip
     assert [m["mountPath"] for m in container["volumeMounts"]] == container["command"][-3:]

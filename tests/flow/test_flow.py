@@ -12,11 +12,11 @@ from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
 from bytewax.visualize import to_json
 from confluent_kafka import KafkaError as ConfluentKafkaError
 
-from dataflow import recovery
-from dataflow.config import Settings
+from dataflow.adapters import recovery
+from dataflow.adapters.config import Settings
+from dataflow.adapters.kafka import OutMessage
 from dataflow.domain import machine
 from dataflow.flow import FlowIO, build_flow
-from dataflow.kafka import OutMessage
 
 ENV = {"KAFKA_BOOTSTRAP_SERVERS": "unused:9092", "REPORT_TIMEOUT_S": "1", "MAX_RETRIES": "1"}
 

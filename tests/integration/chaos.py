@@ -30,7 +30,7 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 
-from dataflow import inspection
+from dataflow.tools import inspection
 from tests.integration.harness import Controller, Wiring
 from tests.kafka import broker as harness
 from tests.kafka import client

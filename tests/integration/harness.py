@@ -18,13 +18,13 @@ from typing import Any
 
 from confluent_kafka import Message
 
-from dataflow import recovery
+from dataflow.adapters import recovery
+from dataflow.adapters.wire import Codec
 from dataflow.domain import messages as msg
 from dataflow.domain.optimizer import PROFILES, Profile
 from dataflow.sim.factory import Behaviour, FactorySimulator
 from dataflow.sim.runner import serve
 from dataflow.sim.surfaces import bowl
-from dataflow.wire import Codec
 from tests.kafka import client
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -9,9 +9,9 @@ import threading
 import fastavro
 import pytest
 
+from dataflow.adapters.wire import Codec
 from dataflow.domain import messages as msg
 from dataflow.sim.runner import serve
-from dataflow.wire import Codec
 from tests.support import RECORDINGS, SCHEMAS, jsonl, loads
 from tests.unit.test_wire import original
 

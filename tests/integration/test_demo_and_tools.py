@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from dataflow import inspection
 from dataflow.domain import messages as msg
+from dataflow.tools import inspection
 from tests.integration.harness import ROOT, factory
 from tests.kafka import client
 
@@ -26,7 +26,7 @@ def test_the_demo_runs_both_rounds_and_writes_its_summary_trace_and_plot(
 ) -> None:
     env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap}
     run = subprocess.run(
-        [sys.executable, "-m", "dataflow.demo", "--budget", "6", "--output", str(tmp_path)],
+        [sys.executable, "-m", "dataflow.tools.demo", "--budget", "6", "--output", str(tmp_path)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
 
@@ -102,8 +102,8 @@ def test_the_inspector_shows_a_session_caught_mid_round(wiring_factory, controll
         controller.kill()
         release.set()
 
-    out = subprocess.run([sys.executable, "-m", "dataflow.inspection", str(controller.recovery)],
-                         cwd=ROOT, capture_output=True, text=True, check=True).stdout  # fmt: skip
+    command = [sys.executable, "-m", "dataflow.tools.inspection", str(controller.recovery)]
+    out = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True).stdout
     assert "session 'controller'" in out
     assert "phase        WAITING_FOR_REPORT" in out
     assert "step         2/5" in out

@@ -11,9 +11,7 @@ import time
 
 import pytest
 
-from dataflow.domain import messages as msg
-from dataflow.domain.messages import Instruction, InstructionKind
-from dataflow.kafka import (
+from dataflow.adapters.kafka import (
     DLQ_REASON,
     DLQ_SOURCE_OFFSET,
     DLQ_SOURCE_PARTITION,
@@ -21,6 +19,8 @@ from dataflow.kafka import (
     DLQ_STAGE,
     MESSAGE_ID_HEADER,
 )
+from dataflow.domain import messages as msg
+from dataflow.domain.messages import Instruction, InstructionKind
 from dataflow.sim.factory import Behaviour
 from tests.integration.harness import ROOT, factory
 from tests.kafka import client

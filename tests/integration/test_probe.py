@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import pytest
 
-from dataflow import probe
+from dataflow.tools import probe
 from tests.integration.harness import Controller, Wiring
 
 pytestmark = pytest.mark.integration

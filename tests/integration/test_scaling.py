@@ -7,10 +7,10 @@ from collections import defaultdict
 
 import pytest
 
-from dataflow import recovery
+from dataflow.adapters import recovery
+from dataflow.adapters.kafka import SESSION_HEADER
 from dataflow.domain import messages as msg
 from dataflow.domain.messages import Instruction, InstructionKind
-from dataflow.kafka import SESSION_HEADER
 from tests.integration.harness import Cluster, factory
 
 pytestmark = pytest.mark.integration

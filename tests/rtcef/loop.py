@@ -99,7 +99,7 @@ def prepare(work: Path, *, limit: int | None = None) -> Prepared:
 
 
 def _warm_start_file(path: Path) -> None:
-    from dataflow import warmstart
+    from dataflow.tools import warmstart
 
     if warmstart.main([str(OFFLINE_PICKLE), "-o", str(path)]) != 0:
         raise stack.StackError(f"could not convert {OFFLINE_PICKLE}")

@@ -257,7 +257,7 @@ class Stack:
 
         Snapshots every 5 s, the store keeping 30 s of them; ``env`` is its settings.
         """
-        from dataflow import recovery as recovery_store
+        from dataflow.adapters import recovery as recovery_store
 
         recovery = self.run_dir / f"{name}-recovery"
         recovery_store.ensure(recovery, 1)

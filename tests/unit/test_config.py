@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from dataflow.config import VARIABLES, Secret, Settings, SettingsError, Topics
+from dataflow.adapters.config import VARIABLES, Secret, Settings, SettingsError, Topics
 from dataflow.domain import optimizer
 from tests.support import RECORDINGS, ROOT
 

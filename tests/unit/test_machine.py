@@ -675,7 +675,7 @@ def test_a_version_1_state_is_migrated_its_pending_instruction_heading_the_queue
 
 
 def test_the_version_1_recovery_fixture_unpickles_and_migrates() -> None:
-    from dataflow.inspection import sessions
+    from dataflow.tools.inspection import sessions
 
     (view,) = sessions(Path(__file__).resolve().parents[1] / "data" / "recovery-v1")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from dataflow import probe
+from dataflow.tools import probe
 
 NOW = 1_800_000_000.0
 

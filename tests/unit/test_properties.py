@@ -10,6 +10,7 @@ import msgspec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from dataflow.adapters.wire import Codec
 from dataflow.domain import machine as m
 from dataflow.domain import optimizer
 from dataflow.domain.errors import DomainError
@@ -21,7 +22,6 @@ from dataflow.domain.messages import (
     decode_report,
     encode_command,
 )
-from dataflow.wire import Codec
 from tests.support import seed_config
 
 KEY = m.DEFAULT_KEY

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from dataflow import recovery
-from dataflow.recovery import MOVED_MARKER, Move, RebalanceError
+from dataflow.adapters import recovery
+from dataflow.adapters.recovery import MOVED_MARKER, Move, RebalanceError
+from dataflow.tools import recovery as recovery_tool
 
 
 def volumes(root: Path, count: int) -> list[Path]:
@@ -185,7 +186,7 @@ def test_the_command_line_dry_run_prints_the_moves_and_moves_nothing(
 ) -> None:
     pods = volumes(tmp_path, 3)
 
-    code = recovery.main(["rebalance", "--partitions", "3", "--processes", "2", "--dry-run",
+    code = recovery_tool.main(["rebalance", "--partitions", "3", "--processes", "2", "--dry-run",
                           *map(str, pods)])  # fmt: skip
 
     assert code == 0

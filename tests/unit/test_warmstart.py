@@ -9,9 +9,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from dataflow import warmstart
 from dataflow.domain import optimizer as o
 from dataflow.domain.errors import ConfigError
+from dataflow.tools import warmstart
 from tests.support import SHARED
 
 RTCEF = o.PROFILES["rtcef"]

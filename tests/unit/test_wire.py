@@ -9,8 +9,8 @@ import fastavro
 import msgspec
 import pytest
 
+from dataflow.adapters.wire import Codec, avro_read
 from dataflow.domain import messages as msg
-from dataflow.wire import Codec, avro_read
 from tests.support import SCHEMAS, jsonl, loads, recorded_runs
 
 AVRO = Codec("rtcef", "avro")

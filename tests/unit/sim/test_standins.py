@@ -6,12 +6,12 @@ import json
 
 import pytest
 
+from dataflow.adapters.wire import Codec
 from dataflow.domain import messages as msg
 from dataflow.domain.optimizer import PROFILES
 from dataflow.sim.engine import EngineSimulator
 from dataflow.sim.factory import Behaviour, FactorySimulator
 from dataflow.sim.surfaces import SYNTHETIC, bowl, recorded
-from dataflow.wire import Codec
 from tests.support import RECORDINGS, jsonl, loads, recorded_runs
 
 RTCEF = PROFILES["rtcef"]

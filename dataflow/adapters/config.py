@@ -22,10 +22,10 @@ from typing import Any, Final
 
 import msgspec
 
+from dataflow.adapters.wire import ENCODINGS, Codec, Encoding
 from dataflow.domain import machine, optimizer
 from dataflow.domain.errors import ConfigError
 from dataflow.domain.messages import DEFAULT_MAX_MESSAGE_BYTES, DIALECTS, Dialect, Params
-from dataflow.wire import ENCODINGS, Codec, Encoding
 
 
 class SettingsError(ValueError):

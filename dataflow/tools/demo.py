@@ -28,19 +28,19 @@ import msgspec
 from confluent_kafka import Consumer, KafkaError, Producer
 from confluent_kafka.cimpl import TopicPartition
 
-from dataflow import recovery
-from dataflow.config import TOPIC_DEFAULTS
+from dataflow.adapters import recovery
+from dataflow.adapters.config import TOPIC_DEFAULTS
+from dataflow.adapters.wire import ENCODINGS, Codec
 from dataflow.domain import messages as msg
 from dataflow.domain.optimizer import PROFILES
 from dataflow.sim.engine import EngineSimulator
 from dataflow.sim.factory import Behaviour, FactorySimulator
 from dataflow.sim.runner import serve
 from dataflow.sim.surfaces import SYNTHETIC
-from dataflow.wire import ENCODINGS, Codec
 
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m dataflow.demo", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m dataflow.tools.demo", description=__doc__)
     parser.add_argument("--dialect", choices=msg.DIALECTS, default="seed")
     parser.add_argument(
         "--encoding",

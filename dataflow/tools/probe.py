@@ -9,7 +9,7 @@ records its progress in its recovery partition at the end of every epoch
 alive while the partition files in its recovery directory (``part-<k>.sqlite3``
 and their ``-wal``) keep being written. With one volume per pod those are the
 partitions this pod holds: its own at first, any number after the process count
-changed (``python -m dataflow.recovery rebalance``), each written by the process
+changed (``python -m dataflow.tools.recovery rebalance``), each written by the process
 that holds it.
 
 Without a recovery directory, or on a pod that holds no partition (added beyond
@@ -17,7 +17,7 @@ the partition count), it falls back to ``GET /metrics`` on the Dataflow API port
 such a pod's stall shows in the other pods' probes, since a Bytewax cluster
 advances together. Standard library only, and cheap: it runs every few seconds.
 
-Command line: ``python -m dataflow.probe [--max-age SECONDS]`` (exit 0: alive;
+Command line: ``python -m dataflow.tools.probe [--max-age SECONDS]`` (exit 0: alive;
 1: stale or unanswered, with the reason on stderr).
 """
 
@@ -78,7 +78,7 @@ def _check_http(env: Mapping[str, str]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Exit 0 when the dataflow is alive, 1 (saying why) when it is not."""
-    parser = argparse.ArgumentParser(prog="python -m dataflow.probe", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m dataflow.tools.probe", description=__doc__)
     parser.add_argument(
         "--max-age", type=float, help="seconds without a recovery write that count as stuck"
     )

@@ -7,7 +7,7 @@ phase, round, step, best score, pending instruction and outstanding command.
 The snapshots are pickles written by Bytewax: load only a recovery directory
 your own controller wrote.
 
-Command line: ``python -m dataflow.inspection RECOVERY_DIR [--json]``.
+Command line: ``python -m dataflow.tools.inspection RECOVERY_DIR [--json]``.
 """
 
 from __future__ import annotations
@@ -21,11 +21,8 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from dataflow.adapters.recovery import session_snapshots
 from dataflow.domain.machine import Session, upgrade
-from dataflow.flow import FLOW_ID, SESSION_STEP
-
-#: Bytewax's internal step id for the state of ``op.stateful_map(SESSION_STEP, ...)``.
-SESSION_STATE_STEP = f"{FLOW_ID}.{SESSION_STEP}.stateful_flat_map.stateful.stateful_batch"
 
 
 @dataclass(frozen=True)
@@ -49,26 +46,10 @@ class SessionView:
 
 def sessions(directory: Path) -> Iterator[SessionView]:
     """The newest snapshot of every live session in ``directory``'s partitions."""
-    parts = sorted(directory.glob("part-*.sqlite3"))
-    if not parts:
-        raise FileNotFoundError(f"no recovery partitions (part-*.sqlite3) in {directory}")
-    for part in parts:
-        connection = sqlite3.connect(f"file:{part}?mode=ro", uri=True)
-        try:
-            rows = connection.execute(
-                "SELECT state_key, snap_epoch, ser_change FROM snaps AS s WHERE step_id = ?"
-                " AND snap_epoch = (SELECT MAX(snap_epoch) FROM snaps"
-                " WHERE step_id = s.step_id AND state_key = s.state_key) ORDER BY state_key",
-                (SESSION_STATE_STEP,),
-            ).fetchall()
-        finally:
-            connection.close()
-        for key, epoch, blob in rows:
-            if blob is None:
-                continue  # discarded state
-            state = pickle.loads(blob)  # noqa: S301 - our own recovery store, see the docstring
-            if isinstance(state, Session):
-                yield view(key, epoch, state)
+    for key, epoch, blob in session_snapshots(directory):
+        state = pickle.loads(blob)  # noqa: S301 - our own recovery store, see the docstring
+        if isinstance(state, Session):
+            yield view(key, epoch, state)
 
 
 def view(key: str, epoch: int, state: Session) -> SessionView:
@@ -105,7 +86,7 @@ def view(key: str, epoch: int, state: Session) -> SessionView:
 def main(argv: list[str] | None = None) -> int:
     """Print every session of a recovery directory."""
     parser = argparse.ArgumentParser(
-        prog="python -m dataflow.inspection",
+        prog="python -m dataflow.tools.inspection",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

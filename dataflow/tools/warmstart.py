@@ -14,7 +14,7 @@ scikit-optimize (and its scikit-learn and SciPy) installed where this runs.
 
 Command line::
 
-    python -m dataflow.warmstart RESULT.pkl [-o warm-start.json] [--profile rtcef]
+    python -m dataflow.tools.warmstart RESULT.pkl [-o warm-start.json] [--profile rtcef]
 """
 
 from __future__ import annotations
@@ -115,7 +115,7 @@ def _plain(value: Any) -> float | int | None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: convert, check against a profile, write; exit 2 on any problem."""
     parser = argparse.ArgumentParser(
-        prog="python -m dataflow.warmstart",
+        prog="python -m dataflow.tools.warmstart",
         description="Convert a scikit-optimize OptimizeResult pickle into WARM_START_FILE JSON. "
         "Unpickling runs code: convert only files you trust.",
     )

@@ -18,31 +18,30 @@ partition is missing, still open, or held twice with different contents. It
 marks every volume it was given, and ``ensure`` never creates a partition in a
 marked directory, so a moved partition is never re-created empty where it was.
 
-Command line::
-
-    python -m dataflow.recovery DIR N [--only K ... | --pod K]
-    python -m dataflow.recovery rebalance --partitions N --processes P DIR0 DIR1 ...
-    python -m dataflow.recovery rebalance-job --volumes M --processes P --partitions N
-        --image IMAGE [--statefulset NAME] [--namespace NS]   # | kubectl apply -f -
+The command line is ``dataflow.tools.recovery``.
 """
 
 from __future__ import annotations
 
-import argparse
 import filecmp
-import json
 import os
 import re
 import shutil
 import sqlite3
-import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Final
 
-from bytewax.recovery import init_db_dir
+#: Persisted names: Bytewax's recovery store keys state and input offsets by
+#: ``<flow id>.<step id>``. Renaming the session step drops every session;
+#: renaming an input re-reads its topic from the start. Frozen by a test.
+FLOW_ID: Final = "rtcef_controller"
+INSTRUCTIONS_STEP: Final = "instructions"
+REPORTS_STEP: Final = "reports"
+TICKS_STEP: Final = "ticks"
+SESSION_STEP: Final = "session"
 
 #: Left in a directory whose partitions were created: none is ever created there again.
 CREATED_MARKER = ".partitions-created"
@@ -58,6 +57,35 @@ class RebalanceError(ValueError):
 def partition_files(directory: Path) -> list[Path]:
     """The recovery partitions present in ``directory``."""
     return sorted(path for path in directory.glob("part-*.sqlite3") if _PART.fullmatch(path.name))
+
+
+def session_snapshots(directory: Path) -> Iterator[tuple[str, int, bytes]]:
+    """``(key, epoch, pickled state)`` of every live session, newest snapshot, read-only.
+
+    The session step's state lives under a step id that Bytewax derives from
+    ``<FLOW_ID>.<SESSION_STEP>`` (its operators nest inner steps below it), so it is
+    found by that prefix rather than by Bytewax's internal suffix.
+    """
+    parts = partition_files(directory)
+    if not parts:
+        raise FileNotFoundError(f"no recovery partitions (part-*.sqlite3) in {directory}")
+    prefix = f"{FLOW_ID}.{SESSION_STEP}."
+    for part in parts:
+        connection = sqlite3.connect(f"file:{part}?mode=ro", uri=True)
+        try:
+            steps = [step for (step,) in connection.execute("SELECT DISTINCT step_id FROM snaps")
+                     if step.startswith(prefix)]  # fmt: skip
+            rows = [row for step in steps for row in connection.execute(
+                "SELECT state_key, snap_epoch, ser_change FROM snaps AS s WHERE step_id = ?"
+                " AND snap_epoch = (SELECT MAX(snap_epoch) FROM snaps"
+                " WHERE step_id = s.step_id AND state_key = s.state_key) ORDER BY state_key",
+                (step,),
+            )]  # fmt: skip
+        finally:
+            connection.close()
+        for key, epoch, blob in rows:
+            if blob is not None:  # None: a discarded state
+                yield key, epoch, blob
 
 
 def ensure(
@@ -87,6 +115,8 @@ def ensure(
         return []
     created = [f"part-{i}.sqlite3" for i in indices]
     with tempfile.TemporaryDirectory(dir=directory, prefix=".init-") as scratch:
+        from bytewax.recovery import init_db_dir  # only here: readers need no Bytewax
+
         init_db_dir(Path(scratch), partitions)  # type: ignore[no-untyped-call]
         for name in created:
             shutil.move(str(Path(scratch) / name), str(directory / name))
@@ -163,7 +193,9 @@ def rebalance(volumes: Sequence[Path], partitions: int, processes: int) -> list[
     for volume in volumes:
         if volume.is_dir() or volume in volumes[:processes]:
             volume.mkdir(parents=True, exist_ok=True)
-            _write_marker(volume, MOVED_MARKER, "partitions were moved by dataflow.recovery")
+            _write_marker(
+                volume, MOVED_MARKER, "partitions were moved by dataflow.tools.recovery rebalance"
+            )
     for move in moves:
         name = f"part-{move.partition}.sqlite3"
         source, target = move.source / name, move.target / name
@@ -210,138 +242,5 @@ def _write_marker(directory: Path, name: str, text: str) -> None:
         _sync(directory)
 
 
-def rebalance_job(
-    statefulset: str, volumes: int, processes: int, partitions: int, image: str,
-    namespace: str | None = None,
-) -> dict[str, Any]:  # fmt: skip
-    """A Kubernetes Job running ``rebalance`` over the StatefulSet's recovery volumes.
-
-    It mounts the claims ``recovery-<statefulset>-0 .. volumes-1`` (the
-    ``volumeClaimTemplates`` name ``recovery``) at ``/volumes/<k>``; run it with the
-    StatefulSet at 0 replicas. It runs as the pods do (uid 65532, read-only root).
-    ``ReadWriteOnce`` claims must be attachable to one node together (one zone).
-    """
-    if volumes < processes:
-        raise RebalanceError(f"{processes} processes need {processes} volumes, got {volumes}")
-    labels = {"app.kubernetes.io/name": "rtcef-controller"}
-    metadata: dict[str, Any] = {"name": f"{statefulset}-rebalance", "labels": labels}
-    if namespace:
-        metadata["namespace"] = namespace
-    mounts = [f"/volumes/{k}" for k in range(volumes)]
-    command = ["python", "-m", "dataflow.recovery", "rebalance", "--partitions",
-               str(partitions), "--processes", str(processes), *mounts]  # fmt: skip
-    container = {
-        "name": "rebalance", "image": image, "command": command,
-        "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
-                            "capabilities": {"drop": ["ALL"]}},
-        "volumeMounts": [{"name": f"volume-{k}", "mountPath": mount}
-                         for k, mount in enumerate(mounts)],
-    }  # fmt: skip
-    pod_spec = {
-        "restartPolicy": "Never", "automountServiceAccountToken": False,
-        "securityContext": {"runAsNonRoot": True, "runAsUser": 65532, "runAsGroup": 65532,
-                            "fsGroup": 65532, "seccompProfile": {"type": "RuntimeDefault"}},
-        "containers": [container],
-        "volumes": [{"name": f"volume-{k}",
-                     "persistentVolumeClaim": {"claimName": f"recovery-{statefulset}-{k}"}}
-                    for k in range(volumes)],
-    }  # fmt: skip
-    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": metadata,
-            "spec": {"backoffLimit": 0, "template": {"spec": pod_spec}}}  # fmt: skip
-
-
 def _identical(paths: Sequence[Path]) -> bool:
     return all(filecmp.cmp(paths[0], path, shallow=False) for path in paths[1:])
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point: ``DIR N [--only K | --pod K]`` or ``rebalance ...``."""
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["rebalance"]:
-        return _rebalance_main(argv[1:])
-    if argv[:1] == ["rebalance-job"]:
-        return _rebalance_job_main(argv[1:])
-    parser = argparse.ArgumentParser(
-        prog="python -m dataflow.recovery",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("directory", type=Path)
-    parser.add_argument("partitions", type=int, help="total partition count (fixed forever)")
-    which = parser.add_mutually_exclusive_group()
-    which.add_argument(
-        "--only",
-        type=int,
-        action="append",
-        default=None,
-        help="create only this partition index (repeatable)",
-    )
-    which.add_argument(
-        "--pod", type=int, help="this pod's ordinal: per-pod volumes (see the module docstring)"
-    )
-    args = parser.parse_args(argv)  # fmt: skip
-    created = ensure(args.directory, args.partitions, args.only, pod=args.pod)
-    state = f"created {', '.join(created)}" if created else "nothing to create"
-    print(f"recovery: {args.directory}: {state}", file=sys.stderr)
-    return 0
-
-
-def _rebalance_main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m dataflow.recovery rebalance",
-        description="Move recovery partitions so that P processes resume: partition p to "
-        "volume p %% P. Stop every process first.",
-    )
-    parser.add_argument("--partitions", type=int, required=True, help="the partition count")
-    parser.add_argument("--processes", type=int, required=True, help="the new process count")
-    parser.add_argument("--dry-run", action="store_true", help="print the moves only")
-    parser.add_argument("volumes", type=Path, nargs="+", help="every pod's volume, in pod order")
-    args = parser.parse_args(argv)
-    try:
-        if args.dry_run:
-            moves = plan_rebalance(args.volumes, args.partitions, args.processes)
-        else:
-            moves = rebalance(args.volumes, args.partitions, args.processes)
-    except RebalanceError as error:
-        print(f"recovery: nothing moved: {error}", file=sys.stderr)
-        return 2
-    for move in moves:
-        print(f"part-{move.partition}: {move.source} -> {move.target}")
-    verb = "would move" if args.dry_run else "moved"
-    print(f"recovery: {verb} {len(moves)} partition(s) for {args.processes} process(es)",
-          file=sys.stderr)  # fmt: skip
-    return 0
-
-
-def _rebalance_job_main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m dataflow.recovery rebalance-job",
-        description="Print (JSON, which kubectl reads) a Job that rebalances the StatefulSet's "
-        "recovery volumes for a new process count: `... | kubectl apply -f -`.",
-    )
-    parser.add_argument("--statefulset", default="rtcef-controller")
-    parser.add_argument(
-        "--volumes",
-        type=int,
-        required=True,
-        help="volumes that may hold partitions: the largest pod count run so far",
-    )
-    parser.add_argument("--processes", type=int, required=True, help="the new process count")
-    parser.add_argument(
-        "--partitions", type=int, required=True, help="BYTEWAX_RECOVERY_PARTITIONS (fixed)"
-    )
-    parser.add_argument("--image", required=True, help="the controller's image")
-    parser.add_argument("--namespace")
-    args = parser.parse_args(argv)  # fmt: skip
-    try:
-        job = rebalance_job(args.statefulset, args.volumes, args.processes, args.partitions,
-                            args.image, args.namespace)  # fmt: skip
-    except RebalanceError as error:
-        print(f"recovery: {error}", file=sys.stderr)
-        return 2
-    print(json.dumps(job, indent=2))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

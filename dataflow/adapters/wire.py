@@ -4,7 +4,7 @@ Role: the bytes boundary of every topic, for the flow and the stand-ins. JSON is
 the domain's own encoding (``dataflow.domain.messages``). Avro is what the
 original RTCEF services really write and read: ``fastavro.schemaless_writer``
 for the value and, separately, for the key (no magic byte, no schema id, no
-registry), with the schemas shipped in ``dataflow/schemas/rtcef``. Keys are built
+registry), with the schemas shipped in ``dataflow/adapters/schemas/rtcef``. Keys are built
 from record fields as the originals build them.
 
 An Avro record is decoded, then re-checked by the same decoders as JSON, so a

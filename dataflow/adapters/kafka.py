@@ -28,7 +28,7 @@ from confluent_kafka import KafkaException, Message, Producer
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
-from dataflow.config import Settings
+from dataflow.adapters.config import Settings
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""Adapters: everything that touches the outside world (Kafka, bytes, files, logs, settings)."""
