@@ -19,7 +19,6 @@ behaviours (``shared/docs/bytewax-notes.md``) decide their shape:
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
@@ -27,6 +26,8 @@ from bytewax.connectors.kafka import KafkaSource, _list_parts
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from confluent_kafka.admin import AdminClient
 from typing_extensions import override
+
+from dataflow.adapters.clock import now_ms
 
 #: The tick source's one partition; the same name as Bytewax's ``SimplePollingSource``
 #: used before, so existing recovery stores keep matching it.
@@ -51,7 +52,7 @@ class _TickPartition(StatefulSourcePartition[int, None]):
         if now < self._due:
             return []
         self._due = max(self._due + self._interval, now)  # no burst after a stall
-        return [int(time.time() * 1000)]
+        return [now_ms()]
 
     @override
     def next_awake(self) -> datetime | None:

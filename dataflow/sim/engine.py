@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from dataclasses import dataclass, field
 
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, Message
 from confluent_kafka.cimpl import TopicPartition
 
+from dataflow.adapters.clock import now_ms
 from dataflow.adapters.config import TOPIC_DEFAULTS
 from dataflow.adapters.kafka import MESSAGE_ID_HEADER
 from dataflow.adapters.wire import Codec
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         while True:
             message = consumer.poll(0.5)
-            now = int(time.time() * 1000)
+            now = now_ms()
             if message is not None and message.error() is None:
                 if message.topic() == args.reports_topic:
                     engine.learn_report(message.value() or b"")

@@ -29,6 +29,7 @@ from confluent_kafka import Consumer, KafkaError, Producer
 from confluent_kafka.cimpl import TopicPartition
 
 from dataflow.adapters import recovery
+from dataflow.adapters.clock import now_ms
 from dataflow.adapters.config import TOPIC_DEFAULTS
 from dataflow.adapters.wire import ENCODINGS, Codec
 from dataflow.domain import messages as msg
@@ -125,7 +126,7 @@ class Demo:
                 message = consumer.poll(0.2)
                 if message is None or message.error():
                     continue
-                self.engine.follow(message, int(time.time() * 1000))
+                self.engine.follow(message, now_ms())
             consumer.close()
 
         self._thread(follow)
@@ -137,7 +138,7 @@ class Demo:
 
     def send(self, kind: msg.InstructionKind, ident: int) -> None:
         """Send an instruction as the Observer would."""
-        instruction = msg.Instruction(kind, int(time.time() * 1000), ident)
+        instruction = msg.Instruction(kind, now_ms(), ident)
         producer = Producer({"bootstrap.servers": self.bootstrap})
         key, value = self.codec.encode_instruction(instruction)
         producer.produce(self.topics["INSTRUCTION_TOPIC"], value, key)

@@ -36,6 +36,7 @@ from typing import Any
 
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from dataflow.adapters.clock import now_ms
 from tests.rtcef import maritime, stack, wayeb
 from tests.rtcef.traffic import DEAD_LETTERS, Record, Tap, wait_until
 
@@ -242,7 +243,7 @@ def run(prepared: Prepared, work: Path, mode: str, budget: int, *, quiet_s: floa
             busy = [tap.last(t) for t in ("optimiser_instructions", "factory_commands",
                                           "factory_reports", "engine_sync")]  # fmt: skip
             newest = max((r.broker_ms for r in busy if r is not None), default=0)
-            return time.time() * 1000 - newest > quiet_s * 1000
+            return now_ms() - newest > quiet_s * 1000
 
         def healthy() -> None:
             services_.check_alive()

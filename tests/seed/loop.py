@@ -48,6 +48,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from dataflow.adapters.clock import now_ms
 from tests.kafka import broker as kafka_broker
 from tests.rtcef import stack
 from tests.rtcef.loop import exclusive, say
@@ -171,7 +172,7 @@ class Running:
         instruction, sync = self.tap.last(TOPICS.instructions), self.tap.last(TOPICS.sync)
         if instruction is None or (sync is not None and sync.broker_ms >= instruction.broker_ms):
             return False
-        return time.time() * 1000 - instruction.broker_ms < grace_s * 1000
+        return now_ms() - instruction.broker_ms < grace_s * 1000
 
     def check(self) -> None:
         """Raise if a process died, a job failed or the tap broke."""
@@ -335,7 +336,7 @@ def run(prepared: Prepared, work: Path, mode: str, options: Options) -> RunResul
                 return False
             newest = [running.tap.last(t) for t in BUSY]
             last = max((r.broker_ms for r in newest if r is not None), default=0)
-            return time.time() * 1000 - last > options.quiet_s * 1000
+            return now_ms() - last > options.quiet_s * 1000
 
         def healthy() -> None:
             running.check()
