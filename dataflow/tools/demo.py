@@ -2,9 +2,9 @@
 
 Role: a newcomer's first run (``just run``). Needs a broker address in
 ``KAFKA_BOOTSTRAP_SERVERS`` (the Justfile recipe starts a local one). Starts the
-controller as ``python -m bytewax.run`` with recovery on, answers its commands
-with the factory stand-in (a surface with a known optimum), follows its
-pause/play with the engine stand-in, prints live progress and a summary, and
+controller as ``python -m bytewax.run`` with recovery on (``dataflow.tools.process``),
+answers its commands with the factory stand-in (a surface with a known optimum),
+follows its pause/play with the engine stand-in, prints live progress and a summary, and
 writes the trace (JSON and CSV) and a convergence plot (PNG) to an output folder.
 Ctrl-C stops everything it started.
 """
@@ -15,8 +15,6 @@ import argparse
 import csv
 import json
 import os
-import signal
-import subprocess
 import sys
 import threading
 import time
@@ -28,7 +26,6 @@ import msgspec
 from confluent_kafka import Consumer, KafkaError, Producer
 from confluent_kafka.cimpl import TopicPartition
 
-from dataflow.adapters import recovery
 from dataflow.adapters.clock import now_ms
 from dataflow.adapters.config import TOPIC_DEFAULTS
 from dataflow.adapters.wire import ENCODINGS, Codec
@@ -38,6 +35,7 @@ from dataflow.sim.engine import EngineSimulator
 from dataflow.sim.factory import Behaviour, FactorySimulator
 from dataflow.sim.runner import serve
 from dataflow.sim.surfaces import SYNTHETIC
+from dataflow.tools.process import ControllerProcess
 
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
@@ -78,26 +76,20 @@ class Demo:
         self.codec = Codec(args.dialect, args.encoding)
         self.engine = EngineSimulator(codec=self.codec)
         self.threads: list[threading.Thread] = []
-        self.controller: subprocess.Popen[bytes] | None = None
+        self.controller: ControllerProcess | None = None
         self.log_path = self.folder / "controller.log"
 
     # ------------------------------------------------------------------ processes
 
     def start_controller(self) -> None:
         """Start the controller process (recovery on), logging JSON lines to a file."""
-        recovery_dir = self.folder / "recovery"
-        recovery.ensure(recovery_dir, 1)
-        env = {**os.environ, **self.topics, "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
+        env = {**self.topics, "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
                "CONTROLLER_DIALECT": self.args.dialect, "WIRE_ENCODING": self.args.encoding,
                "TICK_INTERVAL_S": "1",
                "OPTIMISER_BUDGET": str(self.profile.budget), "REPORT_TIMEOUT_S": "30",
                "LOG_FORMAT": "json"}  # fmt: skip
-        command = [sys.executable, "-m", "bytewax.run", "dataflow.flow:get_flow()",
-                   "-r", str(recovery_dir), "-s", "1", "-b", "10"]  # fmt: skip
-        with self.log_path.open("wb") as log:
-            self.controller = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-                command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
+        self.controller = ControllerProcess(self.folder / "recovery", env, log=self.log_path)
+        self.controller.start()
 
     def start_factory(self) -> FactorySimulator:
         """Answer the controller's commands from a thread."""
@@ -147,13 +139,8 @@ class Demo:
     def shutdown(self) -> None:
         """Stop the controller (Ctrl-C, then kill) and the stand-in threads."""
         self.stop.set()
-        if self.controller and self.controller.poll() is None:
-            os.killpg(self.controller.pid, signal.SIGINT)
-            try:
-                self.controller.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.controller.pid, signal.SIGKILL)
-                self.controller.wait(10)
+        if self.controller:
+            self.controller.stop()
         for thread in self.threads:
             thread.join(10)
 
@@ -161,19 +148,12 @@ class Demo:
 
     def events(self) -> list[dict[str, Any]]:
         """The controller's structured log lines so far."""
-        lines = []
-        for raw in self.log_path.read_text(errors="replace").splitlines():
-            if raw.startswith("{"):
-                try:
-                    lines.append(json.loads(raw))
-                except ValueError:
-                    continue
-        return lines
+        return self.controller.log_lines() if self.controller else []
 
     def wait_for_rounds(self, count: int, began: float) -> None:
         """Print progress until ``count`` rounds ended."""
         while True:
-            if self.controller and self.controller.poll() is not None:
+            if self.controller and not self.controller.running():
                 raise RuntimeError(f"controller exited ({self.controller.returncode}); "
                                    f"see {self.log_path}")  # fmt: skip
             if time.monotonic() - began > self.args.timeout:

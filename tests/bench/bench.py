@@ -35,7 +35,6 @@ import json
 import os
 import pickle
 import platform
-import signal
 import statistics
 import subprocess
 import sys
@@ -51,12 +50,12 @@ from typing import Any
 import msgspec
 import numpy as np
 
-from dataflow.adapters import recovery
 from dataflow.domain import machine as m
 from dataflow.domain import messages as msg
 from dataflow.domain import optimizer as o
 from dataflow.sim.factory import Behaviour, FactorySimulator
 from dataflow.sim.surfaces import SYNTHETIC, recorded
+from dataflow.tools.process import ControllerProcess
 from tests.kafka import broker as harness
 from tests.kafka import client
 
@@ -169,8 +168,11 @@ def broker() -> Iterator[str]:
         running.stop()
 
 
-class Controller:
-    """The controller process, as deployed (bytewax.run with recovery)."""
+class Controller(ControllerProcess):
+    """The controller process, as deployed (bytewax.run with recovery, ``-s`` SNAPSHOT_S ``-b 30``).
+
+    Its output goes to ``BENCH_LOG_FILE`` if set, else nowhere.
+    """
 
     def __init__(
         self,
@@ -180,62 +182,31 @@ class Controller:
         workers: int = 1,
         directory: Path | None = None,
     ) -> None:
-        self.directory = directory or Path(tempfile.mkdtemp(prefix="bench-recovery-"))
-        recovery.ensure(self.directory, 1)
-        self.env = {
-            **os.environ,
-            **topics,
-            **env,
-            "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-            "LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "WARNING"),
-        }
-        self.workers = workers
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        command = [
-            sys.executable,
-            "-m",
-            "bytewax.run",
-            "dataflow.flow:get_flow()",
-            "-w",
-            str(self.workers),
-            "-r",
-            str(self.directory),
-            "-s",
-            str(SNAPSHOT_S),
-            "-b",
-            "30",
-        ]
-        self.process = subprocess.Popen(
-            command,
+        log = os.environ.get("BENCH_LOG_FILE")
+        super().__init__(
+            directory or Path(tempfile.mkdtemp(prefix="bench-recovery-")),
+            {
+                **topics,
+                **env,
+                "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+                "LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "WARNING"),
+            },
+            log=Path(log) if log else None,
+            snapshot_s=SNAPSHOT_S,
+            backup_s=30,
+            workers=workers,
             cwd=ROOT,
-            env=self.env,
-            start_new_session=True,
-            stdout=subprocess.DEVNULL,
-            stderr=open(os.environ.get("BENCH_LOG_FILE", os.devnull), "ab"),  # noqa: SIM115
         )
 
     def cpu_seconds(self) -> float:
-        assert self.process is not None
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def peak_rss_mb(self) -> float:
-        assert self.process is not None
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
         return float("nan")
-
-    def stop(self, sig: int = signal.SIGINT) -> None:
-        if self.process and self.process.poll() is None:
-            os.killpg(self.process.pid, sig)
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(10)
 
 
 def make_topics(bootstrap: str, dialect: str) -> dict[str, str]:
@@ -448,8 +419,8 @@ def bench_recovery(bootstrap: str) -> Rows:
     send(bootstrap, topics, "optimize", [None])
     factory.wait_for(7)
     time.sleep(SNAPSHOT_S + 1.5)  # a snapshot includes the round
-    controller.stop(signal.SIGKILL)
-    size = sum(p.stat().st_size for p in controller.directory.rglob("*") if p.is_file())
+    controller.kill()
+    size = sum(p.stat().st_size for p in controller.recovery.rglob("*") if p.is_file())
     received = len(factory.received)
     began = time.perf_counter()
     controller.start()

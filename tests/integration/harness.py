@@ -2,12 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -18,13 +12,13 @@ from typing import Any
 
 from confluent_kafka import Message
 
-from dataflow.adapters import recovery
 from dataflow.adapters.wire import Codec
 from dataflow.domain import messages as msg
 from dataflow.domain.optimizer import PROFILES, Profile
 from dataflow.sim.factory import Behaviour, FactorySimulator
 from dataflow.sim.runner import serve
 from dataflow.sim.surfaces import bowl
+from dataflow.tools.process import ControllerProcess, stop_all
 from tests.kafka import client
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -112,59 +106,15 @@ class Wiring:
         raise AssertionError(f"only {syncs} after {timeout}s")
 
 
-class Controller:
-    """The controller run as ``python -m bytewax.run`` with a recovery directory."""
+class Controller(ControllerProcess):
+    """The controller of one test's wiring; its recovery directory and log in ``workdir``."""
 
     def __init__(
         self, wiring: Wiring, workdir: Path, partitions: int = 1, snapshot_s: int = 1
     ) -> None:
         self.wiring = wiring
-        self.snapshot_s = snapshot_s
-        self.recovery = workdir / "recovery"
-        self.log_path = workdir / "controller.log"
-        self.process: subprocess.Popen[bytes] | None = None
-        recovery.ensure(self.recovery, partitions)
-
-    def command(self, workers: int = 1, processes: int = 1) -> list[str]:
-        target = "dataflow.flow:get_flow()"
-        backup = "10" if self.snapshot_s < 10 else str(self.snapshot_s * 6)
-        recovery_args = ["-r", str(self.recovery), "-s", str(self.snapshot_s), "-b", backup]
-        if processes > 1:
-            return [sys.executable, "-m", "bytewax.testing", target, "-p", str(processes),
-                    "-w", str(workers), *recovery_args]  # fmt: skip
-        return [sys.executable, "-m", "bytewax.run", target, "-w", str(workers), *recovery_args]
-
-    def start(self, workers: int = 1, processes: int = 1) -> None:
-        log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            self.command(workers, processes), cwd=ROOT, env={**os.environ, **self.wiring.env()},
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-
-    def kill(self) -> None:
-        """SIGKILL the whole process group: a crash, no clean-up."""
-        if self.process and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(30)
-
-    def stop(self) -> None:
-        """Interrupt (as Ctrl-C) and wait; kill if it does not stop."""
-        if self.process and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGINT)
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-    def log_lines(self) -> list[dict[str, Any]]:
-        lines = []
-        for raw in self.log_path.read_text(errors="replace").splitlines():
-            if raw.startswith("{"):
-                lines.append(json.loads(raw))
-        return lines
-
-    def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace")
+        super().__init__(workdir / "recovery", wiring.env(), log=workdir / "controller.log",
+                         snapshot_s=snapshot_s, partitions=partitions, cwd=ROOT)  # fmt: skip
 
 
 class Cluster:
@@ -176,7 +126,7 @@ class Cluster:
 
     def __init__(self, wiring: Wiring, workdir: Path, partitions: int) -> None:
         self.wiring, self.workdir, self.partitions = wiring, workdir, partitions
-        self.processes: list[subprocess.Popen[bytes]] = []
+        self.pods: list[ControllerProcess] = []
 
     def volume(self, pod: int) -> Path:
         return self.workdir / f"volume-{pod}"
@@ -188,32 +138,17 @@ class Cluster:
         """Start ``count`` pods: each runs the init container's step, then the flow."""
         from tests.kafka.broker import free_port
 
-        addresses = ";".join(f"localhost:{free_port()}" for _ in range(count))
+        addresses = [f"localhost:{free_port()}" for _ in range(count)]
         for pod in range(count):
-            recovery.ensure(self.volume(pod), self.partitions, pod=pod)
-            command = [sys.executable, "-m", "bytewax.run", "dataflow.flow:get_flow()",
-                       "-i", str(pod), "-a", addresses, "-r", str(self.volume(pod)),
-                       "-s", "1", "-b", "10"]  # fmt: skip
-            with (self.workdir / f"pod-{pod}.log").open("ab") as log:
-                self.processes.append(subprocess.Popen(
-                    command, cwd=ROOT, env={**os.environ, **self.wiring.env()}, stdout=log,
-                    stderr=subprocess.STDOUT, start_new_session=True,
-                ))  # fmt: skip
+            self.pods.append(ControllerProcess(
+                self.volume(pod), self.wiring.env(), log=self.workdir / f"pod-{pod}.log",
+                partitions=self.partitions, pod=pod, addresses=addresses, cwd=ROOT,
+            ).start())  # fmt: skip
 
     def stop(self) -> None:
         """SIGINT every pod together (as a deletion of all pods), then wait; kill stragglers."""
-        for process in self.processes:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGINT)
-        for process in self.processes:
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)
-        for process in self.processes:
-            process.wait(60)
-        self.processes.clear()
+        stop_all(self.pods, grace_s=30)
+        self.pods.clear()
 
     def log_text(self) -> str:
         return "".join(path.read_text(errors="replace")

@@ -6,7 +6,6 @@ import json
 import os
 import socket
 import subprocess
-import sys
 import time
 
 import pytest
@@ -22,6 +21,7 @@ from dataflow.adapters.kafka import (
 from dataflow.domain import messages as msg
 from dataflow.domain.messages import Instruction, InstructionKind
 from dataflow.sim.factory import Behaviour
+from dataflow.tools import process
 from tests.integration.harness import ROOT, factory
 from tests.kafka import client
 
@@ -133,9 +133,8 @@ def test_an_unreachable_broker_makes_the_controller_exit_non_zero_within_its_bou
     env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": dead, "STARTUP_TIMEOUT_S": "3"}
     began = time.monotonic()
 
-    run = subprocess.run([sys.executable, "-m", "bytewax.run", "dataflow.flow:get_flow()"],
-                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
-                         check=False)  # fmt: skip
+    run = subprocess.run(process.command(), cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=60, check=False)  # fmt: skip
 
     assert run.returncode == 3
     assert time.monotonic() - began < 30
@@ -151,9 +150,8 @@ def test_an_unreachable_broker_makes_the_controller_exit_non_zero_within_its_bou
 def test_invalid_settings_exit_with_every_problem_listed() -> None:
     env = {**os.environ, "CONTROLLER_DIALECT": "klingon", "MAX_RETRIES": "-1",
            "REPORT_TIMEOUT_S": "soon"}  # fmt: skip
-    run = subprocess.run([sys.executable, "-m", "bytewax.run", "dataflow.flow:get_flow()"],
-                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
-                         check=False)  # fmt: skip
+    run = subprocess.run(process.command(), cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=60, check=False)  # fmt: skip
 
     assert run.returncode == 2
     assert "CONTROLLER_DIALECT: 'klingon' is not one of ['seed', 'rtcef']" in run.stderr

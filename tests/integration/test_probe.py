@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import time
 from collections.abc import Callable
@@ -30,15 +29,14 @@ def test_the_probe_passes_while_the_dataflow_runs_and_fails_while_it_is_frozen(
     controller = controller_factory(wiring_factory())  # snapshots every second
     env = {"BYTEWAX_RECOVERY_DIRECTORY": str(controller.recovery)}
     controller.start()
-    assert controller.process is not None
     try:
         # The partition is created before the start; alive means it is being written.
         assert wait_for(lambda: probe.check(env, max_age=3) == "", 60), controller.log_text()
-        os.killpg(controller.process.pid, signal.SIGSTOP)  # a worker that makes no progress
+        controller.send_signal(signal.SIGSTOP)  # a worker that makes no progress
         assert wait_for(lambda: probe.check(env, max_age=3) != "", 15)
         assert probe.check(env, max_age=3).startswith("no progress for ")
-        os.killpg(controller.process.pid, signal.SIGCONT)
+        controller.send_signal(signal.SIGCONT)
         assert wait_for(lambda: probe.check(env, max_age=3) == "", 30)
     finally:
-        os.killpg(controller.process.pid, signal.SIGCONT)
+        controller.send_signal(signal.SIGCONT)
         controller.stop()

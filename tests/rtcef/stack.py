@@ -240,15 +240,23 @@ class Stack:
         env: Mapping[str, str] | None = None,
         cwd: Path | None = None,
     ) -> Service:
-        log = self.run_dir / "logs" / f"{name}.out"
-        log.parent.mkdir(parents=True, exist_ok=True)
+        log = self.log_path(name)
         with log.open("ab") as handle:
             process = subprocess.Popen(
                 list(command), cwd=cwd or self.run_dir, env={**os.environ, **(env or {})},
                 stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True,  # Ctrl-C is ours to handle; we stop each by pid
             )  # fmt: skip
-        service = Service(name, process, log)
+        return self.add(Service(name, process, log))
+
+    def log_path(self, name: str) -> Path:
+        """Where a process's standard output and error go (its folder made)."""
+        log = self.run_dir / "logs" / f"{name}.out"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        return log
+
+    def add(self, service: Service) -> Service:
+        """Stop ``service`` with the others in ``close``."""
         self.services.append(service)
         return service
 
@@ -257,13 +265,13 @@ class Stack:
 
         Snapshots every 5 s, the store keeping 30 s of them; ``env`` is its settings.
         """
-        from dataflow.adapters import recovery as recovery_store
+        from dataflow.tools.process import ControllerProcess
 
-        recovery = self.run_dir / f"{name}-recovery"
-        recovery_store.ensure(recovery, 1)
-        command = [sys.executable, "-m", "bytewax.run", "dataflow.flow:get_flow()",
-                   "-r", str(recovery), "-s", "5", "-b", "30"]  # fmt: skip
-        return self.start(name, command, env=env, cwd=ROOT)
+        controller = ControllerProcess(self.run_dir / f"{name}-recovery", env,
+                                       log=self.log_path(name), snapshot_s=5, backup_s=30,
+                                       cwd=ROOT).start()  # fmt: skip
+        assert controller.process is not None
+        return self.add(Service(name, controller.process, self.log_path(name)))
 
     def start_rtcef(self, name: str, python: str) -> Service:
         """An original service: ``python main.py -s NAME -c conf.ini`` from the vendored tree."""

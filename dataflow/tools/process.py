@@ -1,0 +1,222 @@
+"""The controller as a process: ``python -m bytewax.run "dataflow.flow:get_flow()"``, recovery on.
+
+Role: the one place that starts and stops the controller process, for the demo
+(which ships in this package) and for the test tiers (integration harness,
+chaos replays, benchmark, real loops). ``command`` builds the command line;
+``ControllerProcess`` prepares the recovery directory (``recovery.ensure``),
+starts the process in a session of its own with the caller's settings over this
+environment, reads its JSON log, and stops it: a signal to the whole session
+(SIGINT, as Ctrl-C; the flow handles SIGTERM the same way), a bounded wait, then
+SIGKILL. ``kill`` is a crash: SIGKILL at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any
+
+from dataflow.adapters import recovery as recovery_store
+
+#: The flow every controller process runs.
+FLOW = "dataflow.flow:get_flow()"
+#: How long a stopped controller may take to finish before it is killed (seconds).
+STOP_GRACE_S = 20.0
+#: How long to wait for a killed process to be reaped (seconds).
+KILL_WAIT_S = 30.0
+
+
+def command(
+    recovery: Path | None = None,
+    *,
+    snapshot_s: int = 1,
+    backup_s: int | None = None,
+    workers: int = 1,
+    processes: int = 1,
+    process_id: int | None = None,
+    addresses: Sequence[str] = (),
+) -> list[str]:
+    """The command line of a controller process.
+
+    ``recovery``: the recovery directory (``-r``), snapshots every ``snapshot_s``
+    (``-s``), kept ``backup_s`` (``-b``; by default six snapshots and at least 10 s:
+    the README's ``-s 5 -b 30``, the tests' ``-s 1 -b 10``). ``workers`` per process
+    (``-w``, given when more than one); ``processes`` more than one run them all from
+    this one command (``bytewax.testing -p``); ``process_id`` and ``addresses`` make
+    it one process of a cluster (``-i``, ``-a``), as a StatefulSet's pod runs.
+    """
+    scaling = ["-w", str(workers)] if workers > 1 else []
+    if process_id is not None:
+        scaling += ["-i", str(process_id), "-a", ";".join(addresses)]
+    recovery_args: list[str] = []
+    if recovery is not None:
+        backup = backup_s if backup_s is not None else max(10, 6 * snapshot_s)
+        recovery_args = ["-r", str(recovery), "-s", str(snapshot_s), "-b", str(backup)]
+    if processes > 1:
+        return [sys.executable, "-m", "bytewax.testing", FLOW, "-p", str(processes),
+                *scaling, *recovery_args]  # fmt: skip
+    return [sys.executable, "-m", "bytewax.run", FLOW, *scaling, *recovery_args]
+
+
+def parse_log(text: str) -> list[dict[str, Any]]:
+    """The JSON objects among ``text``'s complete lines (an unfinished last line is not one)."""
+    lines = []
+    complete = text if text.endswith("\n") else text.rpartition("\n")[0]
+    for raw in complete.splitlines():
+        if raw.startswith("{"):
+            try:
+                lines.append(json.loads(raw))
+            except ValueError:
+                continue  # another writer's text interleaved with a log line
+    return lines
+
+
+class ControllerProcess:
+    """One controller process on its recovery directory; a context manager that stops it.
+
+    ``env`` is the controller's settings, laid over this process's environment.
+    ``log``: its standard output and error, appended (a restart adds to it); none,
+    both are discarded. ``partitions`` (and ``pod``, a StatefulSet pod's own
+    volume, with the cluster's ``addresses``) say what ``recovery.ensure`` creates in
+    a new recovery directory. ``workers`` and ``processes``: see ``command``.
+    """
+
+    def __init__(
+        self,
+        recovery: Path,
+        env: Mapping[str, str],
+        *,
+        log: Path | None = None,
+        snapshot_s: int = 1,
+        backup_s: int | None = None,
+        partitions: int = 1,
+        pod: int | None = None,
+        addresses: Sequence[str] = (),
+        workers: int = 1,
+        processes: int = 1,
+        cwd: Path | None = None,
+    ) -> None:
+        self.recovery = recovery
+        self.env = dict(env)
+        self.log_path = log
+        self.snapshot_s = snapshot_s
+        self.backup_s = backup_s
+        self.pod = pod
+        self.addresses = tuple(addresses)
+        self.workers, self.processes = workers, processes
+        self.cwd = cwd
+        self.process: subprocess.Popen[bytes] | None = None
+        recovery_store.ensure(recovery, partitions, pod=pod)
+
+    def command(self, workers: int | None = None, processes: int | None = None) -> list[str]:
+        """This controller's command line (its own worker and process counts unless given)."""
+        return command(self.recovery, snapshot_s=self.snapshot_s, backup_s=self.backup_s,
+                       workers=workers or self.workers, processes=processes or self.processes,
+                       process_id=self.pod, addresses=self.addresses)  # fmt: skip
+
+    def start(self, workers: int | None = None, processes: int | None = None) -> ControllerProcess:
+        """Start the process (again after a stop or a kill: same directory, same log)."""
+        if self.running():
+            raise RuntimeError(f"controller {self.pid} is still running")
+        with contextlib.ExitStack() as files:
+            out: int | IO[bytes] = subprocess.DEVNULL
+            if self.log_path is not None:
+                self.log_path.parent.mkdir(parents=True, exist_ok=True)
+                out = files.enter_context(self.log_path.open("ab"))
+            self.process = subprocess.Popen(  # noqa: S603 - our own interpreter and flow
+                self.command(workers, processes), cwd=self.cwd, env={**os.environ, **self.env},
+                stdin=subprocess.DEVNULL, stdout=out,
+                stderr=subprocess.DEVNULL if self.log_path is None else subprocess.STDOUT,
+                start_new_session=True,  # a Ctrl-C in the terminal is the caller's to handle
+            )  # fmt: skip
+        return self
+
+    @property
+    def pid(self) -> int:
+        """The process id (also its session's and process group's id)."""
+        return self._started().pid
+
+    def _started(self) -> subprocess.Popen[bytes]:
+        if self.process is None:
+            raise RuntimeError("the controller was not started")
+        return self.process
+
+    def running(self) -> bool:
+        """Whether it was started and has not exited."""
+        return self.process is not None and self.process.poll() is None
+
+    @property
+    def returncode(self) -> int | None:
+        """Its exit status; ``None`` while it runs or before it started."""
+        return None if self.process is None else self.process.poll()
+
+    def wait(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for it to exit; whether it has."""
+        try:
+            self._started().wait(timeout)
+        except subprocess.TimeoutExpired:
+            return False
+        return True
+
+    def send_signal(self, sig: int) -> None:
+        """Send ``sig`` to its whole process group (SIGSTOP freezes it, SIGCONT resumes it)."""
+        if self.running():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.pid, sig)
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group: a crash, no clean-up."""
+        stop_all([self], signal.SIGKILL)
+
+    def stop(self, sig: int = signal.SIGINT, grace_s: float = STOP_GRACE_S) -> None:
+        """Send ``sig`` (Ctrl-C by default), wait up to ``grace_s``; kill it if it is still up."""
+        stop_all([self], sig, grace_s)
+
+    def log_text(self) -> str:
+        """Everything it wrote so far (empty without a log)."""
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        return self.log_path.read_text(errors="replace")
+
+    def log_lines(self) -> list[dict[str, Any]]:
+        """Its structured log lines so far (``LOG_FORMAT=json``)."""
+        return parse_log(self.log_text())
+
+    def __enter__(self) -> ControllerProcess:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def stop_all(
+    controllers: Iterable[ControllerProcess],
+    sig: int = signal.SIGINT,
+    grace_s: float = STOP_GRACE_S,
+) -> None:
+    """Signal every running controller at once (as a deletion of all pods), then wait for all.
+
+    Those still running after ``grace_s`` are killed (SIGKILL to the process group).
+    """
+    running = [c for c in controllers if c.running()]
+    for controller in running:
+        controller.send_signal(sig)
+    deadline = time.monotonic() + grace_s
+    for controller in running:
+        if not controller.wait(max(deadline - time.monotonic(), 0.0)):
+            controller.send_signal(signal.SIGKILL)
+    for controller in running:
+        controller._started().wait(KILL_WAIT_S)
