@@ -2,6 +2,8 @@
 
 Reading by partition assignment (no consumer group) from a given offset keeps a
 stand-in independent of group rebalances; ``stop`` ends the loop cleanly.
+``messages`` is the poll loop itself (also for counting a topic to its end);
+``answering`` turns a factory stand-in into ``serve``'s handler.
 """
 
 from __future__ import annotations
@@ -10,15 +12,19 @@ import argparse
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Protocol
 
-from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, Producer
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, Message, Producer
 from confluent_kafka.cimpl import TopicPartition
 
-from dataflow.adapters.wire import ENCODINGS
+from dataflow.adapters.wire import ENCODINGS, Codec
+from dataflow.domain import messages as msg
 from dataflow.domain.messages import DIALECTS
 
-Handler = Callable[[bytes, list[tuple[str, bytes]]], Iterable[tuple[str, bytes | None, bytes]]]
+#: What a handler produces: (topic, key, value).
+Produced = tuple[str, bytes | None, bytes]
+Handler = Callable[[bytes, list[tuple[str, bytes]]], Iterable[Produced]]
 
 
 def add_wire_arguments(parser: argparse.ArgumentParser, role: str) -> None:
@@ -43,6 +49,35 @@ def add_wire_arguments(parser: argparse.ArgumentParser, role: str) -> None:
     )
 
 
+def messages(
+    consumer: Consumer,
+    stopped: Callable[[], bool],
+    *,
+    poll_s: float = 0.1,
+    until_eof: bool = False,
+    strict: bool = True,
+    what: str = "consumer",
+) -> Iterator[Message]:
+    """Each message ``consumer`` returns until ``stopped()``.
+
+    The end of a partition is passed over, or with ``until_eof`` ends the loop. Any
+    other consumer error raises (``strict``; ``what`` names the reader in the
+    message) or is passed over.
+    """
+    while not stopped():
+        message = consumer.poll(poll_s)
+        if message is None:
+            continue
+        error = message.error()
+        if error is None:
+            yield message
+        elif error.code() == KafkaError._PARTITION_EOF:
+            if until_eof:
+                return
+        elif strict:
+            raise RuntimeError(f"{what}: {error}")
+
+
 def serve(
     bootstrap: str,
     topic: str,
@@ -60,15 +95,7 @@ def serve(
     consumer.assign([TopicPartition(topic, p, start) for p in range(partitions)])
     producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
     try:
-        while not stop.is_set():
-            message = consumer.poll(0.1)
-            if message is None:
-                continue
-            error = message.error()
-            if error is not None:
-                if error.code() != KafkaError._PARTITION_EOF:
-                    raise RuntimeError(f"stand-in consuming {topic}: {error}")
-                continue
+        for message in messages(consumer, stop.is_set, what=f"stand-in consuming {topic}"):
             if delay_s:
                 time.sleep(delay_s)
             headers = [(str(k), v if isinstance(v, bytes) else str(v or "").encode())
@@ -79,3 +106,42 @@ def serve(
     finally:
         consumer.close()
         producer.flush(10)
+
+
+class Factory(Protocol):
+    """What ``answering`` needs of a factory stand-in (``FactorySimulator``)."""
+
+    @property
+    def codec(self) -> Codec:
+        """The codec of its dialect and encoding."""
+        ...
+
+    def respond(self, command: msg.FactoryCommand) -> Sequence[tuple[bytes | None, bytes]]:
+        """The (key, value) reports answering ``command``."""
+        ...
+
+
+def answering(
+    factory: Factory,
+    reports_topic: str,
+    *,
+    before: Callable[[msg.FactoryCommand], None] | None = None,
+    rejected: Callable[[msg.Rejection], None] | None = None,
+) -> Handler:
+    """``serve``'s handler for a factory: each command decoded, answered to ``reports_topic``.
+
+    ``before(command)`` runs before each answer (a test can hold one there); a
+    message that is no command is answered with nothing, after ``rejected(it)``.
+    """
+
+    def handle(value: bytes, headers: list[tuple[str, bytes]]) -> list[Produced]:
+        command = factory.codec.decode_command(value)
+        if isinstance(command, msg.Rejection):
+            if rejected is not None:
+                rejected(command)
+            return []
+        if before is not None:
+            before(command)
+        return [(reports_topic, key, report) for key, report in factory.respond(command)]
+
+    return handle

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-from confluent_kafka import Consumer, KafkaError, Producer
+from confluent_kafka import Consumer, Producer
 from confluent_kafka.cimpl import TopicPartition
 
 from dataflow.adapters.clock import now_ms
@@ -33,7 +33,7 @@ from dataflow.domain import messages as msg
 from dataflow.domain.optimizer import PROFILES
 from dataflow.sim.engine import EngineSimulator
 from dataflow.sim.factory import Behaviour, FactorySimulator
-from dataflow.sim.runner import serve
+from dataflow.sim.runner import answering, messages, serve
 from dataflow.sim.surfaces import SYNTHETIC
 from dataflow.tools.process import ControllerProcess
 
@@ -96,14 +96,7 @@ class Demo:
         surface = SYNTHETIC[self.args.surface](self.profile)
         simulator = FactorySimulator(self.args.dialect, self.profile, surface, Behaviour(),
                                      encoding=self.args.encoding)  # fmt: skip
-
-        def handle(value: bytes, headers: list[tuple[str, bytes]]) -> list[Any]:
-            command = self.codec.decode_command(value)
-            if isinstance(command, msg.Rejection):
-                return []
-            topic = self.topics["REPORT_TOPIC"]
-            return [(topic, key, report) for key, report in simulator.respond(command)]
-
+        handle = answering(simulator, self.topics["REPORT_TOPIC"])
         self._thread(serve, self.bootstrap, self.topics["COMMAND_TOPIC"], handle, self.stop,
                      from_start=True, delay_s=self.args.latency)  # fmt: skip
         return simulator
@@ -114,10 +107,7 @@ class Demo:
         def follow() -> None:
             consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": "demo-engine"})
             consumer.assign([TopicPartition(self.topics["SYNC_TOPIC"], 0, 0)])
-            while not self.stop.is_set():
-                message = consumer.poll(0.2)
-                if message is None or message.error():
-                    continue
+            for message in messages(consumer, self.stop.is_set, poll_s=0.2, strict=False):
                 self.engine.follow(message, now_ms())
             consumer.close()
 
@@ -245,17 +235,10 @@ class Demo:
         consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": "demo-count",
                              "enable.partition.eof": True})  # fmt: skip
         consumer.assign([TopicPartition(topic, 0, 0)])
-        count, deadline = 0, time.monotonic() + 5
-        while time.monotonic() < deadline:
-            message = consumer.poll(0.2)
-            if message is None:
-                continue
-            error = message.error()
-            if error is not None:
-                if error.code() == KafkaError._PARTITION_EOF:
-                    break
-                continue
-            count += 1
+        deadline = time.monotonic() + 5
+        read = messages(consumer, lambda: time.monotonic() >= deadline, poll_s=0.2,
+                        until_eof=True, strict=False)  # fmt: skip
+        count = sum(1 for _ in read)
         consumer.close()
         return count
 

@@ -54,6 +54,7 @@ from dataflow.domain import machine as m
 from dataflow.domain import messages as msg
 from dataflow.domain import optimizer as o
 from dataflow.sim.factory import Behaviour, FactorySimulator
+from dataflow.sim.runner import messages
 from dataflow.sim.surfaces import SYNTHETIC, recorded
 from dataflow.tools.process import ControllerProcess
 from tests.kafka import broker as harness
@@ -263,10 +264,7 @@ class Factory:
 
     def run(self) -> None:
         seen: set[bytes] = set()
-        while not self.stop.is_set():
-            message = self.consumer.poll(0.05)
-            if message is None or message.error():
-                continue
+        for message in messages(self.consumer, self.stop.is_set, poll_s=0.05, strict=False):
             now = time.perf_counter()
             ident = dict(message.headers() or []).get("message-id", b"")
             if ident in seen:
@@ -456,10 +454,7 @@ class SyncWatcher:
         self.thread.start()
 
     def run(self) -> None:
-        while not self.stop.is_set():
-            message = self.consumer.poll(0.05)
-            if message is None or message.error():
-                continue
+        for message in messages(self.consumer, self.stop.is_set, poll_s=0.05, strict=False):
             sync = msg.decode_sync(message.value())
             assert isinstance(sync, msg.SyncMessage)
             self.seen.append((time.perf_counter(), sync))

@@ -28,8 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
+from dataflow.sim.runner import messages
 from dataflow.tools import inspection
 from tests.integration.harness import Controller, Wiring
 from tests.kafka import broker as harness
@@ -90,14 +91,9 @@ def _consume(bootstrap: str, topic: str, stop: threading.Event, on_message: Any)
                          "enable.auto.commit": False})  # fmt: skip
     consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
     try:
-        while not stop.is_set():
-            message = consumer.poll(0.05)
-            if message is None:
-                continue
-            if message.error() is not None:
-                if message.error().code() != KafkaError._PARTITION_EOF:
-                    raise RuntimeError(f"chaos consuming {topic}: {message.error()}")
-                continue
+        for message in messages(
+            consumer, stop.is_set, poll_s=0.05, what=f"chaos consuming {topic}"
+        ):
             on_message(message)
     finally:
         consumer.close()

@@ -16,7 +16,7 @@ from dataflow.adapters.wire import Codec
 from dataflow.domain import messages as msg
 from dataflow.domain.optimizer import PROFILES, Profile
 from dataflow.sim.factory import Behaviour, FactorySimulator
-from dataflow.sim.runner import serve
+from dataflow.sim.runner import answering, serve
 from dataflow.sim.surfaces import bowl
 from dataflow.tools.process import ControllerProcess, stop_all
 from tests.kafka import client
@@ -170,13 +170,10 @@ def factory(
     simulator = FactorySimulator(wiring.dialect, wiring.profile, score, behaviour or Behaviour(),
                                  encoding=wiring.codec.encoding)  # fmt: skip
 
-    def handle(value: bytes, headers: list[tuple[str, bytes]]):
-        command = wiring.codec.decode_command(value)
-        assert isinstance(command, msg.FactoryCommand), command
-        if before is not None:
-            before(command)
-        return [(wiring.reports, key, report) for key, report in simulator.respond(command)]
+    def refuse(rejection: msg.Rejection) -> None:
+        raise AssertionError(rejection)
 
+    handle = answering(simulator, wiring.reports, before=before, rejected=refuse)
     stop = threading.Event()
     thread = threading.Thread(
         target=serve, args=(wiring.bootstrap, wiring.commands, handle, stop),
