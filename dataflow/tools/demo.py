@@ -15,10 +15,12 @@ import argparse
 import csv
 import json
 import os
+import sqlite3
 import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +37,7 @@ from dataflow.sim.engine import EngineSimulator
 from dataflow.sim.factory import Behaviour, FactorySimulator
 from dataflow.sim.runner import answering, messages, serve
 from dataflow.sim.surfaces import SYNTHETIC
+from dataflow.tools import inspection
 from dataflow.tools.process import ControllerProcess
 
 
@@ -55,6 +58,41 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+#: The log events that end a round.
+ENDED = ("round_completed", "round_aborted")
+
+
+def _ended(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [e for e in events if e.get("event") in ENDED]
+
+
+def progress(events: list[dict[str, Any]], budget: int) -> list[str]:
+    """The demo's progress lines for the controller's log events so far, in their order.
+
+    A line per round start, per OPTIMIZE score (steps done, best so far) and per
+    round end; events only ever add lines, so each line is printed once.
+    """
+    lines = ["waiting for the controller..."]
+    kinds: dict[int, str] = {}
+    scores: dict[int, list[float]] = {}
+    for event in events:
+        name, number = event.get("event"), event.get("round", 0)
+        if name == "round_started":
+            kind = kinds[number] = event.get("detail", "?")
+            scores[number] = []
+            started = f"step 0/{budget}  best f_val -" if kind == "OPTIMIZE" else "training..."
+            lines.append(f"round {number} ({kind}) {started}")
+        elif name == "score" and number in scores:
+            scores[number].append(event["value"])
+            lines.append(f"round {number} ({kinds[number]}) step {len(scores[number])}/{budget}"
+                         f"  best f_val {min(scores[number]):.4f}")  # fmt: skip
+        elif name in ENDED:
+            how = str(name).removeprefix("round_")
+            lines.append(f"round {number} ({kinds.get(number, '?')}) {how}: "
+                         f"model {event.get('detail')}")  # fmt: skip
+    return lines
+
+
 class Demo:
     """Everything the demo started, so that it can all be stopped."""
 
@@ -71,8 +109,8 @@ class Demo:
         if args.budget:
             self.profile = msgspec.structs.replace(self.profile, budget=args.budget)  # fmt: skip
         self.stop = threading.Event()
-        #: The last progress line printed (kept across waits: each line is printed once).
-        self.shown = ""
+        #: How many progress lines were printed (kept across waits: each is printed once).
+        self.shown = 0
         self.codec = Codec(args.dialect, args.encoding)
         self.engine = EngineSimulator(codec=self.codec)
         self.threads: list[threading.Thread] = []
@@ -142,40 +180,44 @@ class Demo:
 
     def wait_for_rounds(self, count: int, began: float) -> None:
         """Print progress until ``count`` rounds ended."""
+        self._wait(lambda events: len(_ended(events)) >= count, began, f"{count} round(s)")
+
+    def wait_until_settled(self, began: float) -> None:
+        """Wait until the engine plays the last round's model and a snapshot holds that round."""
+
+        def settled(events: list[dict[str, Any]]) -> bool:
+            last = _ended(events)[-1]
+            playing = not self.engine.paused and str(self.engine.model_id) == last.get("detail")
+            return playing and self.snapshot_round() == last["round"]
+
+        self._wait(settled, began, "the last play and its snapshot")
+
+    def snapshot_round(self) -> int | None:
+        """The round the newest snapshot in the recovery directory holds (none yet: None)."""
+        if self.controller is None:
+            return None
+        try:
+            return max((s.round for s in inspection.sessions(self.controller.recovery)),
+                       default=None)  # fmt: skip
+        except sqlite3.Error:
+            return None  # being written: the next look will do
+
+    def _wait(self, done: Callable[[list[dict[str, Any]]], bool], began: float, what: str) -> None:
+        """Print the progress lines of new events until ``done(events)``; raise on a failure."""
         while True:
             if self.controller and not self.controller.running():
                 raise RuntimeError(f"controller exited ({self.controller.returncode}); "
                                    f"see {self.log_path}")  # fmt: skip
             if time.monotonic() - began > self.args.timeout:
-                raise TimeoutError(f"rounds not finished after {self.args.timeout:g}s")
+                raise TimeoutError(f"{what} not reached after {self.args.timeout:g}s")
             events = self.events()
-            done = [e for e in events if e.get("event") in ("round_completed", "round_aborted")]
-            line = self._progress(events)
-            if line != self.shown:
+            lines = progress(events, self.profile.budget)
+            for line in lines[self.shown :]:
                 print(f"[{time.monotonic() - began:5.1f}s] {line}", flush=True)
-                self.shown = line
-            if len(done) >= count:
+            self.shown = len(lines)
+            if done(events):
                 return
             time.sleep(0.3)
-
-    def _progress(self, events: list[dict[str, Any]]) -> str:
-        rounds = [e for e in events if e.get("event") == "round_started"]
-        if not rounds:
-            return "waiting for the controller..."
-        current = rounds[-1]
-        number = current["round"]
-        scores = [e["value"] for e in events if e.get("event") == "score" and e["round"] == number]
-        ended = [e for e in events if e.get("event") in ("round_completed", "round_aborted")
-                 and e["round"] == number]  # fmt: skip
-        kind = current.get("detail", "?")
-        if ended:
-            how = ended[-1]["event"].replace("round_", "")
-            return f"round {number} ({kind}) {how}: model {ended[-1].get('detail')}"
-        if kind == "OPTIMIZE":
-            best = f"{min(scores):.4f}" if scores else "-"
-            return (f"round {number} (OPTIMIZE) step {len(scores)}/{self.profile.budget}"
-                    f"  best f_val {best}")  # fmt: skip
-        return f"round {number} ({kind}) training..."
 
     # ------------------------------------------------------------------ results
 
@@ -265,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         demo.wait_for_rounds(1, began)
         demo.send(msg.InstructionKind.RETRAIN, 1)
         demo.wait_for_rounds(2, began)
-        time.sleep(2.5)  # let the engine read the last play, and a snapshot be taken
+        demo.wait_until_settled(began)  # the engine read the last play; a snapshot holds it
     except KeyboardInterrupt:
         print("\ndemo: interrupted, stopping everything", file=sys.stderr)
         demo.shutdown()
