@@ -122,8 +122,11 @@ def test_a_factory_error_is_retried_and_the_round_still_completes(
     reports = [msg.decode_report(m.value(), "seed")
                for m in wiring.read(wiring.reports, count=5, timeout=10)]  # fmt: skip
     finalised = [r for r in reports if isinstance(r, msg.Report) and r.reply_id == "cmd-3"]
-    assert [r.ok for r in finalised] == [False, True]
-    assert syncs[-1] == msg.SyncMessage("play", 7, finalised[-1].model_id)
+    # Models: step cmd-1 0, step cmd-2 1, the finalise 2 (a failed answer takes no id).
+    assert [(r.ok, r.model_id, r.error) for r in finalised] == [
+        (False, None, "simulated factory failure"), (True, 2, None),
+    ]  # fmt: skip
+    assert syncs == [msg.SyncMessage("pause", 7, -1), msg.SyncMessage("play", 7, 2)]
 
 
 def test_an_unreachable_broker_makes_the_controller_exit_non_zero_within_its_bound() -> None:
