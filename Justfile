@@ -70,6 +70,14 @@ lint: bootstrap
     {{py}} -m ruff format --check dataflow tests
     {{py}} -m mypy
 
+# Redraw the README's state diagram from the transition table (a test checks they agree)
+diagram: bootstrap
+    {{py}} -c 'import pathlib, re; from dataflow.domain import table; p = pathlib.Path("README.md"); p.write_text(re.sub(r"```mermaid\nstateDiagram-v2\n.*?```", lambda _: "```mermaid\n" + table.mermaid() + "```", p.read_text(), count=1, flags=re.S))'
+
+# Print the package's import graph (Mermaid) and check the layering rule
+imports: bootstrap
+    {{py}} -m tests.imports
+
 # Apply ruff's formatter and safe fixes
 fmt: bootstrap
     {{py}} -m ruff format dataflow tests

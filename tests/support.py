@@ -10,8 +10,8 @@ from typing import Any
 
 import msgspec
 
+from dataflow.domain import dialects, optimizer
 from dataflow.domain import machine as m
-from dataflow.domain import optimizer
 from dataflow.domain.messages import Instruction, InstructionKind, Report
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,7 +46,7 @@ SEED_PARAMS = (("pMin", 0.05), ("gamma", 0.001))
 
 def seed_config(**changes: Any) -> m.MachineConfig:
     """The seed dialect and profile with a two-step budget: short rounds, random proposals."""
-    profile = msgspec.structs.replace(optimizer.PROFILES["seed"], budget=2)
+    profile = msgspec.structs.replace(dialects.PROFILES["seed"], budget=2)
     config = m.MachineConfig(dialect="seed", profile=profile, initial_params=SEED_PARAMS,
                              report_timeout_ms=1000, max_retries=1)  # fmt: skip
     return msgspec.structs.replace(config, **changes)
@@ -88,7 +88,7 @@ def load_card(run: Path) -> Card:
     first_train = next(c for c in commands if c["type"] == "train")
     initial = tuple(json.loads(first_train["params"])["params"].items())
     document = json.loads((run / "offline_optimisation.json").read_text())
-    profile = optimizer.PROFILES["rtcef"]
+    profile = dialects.PROFILES["rtcef"]
     warm = optimizer.observations_from_warm_start(profile, document)
     config = m.MachineConfig("rtcef", profile, initial, warm_start=warm)
     reports = tuple(jsonl(run / "factory_reports.jsonl"))

@@ -23,9 +23,9 @@ from typing import Any, Final
 import msgspec
 
 from dataflow.adapters.wire import ENCODINGS, Codec, Encoding
-from dataflow.domain import machine, optimizer
+from dataflow.domain import dialects, machine, optimizer
 from dataflow.domain.errors import ConfigError
-from dataflow.domain.messages import DEFAULT_MAX_MESSAGE_BYTES, DIALECTS, Dialect, Params
+from dataflow.domain.messages import DEFAULT_MAX_MESSAGE_BYTES, Params
 
 
 class SettingsError(ValueError):
@@ -70,40 +70,38 @@ class Variable:
     secret: bool = False
 
 
-#: Topic defaults differ by dialect: the seed services' names and the originals'.
-TOPIC_DEFAULTS: Final[Mapping[Dialect, Mapping[str, str]]] = {
-    "seed": {
-        "INSTRUCTION_TOPIC": "instructions",
-        "REPORT_TOPIC": "factory_reports",
-        "COMMAND_TOPIC": "factory_commands",
-        "SYNC_TOPIC": "enginesync",
-    },
-    "rtcef": {
-        "INSTRUCTION_TOPIC": "optimiser_instructions",
-        "REPORT_TOPIC": "factory_reports",
-        "COMMAND_TOPIC": "factory_commands",
-        "SYNC_TOPIC": "engine_sync",
-    },
+#: The variable naming each of a dialect's topics.
+TOPIC_VARIABLES: Final[Mapping[dialects.TopicRole, str]] = {
+    "instructions": "INSTRUCTION_TOPIC",
+    "reports": "REPORT_TOPIC",
+    "commands": "COMMAND_TOPIC",
+    "sync": "SYNC_TOPIC",
 }
 
-#: The current best parameters before any round, per profile (wire order kept).
-INITIAL_PARAMS: Final[Mapping[str, Params]] = {
-    "seed": (("pMin", 0.05), ("gamma", 0.001)),
-    "rtcef": (("confidence", 0.25), ("order", 3), ("pmin", 0.005), ("gamma", 0.005)),
-}
+
+def _per_dialect(what: Callable[[dialects.Dialect], str]) -> str:
+    """A default that each dialect sets, as the README's table shows it."""
+    values = {what(d): d.name for d in dialects.REGISTRY.values()}
+    if len(values) == 1:
+        return next(iter(values))
+    return " / ".join(f"{value} ({name})" for value, name in values.items())
+
 
 VARIABLES: Final[tuple[Variable, ...]] = (
     Variable("KAFKA_BOOTSTRAP_SERVERS", "kafka:29092", "Kafka bootstrap servers, comma-separated."),
-    Variable("CONTROLLER_DIALECT", "seed",
-             "Wire dialect of the other services: `seed` (Flink/Java) or `rtcef` (originals)."),
+    Variable("CONTROLLER_DIALECT", dialects.DIALECTS[0],
+             "Wire dialect of the other services: "
+             + ", ".join(f"`{d.name}` ({d.summary})" for d in dialects.REGISTRY.values()) + "."),
     Variable("WIRE_ENCODING", "json",
              "`json`, or `avro`: schemaless Avro with the original RTCEF schemas and keys "
              "(rtcef dialect only)."),
-    Variable("INSTRUCTION_TOPIC", "instructions (seed) / optimiser_instructions (rtcef)",
+    Variable("INSTRUCTION_TOPIC", _per_dialect(lambda d: d.topics["instructions"]),
              "Observer instructions (input)."),
-    Variable("REPORT_TOPIC", "factory_reports", "ModelFactory reports (input)."),
-    Variable("COMMAND_TOPIC", "factory_commands", "ModelFactory commands (output)."),
-    Variable("SYNC_TOPIC", "enginesync (seed) / engine_sync (rtcef)",
+    Variable("REPORT_TOPIC", _per_dialect(lambda d: d.topics["reports"]),
+             "ModelFactory reports (input)."),
+    Variable("COMMAND_TOPIC", _per_dialect(lambda d: d.topics["commands"]),
+             "ModelFactory commands (output)."),
+    Variable("SYNC_TOPIC", _per_dialect(lambda d: d.topics["sync"]),
              "Engine pause/play messages (output)."),
     Variable("DEAD_LETTER_TOPIC", "controller_dead_letters",
              "Undecodable or rejected input, with the reason in headers (output)."),
@@ -207,7 +205,7 @@ class Settings:
     security: Mapping[str, str | Secret] = field(default_factory=dict)
 
     @property
-    def dialect(self) -> Dialect:
+    def dialect(self) -> str:
         """The wire dialect."""
         return self.machine.dialect
 
@@ -290,9 +288,9 @@ class _Reader:
             self.problems.append(f"{name}: not valid JSON ({error})")
             return None
 
-    def profile(self, dialect: Dialect) -> optimizer.Profile:
-        name = self.choice("OPTIMISER_PROFILE", dialect, tuple(optimizer.PROFILES))
-        profile = optimizer.PROFILES[name]
+    def profile(self, dialect: dialects.Dialect) -> optimizer.Profile:
+        name = self.choice("OPTIMISER_PROFILE", dialect.profile.name, tuple(dialects.PROFILES))
+        profile = dialects.PROFILES.get(name, dialect.profile)
         changes: dict[str, Any] = {}
         space = self.json_value("OPTIMISER_SPACE")
         if space is not None:
@@ -316,16 +314,19 @@ class _Reader:
     def initial_params(self, profile: optimizer.Profile) -> Params:
         value = self.json_value("INITIAL_PARAMS")
         if value is None:
-            default = INITIAL_PARAMS.get(profile.name)
-            if default is not None and sorted(n for n, _ in default) == sorted(profile.names):
-                return default
+            for dialect in dialects.REGISTRY.values():  # the starting point of its own profile
+                default = dialect.initial_params
+                if dialect.profile.name == profile.name and sorted(n for n, _ in default) == sorted(
+                    profile.names
+                ):
+                    return default
             # A custom space: start from the middle of every axis.
             return tuple((d.name, _middle(d)) for d in profile.dimensions)
         if not isinstance(value, dict) or not all(
             isinstance(v, int | float) and not isinstance(v, bool) for v in value.values()
         ):
             self.problems.append("INITIAL_PARAMS: must be a JSON object of numbers")
-            return INITIAL_PARAMS.get(profile.name, ())
+            return ()
         return tuple(value.items())
 
     def warm_start(self, profile: optimizer.Profile) -> tuple[optimizer.Observation, ...]:
@@ -351,17 +352,20 @@ class _Reader:
         return found
 
     def settings(self) -> Settings:
-        dialect: Dialect = self.choice("CONTROLLER_DIALECT", "seed", DIALECTS)  # type: ignore[assignment]
+        dialect = dialects.get(self.choice("CONTROLLER_DIALECT", "seed", dialects.DIALECTS))
         encoding: Encoding = self.choice("WIRE_ENCODING", "json", ENCODINGS)  # type: ignore[assignment]
-        if encoding == "avro" and dialect != "rtcef":
-            self.problems.append("WIRE_ENCODING: avro is the rtcef services' encoding; "
-                                 "set CONTROLLER_DIALECT=rtcef")  # fmt: skip
-        defaults = TOPIC_DEFAULTS[dialect]
+        if encoding not in dialect.encodings:
+            speakers = [d.name for d in dialects.REGISTRY.values() if encoding in d.encodings]
+            self.problems.append(f"WIRE_ENCODING: {encoding} is not spoken by the "
+                                 f"{dialect.name} dialect; set CONTROLLER_DIALECT to one of "
+                                 f"{speakers}")  # fmt: skip
+        named = {role: self.text(variable, dialect.topics[role])
+                 for role, variable in TOPIC_VARIABLES.items()}  # fmt: skip
         topics = Topics(
-            instructions=self.text("INSTRUCTION_TOPIC", defaults["INSTRUCTION_TOPIC"]),
-            reports=self.text("REPORT_TOPIC", defaults["REPORT_TOPIC"]),
-            commands=self.text("COMMAND_TOPIC", defaults["COMMAND_TOPIC"]),
-            sync=self.text("SYNC_TOPIC", defaults["SYNC_TOPIC"]),
+            instructions=named["instructions"],
+            reports=named["reports"],
+            commands=named["commands"],
+            sync=named["sync"],
             dead_letters=self.text("DEAD_LETTER_TOPIC", "controller_dead_letters"),
         )
         if len(set(topics.all())) != len(topics.all()):
@@ -370,7 +374,7 @@ class _Reader:
         keys_text = self.text("SESSION_KEYS", "")
         keys = tuple(k.strip() for k in keys_text.split(",") if k.strip()) or (machine.DEFAULT_KEY,)
         config = machine.MachineConfig(
-            dialect=dialect,
+            dialect=dialect.name,
             profile=profile,
             initial_params=self.initial_params(profile),
             keys=keys,

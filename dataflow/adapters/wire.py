@@ -24,6 +24,7 @@ from typing import Any, Final, Literal, TypeAlias
 import fastavro
 import msgspec
 
+from dataflow.domain import dialects
 from dataflow.domain import messages as msg
 
 Encoding: TypeAlias = Literal["json", "avro"]
@@ -81,12 +82,14 @@ class Codec:
     (JSON messages are keyed by session in the flow).
     """
 
-    dialect: msg.Dialect
+    dialect: str
     encoding: Encoding = "json"
 
     def __post_init__(self) -> None:
-        if self.encoding == "avro" and self.dialect != "rtcef":
-            raise ValueError("Avro is the original RTCEF services' encoding: use the rtcef dialect")
+        spoken = dialects.get(self.dialect).encodings
+        if self.encoding not in spoken:
+            raise ValueError(f"the {self.dialect} dialect is spoken in {', '.join(spoken)}, "
+                             f"not {self.encoding}")  # fmt: skip
 
     @property
     def avro(self) -> bool:
@@ -94,23 +97,21 @@ class Codec:
         return self.encoding == "avro"
 
     def _json_of(self, role: str, data: bytes, what: str, max_bytes: int) -> bytes | msg.Rejection:
-        if not self.avro:
-            return data
+        """The message as JSON text, size-checked once, on the wire.
+
+        The JSON decoders then get the text's own length as their limit: an Avro
+        record's JSON form is larger than its wire bytes and must not be refused
+        for that.
+        """
         too_large = msg.oversized(data, what, max_bytes)
         if too_large is not None:
             return too_large
+        if not self.avro:
+            return data
         record = avro_read(role, "value", data)
         if isinstance(record, str):
             return msg.Rejection(f"{what}: {record}")
         return msgspec.json.encode(record)
-
-    def _limit(self, text: bytes, max_bytes: int) -> int:
-        """The size limit left for the JSON decoder.
-
-        None after Avro: ``_json_of`` checked its size on the wire, and its JSON
-        form is larger, so checking that again would refuse what fits.
-        """
-        return len(text) if self.avro else max_bytes
 
     # ------------------------------------------------------------------ inputs
 
@@ -121,7 +122,7 @@ class Codec:
         text = self._json_of("instructions", data, "instruction", max_bytes)
         if isinstance(text, msg.Rejection):
             return text
-        return msg.decode_instruction(text, self.dialect, self._limit(text, max_bytes))
+        return dialects.decode_instruction(text, self.dialect, len(text))
 
     def decode_report(
         self, data: bytes, max_bytes: int = msg.DEFAULT_MAX_MESSAGE_BYTES
@@ -135,7 +136,7 @@ class Codec:
         text = self._json_of("reports", data, "report", max_bytes)
         if isinstance(text, msg.Rejection):
             return text
-        report = msg.decode_report(text, self.dialect, self._limit(text, max_bytes))
+        report = dialects.decode_report(text, self.dialect, len(text))
         model = report.model_id if isinstance(report, msg.Report) else None
         if self.avro and isinstance(model, int) and not _INT32[0] <= model <= _INT32[1]:
             return msg.Rejection(
@@ -171,17 +172,15 @@ class Codec:
             return None, msg.encode_sync(sync)
         return self._avro("sync", msgspec.structs.asdict(sync))
 
-    def encode_report(
-        self, report: msg.RtcefReportWire | msg.SeedReportWire
-    ) -> tuple[bytes | None, bytes]:
+    def encode_report(self, report: msgspec.Struct) -> tuple[bytes | None, bytes]:
         """A factory report's key and value (the factory stand-in writes these)."""
         if not self.avro:
-            return None, msg.encode_report(report)
+            return None, msg.encode_json(report)
         return self._avro("reports", msgspec.structs.asdict(report))
 
     def encode_instruction(self, instruction: msg.Instruction) -> tuple[bytes | None, bytes]:
         """An Observer instruction's key and value (the Observer stand-in writes these)."""
-        value = msg.encode_instruction(instruction, self.dialect)
+        value = dialects.encode_instruction(instruction, self.dialect)
         if not self.avro:
             return None, value
         return self._avro("instructions", json.loads(value))

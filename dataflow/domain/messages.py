@@ -1,15 +1,12 @@
-"""Wire messages of the four topics, for both dialects, and their pure decode/encode.
+"""The messages of the four topics as the state machine sees them, and what every dialect shares.
 
-Role: the boundary between bytes and the state machine. Each topic has a *wire*
-struct per dialect that mirrors exactly what the other services send or read
-(field names and order, so re-encoding is byte-stable), and a *normalised*
-value that the state machine works with. Decoding never raises: it returns the
-value or a ``Rejection`` naming the field and what was wrong with it.
-
-Dialects (see ``shared/docs/wire-formats.md``):
-
-* ``seed``: the Flink/Java services. Command ids are strings ``"cmd-N"``.
-* ``rtcef``: the original RTCEF services. Command ids are integers.
+Role: the boundary between bytes and the state machine. Each topic has a
+*normalised* value here (``Instruction``, ``Report``, ``FactoryCommand``,
+``SyncMessage``); what differs between the families of services (their wire
+structs, topic names, id format) is one record per dialect in
+``dataflow.domain.dialects``, built from the helpers below. Decoding never
+raises: it returns the value or a ``Rejection`` naming the field and what was
+wrong with it. Commands and syncs have one wire shape in every dialect.
 """
 
 from __future__ import annotations
@@ -18,12 +15,9 @@ import json
 import math
 import re
 from enum import StrEnum
-from typing import Any, Final, Literal, TypeAlias, TypeVar
+from typing import Any, Final, Protocol, TypeAlias, TypeVar
 
 import msgspec
-
-Dialect: TypeAlias = Literal["seed", "rtcef"]
-DIALECTS: Final = ("seed", "rtcef")
 
 #: Parameter values are named numbers; order matters on the wire (``train`` params).
 ParamValue: TypeAlias = float | int
@@ -101,6 +95,26 @@ class Report(msgspec.Struct, frozen=True):
     error: str | None = None
 
 
+class ReportWire(Protocol):
+    """What every dialect's report struct has (a seed one adds ``status`` and ``error``)."""
+
+    @property
+    def reply_id(self) -> int | str:
+        """The ``id`` of the command answered."""
+
+    @property
+    def params_dict(self) -> str | None:
+        """JSON text: the parameters the factory used."""
+
+    @property
+    def model_id(self) -> int | str | None:
+        """The model built."""
+
+    @property
+    def metrics(self) -> str | None:
+        """JSON text: the scores (``f_val`` for a step)."""
+
+
 class FactoryCommand(msgspec.Struct, frozen=True):
     """A command to the ModelFactory. Field order is the wire order of both dialects."""
 
@@ -122,61 +136,8 @@ class SyncMessage(msgspec.Struct, frozen=True):
     model_id: int | str
 
 
-# --------------------------------------------------------------------------- wire shapes
-
-
-class RtcefInstructionWire(msgspec.Struct, frozen=True):
-    """rtcef Observer record (every field nullable, as in its Avro schema)."""
-
-    id: int | None = None
-    instruction: str | None = None
-    timestamp: int | None = None
-
-
-class SeedInstructionWire(msgspec.Struct, frozen=True, omit_defaults=True):
-    """seed Observer record; everything but the instruction word and timestamp optional."""
-
-    id: int | str | None = None
-    timestamp: int | None = None
-    instruction_type: str | None = None
-    instruction: str | None = None
-    model_id: str | None = None
-    metrics: dict[str, float | int | str | None] | None = None
-    parameters: dict[str, Any] | None = None
-    hyperparameters: dict[str, float | int | str | None] | None = None
-
-
-class RtcefReportWire(msgspec.Struct, frozen=True):
-    """rtcef factory report: four fields, all present, two of them JSON text."""
-
-    reply_id: int
-    params_dict: str
-    model_id: int
-    metrics: str
-
-
-class SeedReportWire(msgspec.Struct, frozen=True, omit_defaults=True):
-    """seed factory report: like rtcef plus status, error and model metadata."""
-
-    reply_id: int | str
-    params_dict: str | None = None
-    model_id: int | str | None = None
-    metrics: str | None = None
-    status: str | None = None
-    error: str | None = None
-    model_path: str | None = None
-    creation_method: str | None = None
-
-
-_DECODERS: Final[dict[type, msgspec.json.Decoder[Any]]] = {
-    RtcefInstructionWire: msgspec.json.Decoder(RtcefInstructionWire),
-    SeedInstructionWire: msgspec.json.Decoder(SeedInstructionWire),
-    RtcefReportWire: msgspec.json.Decoder(RtcefReportWire),
-    SeedReportWire: msgspec.json.Decoder(SeedReportWire),
-    FactoryCommand: msgspec.json.Decoder(FactoryCommand),
-    SyncMessage: msgspec.json.Decoder(SyncMessage),
-}
 _ENCODER: Final = msgspec.json.Encoder()
+_DECODERS: dict[type, msgspec.json.Decoder[Any]] = {}
 
 
 _T = TypeVar("_T")
@@ -189,15 +150,24 @@ def oversized(data: bytes, what: str, max_bytes: int) -> Rejection | None:
     return None
 
 
-def _decode_wire(data: bytes, wire: type[_T], what: str, max_bytes: int) -> _T | Rejection:
+def decode_json(data: bytes, wire: type[_T], what: str, max_bytes: int) -> _T | Rejection:
+    """``data`` as the JSON struct ``wire``, or why not (too large, not JSON, wrong fields)."""
     too_large = oversized(data, what, max_bytes)
     if too_large is not None:
         return too_large
+    decoder = _DECODERS.get(wire)
+    if decoder is None:
+        decoder = _DECODERS[wire] = msgspec.json.Decoder(wire)
     try:
-        decoded: _T = _DECODERS[wire].decode(data)
+        decoded: _T = decoder.decode(data)
     except msgspec.DecodeError as error:
         return Rejection(f"{what}: {error}")
     return decoded
+
+
+def encode_json(value: msgspec.Struct) -> bytes:
+    """A struct as compact JSON in its field order (byte-stable)."""
+    return _ENCODER.encode(value)
 
 
 # --------------------------------------------------------------------------- instructions
@@ -208,40 +178,7 @@ def normalise_instruction_word(word: str) -> InstructionKind | None:
     return _INSTRUCTION_WORDS.get(word.strip().lower())
 
 
-def decode_instruction(
-    data: bytes, dialect: Dialect, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
-) -> Instruction | Rejection:
-    """Decode an Observer instruction; unknown instruction words are rejected, not guessed."""
-    if dialect == "rtcef":
-        rtcef = _decode_wire(data, RtcefInstructionWire, "instruction", max_bytes)
-        if isinstance(rtcef, Rejection):
-            return rtcef
-        return _instruction_from(rtcef.instruction, "instruction", rtcef.timestamp, rtcef.id)
-    seed = _decode_wire(data, SeedInstructionWire, "instruction", max_bytes)
-    if isinstance(seed, Rejection):
-        return seed
-    word, field = (
-        (seed.instruction_type, "instruction_type")
-        if seed.instruction_type is not None
-        else (seed.instruction, "instruction")
-    )
-    parameters = None
-    if seed.parameters is not None:
-        checked = _check_params(tuple(seed.parameters.items()), "instruction", "parameters")
-        if isinstance(checked, Rejection):
-            return checked
-        parameters = checked
-    decoded = _instruction_from(word, field, seed.timestamp, seed.id, seed.model_id, parameters)
-    if (
-        isinstance(decoded, Instruction)
-        and decoded.kind is InstructionKind.UPDATE_PARAMS
-        and not decoded.parameters
-    ):
-        return Rejection("instruction: update_params needs a non-empty `$.parameters` object")
-    return decoded
-
-
-def _instruction_from(
+def instruction_from(
     word: str | None,
     field: str,
     timestamp: int | None,
@@ -249,6 +186,7 @@ def _instruction_from(
     model_id: str | None = None,
     parameters: Params | None = None,
 ) -> Instruction | Rejection:
+    """The instruction a record's word, timestamp and id make, or what is wrong with them."""
     if word is None:
         return Rejection(f"instruction: `$.{field}` is missing or null")
     kind = normalise_instruction_word(word)
@@ -259,49 +197,10 @@ def _instruction_from(
     return Instruction(kind, timestamp, ident, model_id, parameters)
 
 
-def encode_instruction(instruction: Instruction, dialect: Dialect) -> bytes:
-    """Encode an instruction as the dialect's Observer would (used by the stand-ins)."""
-    if dialect == "rtcef":
-        word = {"OPTIMIZE": "optimise", "RETRAIN": "train"}.get(instruction.kind)
-        if word is None:
-            raise ValueError("the rtcef dialect has no update_params instruction")
-        ident = instruction.id if isinstance(instruction.id, int) else None
-        return _ENCODER.encode(RtcefInstructionWire(ident, word, instruction.timestamp))
-    return _ENCODER.encode(
-        SeedInstructionWire(
-            id=instruction.id,
-            timestamp=instruction.timestamp,
-            instruction_type=instruction.kind.lower(),
-            instruction=instruction.kind.lower(),
-            model_id=instruction.model_id,
-            parameters=dict(instruction.parameters) if instruction.parameters else None,
-        )
-    )
-
-
 # --------------------------------------------------------------------------- reports
 
 
-def decode_report(
-    data: bytes, dialect: Dialect, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
-) -> Report | Rejection:
-    """Decode a factory report, parsing its JSON-text fields (``metrics``, ``params_dict``)."""
-    wire = decode_report_wire(data, dialect, max_bytes)
-    if isinstance(wire, Rejection):
-        return wire
-    return report_from_wire(wire)
-
-
-def decode_report_wire(
-    data: bytes, dialect: Dialect, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
-) -> RtcefReportWire | SeedReportWire | Rejection:
-    """Decode a report to its exact wire shape (re-encodes to the same JSON object)."""
-    if dialect == "rtcef":
-        return _decode_wire(data, RtcefReportWire, "report", max_bytes)
-    return _decode_wire(data, SeedReportWire, "report", max_bytes)
-
-
-def report_from_wire(wire: RtcefReportWire | SeedReportWire) -> Report | Rejection:
+def report_from_wire(wire: ReportWire) -> Report | Rejection:
     """Normalise a wire report: parse its metrics and parameters, read its status."""
     status = getattr(wire, "status", None)
     if status is not None and status not in ("success", "error"):
@@ -349,12 +248,13 @@ def _parse_params_dict(text: str) -> Params | Rejection | None:
         return None
     if not isinstance(params, dict):
         return Rejection("report: `$.params_dict` must hold a JSON object")
-    return _check_params(tuple(params.items()), "report", "params_dict")
+    return numeric_params(tuple(params.items()), "report", "params_dict")
 
 
-def _check_params(
+def numeric_params(
     items: tuple[tuple[str, object], ...], what: str, field: str
 ) -> Params | Rejection:
+    """Named parameters whose values are all finite numbers, or the first that is not."""
     checked: list[tuple[str, ParamValue]] = []
     for name, value in items:
         where = f"{what}: `$.{field}.{name[:64]}`"
@@ -366,27 +266,22 @@ def _check_params(
     return tuple(checked)
 
 
-def encode_report(report: RtcefReportWire | SeedReportWire) -> bytes:
-    """Encode a wire report (used by the factory stand-in)."""
-    return _ENCODER.encode(report)
-
-
 # --------------------------------------------------------------------------- commands & sync
 
 
-def command_id(dialect: Dialect, number: int) -> int | str:
-    """The wire form of command number ``number``: ``17`` (rtcef) or ``"cmd-17"`` (seed)."""
-    return number if dialect == "rtcef" else f"cmd-{number}"
-
-
-_SEED_ID = re.compile(r"cmd-(0|[1-9][0-9]{0,17})")
+_NAMED_ID = re.compile(r"cmd-(0|[1-9][0-9]{0,17})")
 
 
 def command_number(reply_id: int | str) -> int | None:
-    """Invert ``command_id`` for either dialect; ``None`` for anything we never issue."""
+    """The counter a reply id names, in either id form: ``17`` or ``"cmd-17"``.
+
+    Every dialect's ``command_id`` writes one of the two forms; a reply in the other
+    form is read the same (the services never mix them). ``None`` for anything
+    never issued.
+    """
     if isinstance(reply_id, int):
         return reply_id if reply_id >= 0 else None
-    match = _SEED_ID.fullmatch(reply_id)
+    match = _NAMED_ID.fullmatch(reply_id)
     return int(match.group(1)) if match else None
 
 
@@ -404,14 +299,14 @@ def params_text(params: Params | tuple[ParamValue, ...] | None, *, named: bool) 
 
 def encode_command(command: FactoryCommand) -> bytes:
     """Encode a command; byte-stable (fixed field order, shortest float repr)."""
-    return _ENCODER.encode(command)
+    return encode_json(command)
 
 
 def decode_command(
     data: bytes, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
 ) -> FactoryCommand | Rejection:
     """Decode a factory command (the factory stand-in and the tests read them)."""
-    command = _decode_wire(data, FactoryCommand, "command", max_bytes)
+    command = decode_json(data, FactoryCommand, "command", max_bytes)
     if isinstance(command, FactoryCommand) and command.type not in set(CommandType):
         return Rejection(f"command: `$.type` has unknown command type {command.type[:32]!r}")
     return command
@@ -419,12 +314,12 @@ def decode_command(
 
 def encode_sync(sync: SyncMessage) -> bytes:
     """Encode a pause/play message."""
-    return _ENCODER.encode(sync)
+    return encode_json(sync)
 
 
 def decode_sync(data: bytes, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> SyncMessage | Rejection:
     """Decode a pause/play message; any type but the two words is rejected."""
-    sync = _decode_wire(data, SyncMessage, "sync", max_bytes)
+    sync = decode_json(data, SyncMessage, "sync", max_bytes)
     if isinstance(sync, SyncMessage) and sync.type not in set(SyncType):
         return Rejection(f"sync: `$.type` has unknown sync type {sync.type[:32]!r}")
     return sync

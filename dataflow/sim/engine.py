@@ -15,9 +15,9 @@ from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, Message
 from confluent_kafka.cimpl import TopicPartition
 
 from dataflow.adapters.clock import now_ms
-from dataflow.adapters.config import TOPIC_DEFAULTS
 from dataflow.adapters.kafka import MESSAGE_ID_HEADER
 from dataflow.adapters.wire import Codec
+from dataflow.domain import dialects
 from dataflow.domain import messages as msg
 from dataflow.sim.runner import add_wire_arguments
 
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--from-start", action="store_true", help="replay the topics from offset 0")
     args = parser.parse_args(argv)
-    sync_topic = args.sync_topic or TOPIC_DEFAULTS[args.dialect]["SYNC_TOPIC"]
+    sync_topic = args.sync_topic or dialects.get(args.dialect).topics["sync"]
     consumer = Consumer({"bootstrap.servers": args.bootstrap, "group.id": "engine-stand-in"})
     start = OFFSET_BEGINNING if args.from_start else OFFSET_END
     consumer.assign(

@@ -19,8 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dataflow.adapters.wire import Codec, Encoding
+from dataflow.domain import dialects
 from dataflow.domain import messages as msg
-from dataflow.domain.optimizer import PROFILES, Profile
+from dataflow.domain.dialects import PROFILES
+from dataflow.domain.optimizer import Profile
 from dataflow.sim.runner import add_wire_arguments, serve
 from dataflow.sim.surfaces import SYNTHETIC, Surface, recorded
 
@@ -46,7 +48,7 @@ class Behaviour:
 class FactorySimulator:
     """Answers factory commands; remembers each optimisation's steps for its finalise."""
 
-    dialect: msg.Dialect
+    dialect: str
     profile: Profile
     surface: Surface
     behaviour: Behaviour = field(default_factory=Behaviour)
@@ -60,6 +62,7 @@ class FactorySimulator:
     def __post_init__(self) -> None:
         self._random = random.Random(self.seed)  # noqa: S311 - simulation, not security
         self.codec = Codec(self.dialect, self.encoding)
+        self._dialect = dialects.get(self.dialect)
 
     def respond(self, command: msg.FactoryCommand) -> list[Reply]:
         """The reports for ``command`` (none, one, or a duplicated one), as (key, value)."""
@@ -86,7 +89,7 @@ class FactorySimulator:
         model = self.next_model
         self.next_model += 1
         if command.type == msg.CommandType.TRAIN:
-            params_dict = command.params if self.dialect == "rtcef" else json.dumps(body)
+            params_dict = self._dialect.train_params_dict(command)
             return self._encode(command, model, params_dict, "", "retrain")
         if command.type == msg.CommandType.OPT_STEP:
             named = tuple(zip(self.profile.names, body, strict=True))
@@ -111,28 +114,12 @@ class FactorySimulator:
         metrics: str,
         method: str | None,
     ) -> Reply:
-        if self.dialect == "rtcef":
-            return self.codec.encode_report(
-                msg.RtcefReportWire(int(command.id), params_dict, model, metrics)
-            )
-        return self.codec.encode_report(
-            msg.SeedReportWire(
-                reply_id=command.id,
-                params_dict=params_dict,
-                model_id=model,
-                metrics=metrics,
-                status="success",
-                model_path=f"/models/wayeb_{model}.model" if method else None,
-                creation_method=method if command.type == "opt_finalise" else None,
-            )
-        )
+        report = self._dialect.success_report(command, model, params_dict, metrics, method)
+        return self.codec.encode_report(report)
 
     def _error(self, command: msg.FactoryCommand, reason: str) -> Reply | None:
-        if self.dialect == "rtcef":
-            return None  # the original factories have no error reports: an error is silence
-        return self.codec.encode_report(
-            msg.SeedReportWire(command.id, status="error", error=reason)
-        )
+        report = self._dialect.error_report(command, reason)  # None: a silent factory
+        return None if report is None else self.codec.encode_report(report)
 
 
 def main(argv: list[str] | None = None) -> int:

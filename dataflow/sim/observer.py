@@ -16,8 +16,8 @@ import time
 
 from confluent_kafka import Producer
 
-from dataflow.adapters.config import TOPIC_DEFAULTS
 from dataflow.adapters.wire import Codec
+from dataflow.domain import dialects
 from dataflow.domain import messages as msg
 from dataflow.sim.runner import add_wire_arguments
 
@@ -86,13 +86,14 @@ def main(argv: list[str] | None = None) -> int:
     """Send the instruction and wait for the broker's acknowledgement."""
     args = parser().parse_args(argv)
     kind = KINDS[args.instruction]
-    if args.dialect == "rtcef" and (kind is msg.InstructionKind.UPDATE_PARAMS or args.model_id):
-        print("observer: the rtcef dialect has no update_params and no model_id", file=sys.stderr)
+    dialect = dialects.get(args.dialect)
+    if kind not in dialect.instruction_kinds or (args.model_id and not dialect.model_ids):
+        print(f"observer: the {dialect.name} dialect's Observer sends no {kind.value.lower()}"
+              f"{'' if dialect.model_ids else ' and no model_id'}", file=sys.stderr)  # fmt: skip
         return 2
-    if args.encoding == "avro" and args.dialect != "rtcef":
-        print(
-            "observer: avro is the rtcef services' encoding (add --dialect rtcef)", file=sys.stderr
-        )
+    if args.encoding not in dialect.encodings:
+        print(f"observer: the {dialect.name} dialect is not spoken in {args.encoding} "
+              f"(only {', '.join(dialect.encodings)})", file=sys.stderr)  # fmt: skip
         return 2
     if kind is msg.InstructionKind.UPDATE_PARAMS and not args.param:
         print("observer: update-params needs at least one --param NAME=VALUE", file=sys.stderr)
@@ -104,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         args.model_id,
         tuple(args.param) or None,
     )
-    topic = args.topic or TOPIC_DEFAULTS[args.dialect]["INSTRUCTION_TOPIC"]
+    topic = args.topic or dialect.topics["instructions"]
     failures: list[str] = []
     producer = Producer({"bootstrap.servers": args.bootstrap, "acks": "all"})
     key, payload = Codec(args.dialect, args.encoding).encode_instruction(instruction)

@@ -20,7 +20,7 @@ from confluent_kafka.cimpl import TopicPartition
 
 from dataflow.adapters.wire import ENCODINGS, Codec
 from dataflow.domain import messages as msg
-from dataflow.domain.messages import DIALECTS
+from dataflow.domain.dialects import DIALECTS
 
 #: What a handler produces: (topic, key, value).
 Produced = tuple[str, bytes | None, bytes]

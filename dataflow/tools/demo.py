@@ -29,10 +29,10 @@ from confluent_kafka import Consumer, Producer
 from confluent_kafka.cimpl import TopicPartition
 
 from dataflow.adapters.clock import now_ms
-from dataflow.adapters.config import TOPIC_DEFAULTS
+from dataflow.adapters.config import TOPIC_VARIABLES
 from dataflow.adapters.wire import ENCODINGS, Codec
+from dataflow.domain import dialects
 from dataflow.domain import messages as msg
-from dataflow.domain.optimizer import PROFILES
 from dataflow.sim.engine import EngineSimulator
 from dataflow.sim.factory import Behaviour, FactorySimulator
 from dataflow.sim.runner import answering, messages, serve
@@ -43,7 +43,7 @@ from dataflow.tools.process import ControllerProcess
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m dataflow.tools.demo", description=__doc__)
-    parser.add_argument("--dialect", choices=msg.DIALECTS, default="seed")
+    parser.add_argument("--dialect", choices=dialects.DIALECTS, default="seed")
     parser.add_argument(
         "--encoding",
         choices=ENCODINGS,
@@ -102,10 +102,11 @@ class Demo:
         self.run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:4]
         self.folder = args.output / self.run_id
         self.folder.mkdir(parents=True, exist_ok=True)
-        names = TOPIC_DEFAULTS[args.dialect]
-        self.topics = {k: f"demo-{self.run_id}-{v}" for k, v in names.items()}
+        dialect = dialects.get(args.dialect)
+        self.topics = {TOPIC_VARIABLES[role]: f"demo-{self.run_id}-{name}"
+                       for role, name in dialect.topics.items()}  # fmt: skip
         self.topics["DEAD_LETTER_TOPIC"] = f"demo-{self.run_id}-dead_letters"
-        self.profile = PROFILES[args.dialect]
+        self.profile = dialect.profile
         if args.budget:
             self.profile = msgspec.structs.replace(self.profile, budget=args.budget)  # fmt: skip
         self.stop = threading.Event()
@@ -293,8 +294,8 @@ def main(argv: list[str] | None = None) -> int:
         print("demo: set KAFKA_BOOTSTRAP_SERVERS (or use `just run`, which starts a broker)",
               file=sys.stderr)  # fmt: skip
         return 2
-    if args.encoding == "avro" and args.dialect != "rtcef":
-        print("demo: --encoding avro needs --dialect rtcef", file=sys.stderr)
+    if args.encoding not in dialects.get(args.dialect).encodings:
+        print(f"demo: the {args.dialect} dialect is not spoken in {args.encoding}", file=sys.stderr)
         return 2
     demo = Demo(args, bootstrap)
     print(f"demo: output in {demo.folder}; broker {bootstrap}; dialect {args.dialect}")

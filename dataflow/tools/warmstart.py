@@ -29,7 +29,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from dataflow.domain import optimizer
+from dataflow.domain import dialects, optimizer
 from dataflow.domain.errors import ConfigError
 
 TRUST_WARNING = "warmstart: unpickling runs code; convert only optimisation results you trust"
@@ -124,14 +124,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--profile",
         default="rtcef",
-        choices=sorted(optimizer.PROFILES),
+        choices=sorted(dialects.PROFILES),
         help="check the dimensions against this optimiser profile (default: rtcef)",
     )
     args = parser.parse_args(argv)
     print(TRUST_WARNING, file=sys.stderr)
     try:
         document = document_from_result(load_result(args.result))
-        count = check(document, optimizer.PROFILES[args.profile])
+        count = check(document, dialects.PROFILES[args.profile])
     except (ModuleNotFoundError, ImportError, AttributeError) as error:
         print(f"warmstart: cannot load {args.result}: {error} (a class it names is missing:"
               " is scikit-optimize installed, in a compatible version?)",

@@ -50,6 +50,7 @@ from typing import Any
 import msgspec
 import numpy as np
 
+from dataflow.domain import bayes, dialects, strategy
 from dataflow.domain import machine as m
 from dataflow.domain import messages as msg
 from dataflow.domain import optimizer as o
@@ -87,8 +88,8 @@ def grown(
 ) -> o.OptimiserSnapshot:
     """A snapshot with ``count`` observations (random points: sizes do not depend on them)."""
     rng = np.random.RandomState(count)
-    space = o._space(profile)
-    points = [o._to_point(profile, p) for p in space.rvs(count, random_state=rng)]
+    space = bayes.space(profile)
+    points = [o.to_point(profile, p) for p in space.rvs(count, random_state=rng)]
     observations = tuple(o.Observation(p, surface(o.named(profile, p))) for p in points)
     big = msgspec.structs.replace(profile, budget=count + 1)
     return msgspec.structs.replace(o.start(big, "bench", 0), observations=observations)
@@ -98,7 +99,7 @@ def seed_design_bytes(profile: o.Profile, snapshot: o.OptimiserSnapshot) -> byte
     """The seed's state: a live skopt Optimizer told every observation, pickled, base64 in JSON."""
     from skopt import Optimizer
 
-    dimensions = o._space(profile).dimensions
+    dimensions = bayes.space(profile).dimensions
     optimizer = Optimizer(
         dimensions,
         base_estimator="GP",
@@ -116,7 +117,7 @@ def seed_design_bytes(profile: o.Profile, snapshot: o.OptimiserSnapshot) -> byte
 def bench_state(quick: bool) -> Rows:
     rows: Rows = []
     for name in ("seed", "rtcef"):
-        profile = o.PROFILES[name]
+        profile = dialects.PROFILES[name]
         surface = SYNTHETIC["bowl"](profile)
         for count in (10, 30, 50):
             snapshot = grown(profile, count, surface)
@@ -241,7 +242,7 @@ class Factory:
         self,
         bootstrap: str,
         topics: dict[str, str],
-        dialect: msg.Dialect,
+        dialect: str,
         profile: o.Profile,
         delay_s: Callable[[msg.FactoryCommand], float] = lambda command: 0.0,
     ) -> None:
@@ -309,7 +310,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def bench_latency(bootstrap: str) -> Rows:
-    profile = o.PROFILES["seed"]
+    profile = dialects.PROFILES["seed"]
     topics = make_topics(bootstrap, "seed")
     budget = 30
     controller = Controller(bootstrap, topics, {"OPTIMISER_BUDGET": str(budget)})
@@ -332,11 +333,11 @@ def bench_latency(bootstrap: str) -> Rows:
     snapshot = o.start(msgspec.structs.replace(profile, budget=budget), m.DEFAULT_KEY, 0)
     floor = []
     for command in steps[:-1]:
-        point, snapshot = o.propose(snapshot)
+        point, snapshot = strategy.propose(snapshot)
         began = time.perf_counter()
         learnt = o.learn(snapshot, surface(o.named(profile, point)))
         if learnt.remaining:
-            o.propose(learnt)
+            strategy.propose(learnt)
         floor.append(time.perf_counter() - began)
         snapshot = learnt
         del command
@@ -354,7 +355,7 @@ def bench_latency(bootstrap: str) -> Rows:
 
 def bench_throughput(bootstrap: str, quick: bool) -> Rows:
     rows: Rows = []
-    profile = msgspec.structs.replace(o.PROFILES["seed"], budget=6)
+    profile = msgspec.structs.replace(dialects.PROFILES["seed"], budget=6)
     for sessions in (1, 10) if quick else (1, 10, 100):
         for workers in (1, 2):
             topics = make_topics(bootstrap, "seed")
@@ -400,7 +401,7 @@ def bench_throughput(bootstrap: str, quick: bool) -> Rows:
 
 
 def bench_recovery(bootstrap: str) -> Rows:
-    profile = o.PROFILES["seed"]
+    profile = dialects.PROFILES["seed"]
     topics = make_topics(bootstrap, "seed")
     controller = Controller(bootstrap, topics, {"OPTIMISER_BUDGET": "10"})
     factory = Factory(bootstrap, topics, "seed", profile)
@@ -476,7 +477,7 @@ def bench_hops(bootstrap: str, quick: bool) -> Rows:
     """Each hop of a round at the shipped defaults, the controller idle before it."""
     from confluent_kafka import Producer
 
-    profile = o.PROFILES["seed"]
+    profile = dialects.PROFILES["seed"]
     topics = make_topics(bootstrap, "seed")
     slow_steps = lambda command: 2.0 if command.type == "opt_step" else 0.0  # noqa: E731
     controller = Controller(bootstrap, topics, {})
@@ -525,7 +526,7 @@ def bench_pause_share(bootstrap: str, quick: bool) -> Rows:
     """The engine's pause in a 15-step rtcef round minus the factory's 1 s per command."""
     from confluent_kafka import Producer
 
-    profile = o.PROFILES["rtcef"]
+    profile = dialects.PROFILES["rtcef"]
     topics = make_topics(bootstrap, "rtcef")
     controller = Controller(bootstrap, topics, {"CONTROLLER_DIALECT": "rtcef"})
     one_second = lambda command: 0.0 if command.type == "opt_initialise" else 1.0  # noqa: E731
@@ -591,9 +592,9 @@ def bench_optimiser(quick: bool, plot: bool = True) -> Rows:
     if RECORDINGS.exists():
         cases.append(("rtcef", "recorded", lambda p: recorded(p, RECORDINGS)))
     for profile_name, surface_name, make in cases:
-        profile = o.PROFILES[profile_name]
+        profile = dialects.PROFILES[profile_name]
         surface = make(profile)
-        space = o._space(profile)
+        space = bayes.space(profile)
         results: dict[str, tuple[list[float], list[float]]] = {
             "ours": ([], []),
             "skopt": ([], []),
@@ -603,7 +604,7 @@ def bench_optimiser(quick: bool, plot: bool = True) -> Rows:
         traces: dict[str, list[list[float]]] = {method: [] for method in results}
         for seed in range(seeds):
             began = time.perf_counter()
-            snapshot = o.run_optimization(surface, profile, key=f"bench-{seed}")
+            snapshot = strategy.run_optimization(surface, profile, key=f"bench-{seed}")
             results["ours"][0].append((time.perf_counter() - began) / profile.budget)
             results["ours"][1].append(min(ob.y for ob in snapshot.observations))
             traces["ours"].append([ob.y for ob in snapshot.observations])
@@ -613,7 +614,7 @@ def bench_optimiser(quick: bool, plot: bool = True) -> Rows:
                 surface: Callable[[o.Params], float] = surface,
                 profile: o.Profile = profile,
             ) -> float:
-                return surface(o.named(profile, o._to_point(profile, x)))
+                return surface(o.named(profile, o.to_point(profile, x)))
 
             began = time.perf_counter()
             with warnings.catch_warnings():

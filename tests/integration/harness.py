@@ -14,7 +14,8 @@ from confluent_kafka import Message
 
 from dataflow.adapters.wire import Codec
 from dataflow.domain import messages as msg
-from dataflow.domain.optimizer import PROFILES, Profile
+from dataflow.domain.dialects import PROFILES
+from dataflow.domain.optimizer import Profile
 from dataflow.sim.factory import Behaviour, FactorySimulator
 from dataflow.sim.runner import answering, serve
 from dataflow.sim.surfaces import bowl
@@ -29,7 +30,7 @@ class Wiring:
     """One test's unique topics and the controller's environment for them."""
 
     bootstrap: str
-    dialect: msg.Dialect
+    dialect: str
     instructions: str
     reports: str
     commands: str

@@ -10,6 +10,7 @@ import fastavro
 import pytest
 
 from dataflow.adapters.wire import Codec
+from dataflow.domain import dialects
 from dataflow.domain import messages as msg
 from dataflow.sim.runner import serve
 from tests.support import RECORDINGS, SCHEMAS, jsonl, loads
@@ -33,7 +34,7 @@ def test_a_recorded_train_and_optimise_round_replay_in_avro(
 ) -> None:
     commands = [loads(line) for line in jsonl(RUN / "factory_commands.jsonl")][:18]
     reports = {loads(line)["reply_id"]: line for line in jsonl(RUN / "factory_reports.jsonl")}
-    instructions = [msg.decode_instruction(line, "rtcef") for line in
+    instructions = [dialects.decode_instruction(line, "rtcef") for line in
                     list(jsonl(RUN / "optimiser_instructions.jsonl"))[:2]]  # fmt: skip
     first_train = json.loads(commands[0]["params"])["params"]
     wiring = wiring_factory("rtcef", WIRE_ENCODING="avro", INITIAL_PARAMS=json.dumps(first_train))
@@ -45,7 +46,9 @@ def test_a_recorded_train_and_optimise_round_replay_in_avro(
         assert isinstance(command, msg.FactoryCommand), command
         if command.id not in reports:
             return []  # opt_initialise: never answered
-        wire = msg.decode_report_wire(reports[command.id], "rtcef")
+        wire = dialects.get("rtcef").decode_report_wire(
+            reports[command.id], msg.DEFAULT_MAX_MESSAGE_BYTES
+        )
         key, report = codec.encode_report(wire)  # type: ignore[arg-type]
         return [(wiring.reports, key, report)]
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from dataflow.domain import dialects
 from dataflow.domain import messages as msg
 from dataflow.tools import inspection
 from tests.integration.harness import ROOT, factory
@@ -84,13 +85,13 @@ def test_the_observer_command_line_sends_each_instruction_in_either_dialect(
         assert sent.returncode == 0, sent.stderr
 
     values = [m.value() for m in wiring.read(wiring.instructions, count=3, timeout=30)]
-    assert msg.decode_instruction(values[0], "seed") == msg.Instruction(
+    assert dialects.decode_instruction(values[0], "seed") == msg.Instruction(
         msg.InstructionKind.OPTIMIZE, 11, 3, "m1"
     )
-    assert msg.decode_instruction(values[1], "rtcef") == msg.Instruction(
+    assert dialects.decode_instruction(values[1], "rtcef") == msg.Instruction(
         msg.InstructionKind.RETRAIN, 12, 4
     )
-    assert msg.decode_instruction(values[2], "seed") == msg.Instruction(
+    assert dialects.decode_instruction(values[2], "seed") == msg.Instruction(
         msg.InstructionKind.UPDATE_PARAMS, 13, 0, parameters=(("pMin", 0.02), ("gamma", 0.001))
     )
 

@@ -18,6 +18,7 @@ from dataflow.adapters.kafka import (
     DLQ_STAGE,
     MESSAGE_ID_HEADER,
 )
+from dataflow.domain import dialects
 from dataflow.domain import messages as msg
 from dataflow.domain.messages import Instruction, InstructionKind
 from dataflow.sim.factory import Behaviour
@@ -119,7 +120,7 @@ def test_a_factory_error_is_retried_and_the_round_still_completes(
     ids = [c.id for c in wiring.commands_sent(count=6, timeout=10)]
     assert ids == ["cmd-0", "cmd-1", "cmd-1", "cmd-2", "cmd-3", "cmd-3"]
     # The play names the model of the finalise's successful answer, not of its failed one.
-    reports = [msg.decode_report(m.value(), "seed")
+    reports = [dialects.decode_report(m.value(), "seed")
                for m in wiring.read(wiring.reports, count=5, timeout=10)]  # fmt: skip
     finalised = [r for r in reports if isinstance(r, msg.Report) and r.reply_id == "cmd-3"]
     # Models: step cmd-1 0, step cmd-2 1, the finalise 2 (a failed answer takes no id).

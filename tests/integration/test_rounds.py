@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource
 
+from dataflow.domain import dialects
 from dataflow.domain import messages as msg
 from dataflow.domain.messages import Instruction, InstructionKind
 from tests.integration.harness import factory
@@ -26,7 +27,7 @@ def test_an_optimize_round_then_a_retrain_run_end_to_end(
                             BYTEWAX_DATAFLOW_API_PORT=str(port),
                             BYTEWAX_DATAFLOW_API_CACHE_PATH=str(tmp_path))  # fmt: skip
     controller = controller_factory(wiring)
-    ids = [msg.command_id(dialect, n) for n in range(7)]  # type: ignore[arg-type]
+    ids = [dialects.get(dialect).command_id(n) for n in range(7)]  # type: ignore[arg-type]
     with factory(wiring) as simulator:
         controller.start()
         wiring.send_instruction(Instruction(InstructionKind.OPTIMIZE, 1000, 1))

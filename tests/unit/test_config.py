@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from dataflow.adapters.config import VARIABLES, Secret, Settings, SettingsError, Topics
-from dataflow.domain import optimizer
+from dataflow.domain import dialects, optimizer
+from dataflow.domain.dialects import seed
 from tests.support import RECORDINGS, ROOT
 
 
@@ -18,7 +21,7 @@ def test_defaults_follow_the_seed_services() -> None:
     assert settings.brokers == "kafka:29092"
     assert settings.topics == Topics("instructions", "factory_reports", "factory_commands",
                                      "enginesync", "controller_dead_letters")  # fmt: skip
-    assert settings.machine.profile == optimizer.PROFILES["seed"]
+    assert settings.machine.profile == dialects.PROFILES["seed"]
     assert settings.machine.keys == ("controller",)
     assert settings.machine.report_timeout_ms == 600_000
 
@@ -52,15 +55,32 @@ def test_every_problem_is_listed_at_once() -> None:
     ]
 
 
-def test_a_dialect_without_a_profile_of_its_name_is_a_listed_problem_not_a_crash(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(optimizer, "PROFILES", {"rtcef": optimizer.PROFILES["rtcef"]})
+def test_a_third_dialect_is_one_record_in_the_registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    profile = msgspec.structs.replace(dialects.PROFILES["seed"], name="third", budget=4)
+    third = dataclasses.replace(
+        seed.DIALECT, name="third", profile=profile, command_id=lambda n: f"third-{n}",
+        topics={"instructions": "i3", "reports": "r3", "commands": "c3", "sync": "s3"},
+    )  # fmt: skip
+    registry = {**dialects.REGISTRY, "third": third}
+    monkeypatch.setattr(dialects, "REGISTRY", registry)
+    monkeypatch.setattr(dialects, "DIALECTS", tuple(registry))
+    monkeypatch.setattr(
+        dialects, "PROFILES", {d.profile.name: d.profile for d in registry.values()}
+    )
 
+    settings = Settings.from_env({"CONTROLLER_DIALECT": "third"})
+
+    assert settings.topics == Topics("i3", "r3", "c3", "s3", "controller_dead_letters")
+    assert settings.machine.profile == profile
+    assert settings.machine.initial_params == seed.DIALECT.initial_params
+    assert settings.machine.command_id("controller", 7) == "third-7"
+
+
+def test_a_profile_that_no_dialect_has_is_a_listed_problem() -> None:
     with pytest.raises(SettingsError) as raised:
-        Settings.from_env({"CONTROLLER_DIALECT": "seed"})
+        Settings.from_env({"CONTROLLER_DIALECT": "rtcef", "OPTIMISER_PROFILE": "neither"})
 
-    assert raised.value.problems == ["OPTIMISER_PROFILE: 'seed' is not one of ['rtcef']"]
+    assert raised.value.problems == ["OPTIMISER_PROFILE: 'neither' is not one of ['seed', 'rtcef']"]
 
 
 def test_initial_params_must_name_the_search_space() -> None:

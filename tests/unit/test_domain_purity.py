@@ -38,13 +38,13 @@ def _imported_roots(path: Path) -> set[str]:
     return roots
 
 
-@pytest.mark.parametrize("path", sorted(DOMAIN.glob("*.py")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted(DOMAIN.rglob("*.py")), ids=lambda p: p.name)
 def test_each_domain_module_imports_only_allow_listed_pure_modules(path: Path) -> None:
     assert _imported_roots(path) - ALLOWED == set()
 
 
 def test_the_domain_imports_only_dataflow_domain_from_this_project() -> None:
-    for path in DOMAIN.glob("*.py"):
+    for path in DOMAIN.rglob("*.py"):
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("dataflow"):

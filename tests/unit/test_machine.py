@@ -7,8 +7,8 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from dataflow.domain import dialects, optimizer, strategy, table
 from dataflow.domain import machine as m
-from dataflow.domain import optimizer
 from dataflow.domain.errors import IllegalTransitionError, StateVersionError
 from dataflow.domain.messages import (
     FactoryCommand,
@@ -60,7 +60,7 @@ def opt_command(number: int, kind: str, params: str = NULL, best_i: int = -1, op
 
 # --------------------------------------------------------------------------- fixtures as states
 
-FIRST_POINT, FIRST_SNAPSHOT = optimizer.propose(optimizer.start(CONFIG.profile, KEY, 0))
+FIRST_POINT, FIRST_SNAPSHOT = strategy.propose(optimizer.start(CONFIG.profile, KEY, 0))
 STEP_0 = opt_command(1, "opt_step", params_text(FIRST_POINT, named=False))
 TRAIN_0 = train_command()
 
@@ -75,7 +75,7 @@ WAITING = idle(
     round=m.Round("optimise", 1, 1000, -1, 0, 0, FIRST_SNAPSHOT),
     outstanding=m.Outstanding(STEP_0, 1, 0, 1000),
 )  # fmt: skip
-SECOND_POINT, SECOND_SNAPSHOT = optimizer.propose(optimizer.learn(FIRST_SNAPSHOT, -0.5))
+SECOND_POINT, SECOND_SNAPSHOT = strategy.propose(optimizer.learn(FIRST_SNAPSHOT, -0.5))
 LAST_SNAPSHOT = optimizer.learn(SECOND_SNAPSHOT, -0.7)
 FINALISE = opt_command(3, "opt_finalise", best_i=1)
 FINALIZING = idle(
@@ -89,10 +89,30 @@ FINALIZING = idle(
 # --------------------------------------------------------------------------- the table itself
 
 
-def test_the_table_has_a_row_for_every_event_in_every_resting_phase_and_no_other() -> None:
+def test_the_table_has_a_row_for_every_event_type_in_every_resting_phase_and_no_other() -> None:
     resting = {m.Phase.IDLE, m.Phase.TRAINING, m.Phase.WAITING_FOR_REPORT, m.Phase.FINALIZING}
-    kinds = {"OPTIMIZE", "RETRAIN", "UPDATE_PARAMS", "REPORT", "TICK"}
-    assert set(m.TRANSITIONS) == {(phase, kind) for phase in resting for kind in kinds}
+    events = {m.InstructionArrived, m.ReportArrived, m.Tick}
+    assert set(table.TRANSITIONS) == {(phase, event) for phase in resting for event in events}
+    assert set(table.STARTS) == set(InstructionKind)
+    assert all(row.to <= resting for row in table.TRANSITIONS.values())
+
+
+def test_a_handler_that_leads_where_its_row_does_not_say_is_an_illegal_transition(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def wanders(state: m.Session, event: m.Tick, config: m.MachineConfig) -> tuple:
+        return msgspec.structs.replace(state, phase=m.Phase.FINALIZING), []
+
+    rows = {**table.ON_TICK, m.Phase.IDLE: table.Row(wanders, frozenset({m.Phase.IDLE}))}
+    monkeypatch.setattr(table, "ON_TICK", rows)
+
+    with pytest.raises(IllegalTransitionError, match="wanders led IDLE on Tick to FINALIZING"):
+        step(idle(), m.Tick(0))
+
+
+def test_the_readme_draws_the_machine_from_the_table() -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    assert f"```mermaid\n{table.mermaid()}```" in readme, "run: just diagram"
 
 
 @pytest.mark.parametrize("phase", [m.Phase.INITIALIZING, m.Phase.OPTIMIZING])
@@ -612,7 +632,7 @@ def test_the_next_queued_instruction_starts_as_soon_as_the_round_ends() -> None:
 def test_counters_carry_on_across_rounds_and_optimise_rounds_keep_observations() -> None:
     rtcef = m.MachineConfig(
         dialect="rtcef",
-        profile=msgspec.structs.replace(optimizer.PROFILES["rtcef"], budget=3, keep=2),
+        profile=msgspec.structs.replace(dialects.PROFILES["rtcef"], budget=3, keep=2),
         initial_params=(("confidence", 0.2), ("order", 2), ("pmin", 0.001), ("gamma", 0.001)),
     )
     state, _ = m.advance(None, instruction(OPTIMIZE), key=KEY, config=rtcef)

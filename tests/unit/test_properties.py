@@ -11,15 +11,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dataflow.adapters.wire import Codec
+from dataflow.domain import dialects
 from dataflow.domain import machine as m
-from dataflow.domain import optimizer
 from dataflow.domain.errors import DomainError
 from dataflow.domain.messages import (
     Instruction,
     InstructionKind,
     Report,
-    decode_instruction,
-    decode_report,
     encode_command,
 )
 from tests.support import seed_config
@@ -28,7 +26,7 @@ KEY = m.DEFAULT_KEY
 # Random proposals only (budget below n_initial): fast enough for hundreds of sequences.
 RANDOM = seed_config(max_retries=1)
 # One model-based proposal per round, so the GP path is exercised too.
-MODEL = seed_config(profile=msgspec.structs.replace(optimizer.PROFILES["seed"], budget=2,
+MODEL = seed_config(profile=msgspec.structs.replace(dialects.PROFILES["seed"], budget=2,
                                                     n_initial=1, n_candidates=200))  # fmt: skip
 
 reply_ids = st.one_of(
@@ -172,5 +170,5 @@ FIELDS = ["id", "instruction", "instruction_type", "timestamp", "model_id", "par
 def test_no_json_object_makes_a_decoder_raise(fields: dict[str, object]) -> None:
     data = json.dumps(fields).encode()
     for dialect in ("seed", "rtcef"):
-        decode_instruction(data, dialect)  # type: ignore[arg-type]
-        decode_report(data, dialect)  # type: ignore[arg-type]
+        dialects.decode_instruction(data, dialect)
+        dialects.decode_report(data, dialect)

@@ -26,9 +26,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from dataflow.domain import dialects, strategy
 from dataflow.domain import machine as m
 from dataflow.domain import messages as msg
-from dataflow.domain import optimizer
 from tests.support import SEED_PARAMS, Card, command_fields, load_card, recorded_runs
 
 KEY = m.DEFAULT_KEY
@@ -39,12 +39,12 @@ MODES = ("random", "reports_first", "instructions_first")
 @pytest.fixture(autouse=True, scope="module")
 def memoised_proposals() -> Iterator[None]:
     """Proposals are a pure function of the snapshot: compute each one once per module."""
-    original = optimizer.propose
-    optimizer.propose = functools.lru_cache(maxsize=None)(original)  # type: ignore[assignment]
+    original = strategy.propose
+    strategy.propose = functools.lru_cache(maxsize=None)(original)  # type: ignore[assignment]
     try:
         yield
     finally:
-        optimizer.propose = original  # type: ignore[assignment]
+        strategy.propose = original  # type: ignore[assignment]
 
 
 @functools.cache
@@ -55,12 +55,12 @@ def card(run: Path) -> Card:
 def inputs(card: Card) -> tuple[list[m.Event], list[m.Event]]:
     instructions: list[m.Event] = []
     for line in card.instructions:
-        decoded = msg.decode_instruction(line, "rtcef")
+        decoded = dialects.decode_instruction(line, "rtcef")
         assert isinstance(decoded, msg.Instruction), decoded
         instructions.append(m.InstructionArrived(decoded, 0))
     reports: list[m.Event] = []
     for line in card.reports:
-        report = msg.decode_report(line, "rtcef")
+        report = dialects.decode_report(line, "rtcef")
         assert isinstance(report, msg.Report), report
         reports.append(m.ReportArrived(report, 0))
     return instructions, reports
@@ -288,7 +288,7 @@ def live_run(
 def test_a_misbehaving_factory_and_any_instructions_replay_to_the_same_commands(
     keys: tuple[str, ...], data: Any
 ) -> None:
-    config = m.MachineConfig("seed", msgspec.structs.replace(optimizer.PROFILES["seed"], budget=2),
+    config = m.MachineConfig("seed", msgspec.structs.replace(dialects.PROFILES["seed"], budget=2),
                              SEED_PARAMS, keys=keys, max_retries=1)  # fmt: skip
     instructions = data.draw(observer(keys), label="instructions")
     first, reports = live_run(config, instructions, data)

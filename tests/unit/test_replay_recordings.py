@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from dataflow.domain import dialects, optimizer
 from dataflow.domain import machine as m
 from dataflow.domain import messages as msg
-from dataflow.domain import optimizer
 from tests.support import jsonl, loads, recorded_runs
 
 CHECKED = ("id", "train_id", "optimisation_id", "type", "timestamp", "best_i")
@@ -24,7 +24,7 @@ def _config(run: Path, commands: list[dict]) -> m.MachineConfig:
     first_train = next(c for c in commands if c["type"] == "train")
     initial = tuple(json.loads(first_train["params"])["params"].items())
     document = json.loads((run / "offline_optimisation.json").read_text())
-    profile = optimizer.PROFILES["rtcef"]
+    profile = dialects.PROFILES["rtcef"]
     warm = optimizer.observations_from_warm_start(profile, document)
     return m.MachineConfig("rtcef", profile, initial, warm_start=warm)
 
@@ -40,7 +40,7 @@ def test_a_recorded_run_replays_to_the_recorded_commands_and_plays(run: Path) ->
     expected_plays: list[int | str] = []
 
     for line in jsonl(run / "optimiser_instructions.jsonl"):
-        instruction = msg.decode_instruction(line, "rtcef")
+        instruction = dialects.decode_instruction(line, "rtcef")
         assert isinstance(instruction, msg.Instruction)
         state, effects = m.advance(state, m.InstructionArrived(instruction, 0),
                                    key=m.DEFAULT_KEY, config=config)  # fmt: skip
@@ -51,7 +51,7 @@ def test_a_recorded_run_replays_to_the_recorded_commands_and_plays(run: Path) ->
                       if isinstance(e, m.SendSync) and e.sync.type == "play"]  # fmt: skip
             if state is None or state.phase is m.Phase.IDLE or sent[-1].id not in reports:
                 break  # round over (or the recording ended before the report)
-            report = msg.decode_report(reports[sent[-1].id], "rtcef")
+            report = dialects.decode_report(reports[sent[-1].id], "rtcef")
             assert isinstance(report, msg.Report)
             if sent[-1].type in ("train", "opt_finalise"):
                 expected_plays.append(report.model_id)  # type: ignore[arg-type]

@@ -9,12 +9,13 @@ from types import SimpleNamespace
 
 import pytest
 
+from dataflow.domain import dialects
 from dataflow.domain import optimizer as o
 from dataflow.domain.errors import ConfigError
 from dataflow.tools import warmstart
 from tests.support import SHARED
 
-RTCEF = o.PROFILES["rtcef"]
+RTCEF = dialects.PROFILES["rtcef"]
 PICKLES = SHARED / "vendor" / "rtcef" / "data" / "saved_models" / "optimisation"
 PORT_MONTH_1 = PICKLES / "skopt_model_enteringAreaGPH_0_sv_nnv_m_nt_c_month_trm_1.pkl"
 

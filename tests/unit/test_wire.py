@@ -10,7 +10,9 @@ import msgspec
 import pytest
 
 from dataflow.adapters.wire import Codec, avro_read
+from dataflow.domain import dialects
 from dataflow.domain import messages as msg
+from dataflow.domain.dialects import rtcef
 from tests.support import SCHEMAS, jsonl, loads, recorded_runs
 
 AVRO = Codec("rtcef", "avro")
@@ -46,23 +48,24 @@ def test_recorded_commands_survive_json_struct_avro_struct_json_with_fastavros_b
 @pytest.mark.parametrize("run", RUNS, ids=lambda p: p.name)
 def test_recorded_reports_survive_json_struct_avro_struct_json_with_fastavros_bytes(run) -> None:
     for line in jsonl(run / "factory_reports.jsonl"):
-        wire = msg.decode_report_wire(line, "rtcef")
-        assert isinstance(wire, msg.RtcefReportWire)
+        wire = dialects.get("rtcef").decode_report_wire(line, msg.DEFAULT_MAX_MESSAGE_BYTES)
+        assert isinstance(wire, rtcef.ReportWire)
         key, value = AVRO.encode_report(wire)
         record = loads(line)
         assert value == fastavro_bytes("factory_reports", "value", record)
         assert key == fastavro_bytes("factory_reports", "key", {"reply_id": record["reply_id"]})
         decoded = avro_read("reports", "value", value)
         assert isinstance(decoded, dict)
-        again = msg.decode_report_wire(msgspec.json.encode(decoded), "rtcef")
-        assert loads(msg.encode_report(again)) == record  # type: ignore[arg-type]
-        assert AVRO.decode_report(value) == msg.decode_report(line, "rtcef")
+        again = rtcef.decode_report_wire(msgspec.json.encode(decoded), len(value) * 4)
+        assert isinstance(again, rtcef.ReportWire)
+        assert loads(msg.encode_json(again)) == record
+        assert AVRO.decode_report(value) == dialects.decode_report(line, "rtcef")
 
 
 @pytest.mark.parametrize("run", RUNS, ids=lambda p: p.name)
 def test_recorded_instructions_survive_the_round_trip_with_fastavros_bytes(run) -> None:
     for line in jsonl(run / "optimiser_instructions.jsonl"):
-        instruction = msg.decode_instruction(line, "rtcef")
+        instruction = dialects.decode_instruction(line, "rtcef")
         assert isinstance(instruction, msg.Instruction)
         key, value = AVRO.encode_instruction(instruction)
         record = loads(line)
@@ -108,7 +111,7 @@ def test_a_model_id_the_engine_sync_schema_cannot_carry_is_refused() -> None:
 
 
 def test_avro_is_refused_for_the_seed_dialect() -> None:
-    with pytest.raises(ValueError, match="use the rtcef dialect"):
+    with pytest.raises(ValueError, match="the seed dialect is spoken in json, not avro"):
         Codec("seed", "avro")
 
 

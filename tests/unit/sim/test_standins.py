@@ -7,8 +7,9 @@ import json
 import pytest
 
 from dataflow.adapters.wire import Codec
+from dataflow.domain import dialects
 from dataflow.domain import messages as msg
-from dataflow.domain.optimizer import PROFILES
+from dataflow.domain.dialects import PROFILES
 from dataflow.sim.engine import EngineSimulator
 from dataflow.sim.factory import Behaviour, FactorySimulator
 from dataflow.sim.surfaces import SYNTHETIC, bowl, recorded
@@ -57,13 +58,13 @@ def test_the_seed_factory_reports_success_with_metadata_and_errors_as_status() -
     ((_, retried),) = factory.respond(failing)
     ((key, final),) = factory.respond(finalise)
 
-    assert msg.decode_report(report, "seed") == msg.Report(
+    assert dialects.decode_report(report, "seed") == msg.Report(
         "cmd-1", True, 0, bowl(profile)((("pMin", 0.05), ("gamma", 0.001))),
         (("pMin", 0.05), ("gamma", 0.001)),
     )  # fmt: skip
     assert loads(error) == {"reply_id": "cmd-2", "status": "error",
                             "error": "simulated factory failure"}  # fmt: skip
-    assert msg.decode_report(retried, "seed").ok  # type: ignore[union-attr]
+    assert dialects.decode_report(retried, "seed").ok  # type: ignore[union-attr]
     assert key is None  # JSON reports are unkeyed, as the seed factory sends them
     assert loads(final) == {
         "reply_id": "cmd-3", "params_dict": '{"pMin": 0.05, "gamma": 0.001}', "model_id": 2,

@@ -1,0 +1,70 @@
+"""What the controller needs to know that no message tells it."""
+
+from __future__ import annotations
+
+from typing import Final
+
+import msgspec
+
+from dataflow.domain import dialects
+from dataflow.domain.errors import ConfigError
+from dataflow.domain.messages import Params
+from dataflow.domain.optimizer import Observation, Profile
+from dataflow.domain.strategy import STRATEGIES
+
+DEFAULT_KEY: Final = "controller"
+NO_MODEL: Final = -1
+
+
+class MachineConfig(msgspec.Struct, frozen=True):
+    """The controller's own settings, as the domain sees them (validated by ``validate``)."""
+
+    #: A name in ``dataflow.domain.dialects.REGISTRY``: how command ids are written.
+    dialect: str
+    profile: Profile
+    #: The current best parameters before any round or UPDATE_PARAMS (wire order kept).
+    initial_params: Params
+    #: Session keys. One key: everything is one session. Several: one session per
+    #: ``model_id``, and command ids encode the key's index (``number * len(keys) + index``).
+    keys: tuple[str, ...] = (DEFAULT_KEY,)
+    report_timeout_ms: int = 600_000
+    max_retries: int = 2
+    #: Observations from an offline optimisation; the newest ``profile.keep`` seed round 0.
+    warm_start: tuple[Observation, ...] = ()
+    initial_model_id: int | str = NO_MODEL
+    #: An OPTIMIZE or RETRAIN is coalesced (dead-lettered, no round) when an instruction of
+    #: at least its rank was admitted less than this before it, in the instructions' own
+    #: timestamp units. 0: only instructions no newer than that one are coalesced.
+    instruction_min_gap: int = 0
+    #: Admitted instructions waiting for their round; beyond, dead-lettered (a safety valve:
+    #: how full the queue is depends on timing, see ``dataflow.domain.machine``).
+    max_queued: int = 1000
+    #: Reports for commands not sent yet (replay) held at most; also how far ahead they may be.
+    max_held: int = 1024
+
+    def validate(self) -> None:
+        """Raise ``ConfigError`` listing every inconsistency."""
+        self.profile.validate()
+        problems = []
+        if self.dialect not in dialects.REGISTRY:
+            problems.append(f"dialect {self.dialect!r} is not one of {list(dialects.REGISTRY)}")
+        if self.profile.strategy not in STRATEGIES:
+            problems.append(f"optimiser strategy {self.profile.strategy!r} is not one of "
+                            f"{list(STRATEGIES)}")  # fmt: skip
+        if not self.keys or len(set(self.keys)) != len(self.keys):
+            problems.append(f"keys must be distinct and non-empty, got {self.keys}")
+        if sorted(n for n, _ in self.initial_params) != sorted(self.profile.names):
+            names = [n for n, _ in self.initial_params]
+            problems.append(f"initial params {names} must name exactly {list(self.profile.names)}")
+        if self.report_timeout_ms <= 0 or self.max_retries < 0:
+            problems.append("report_timeout_ms must be > 0 and max_retries >= 0")
+        if self.instruction_min_gap < 0 or self.max_queued < 1 or self.max_held < 1:
+            problems.append("instruction_min_gap must be >= 0, max_queued and max_held >= 1")
+        if problems:
+            raise ConfigError("; ".join(problems))
+
+    def command_id(self, key: str, counter: int) -> int | str:
+        """The wire id of session ``key``'s command number ``counter``."""
+        return dialects.get(self.dialect).command_id(
+            counter * len(self.keys) + self.keys.index(key)
+        )

@@ -1,0 +1,165 @@
+"""The ``seed`` dialect: the Flink/Java services of the PyFlink port (``flink-rtcef``).
+
+Observer records carry ``instruction_type`` (or ``instruction``), optional
+``model_id`` and ``parameters`` (UPDATE_PARAMS); reports carry ``status`` and
+``error``, and the factory answers failures (even an ``opt_initialise``).
+Command ids are strings ``"cmd-N"``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Final
+
+import msgspec
+
+from dataflow.domain.dialects.record import Dialect
+from dataflow.domain.messages import (
+    FactoryCommand,
+    Instruction,
+    InstructionKind,
+    Rejection,
+    decode_json,
+    encode_json,
+    instruction_from,
+    numeric_params,
+)
+from dataflow.domain.optimizer import Dimension, Profile
+
+
+class InstructionWire(msgspec.Struct, frozen=True, omit_defaults=True):
+    """seed Observer record; everything but the instruction word and timestamp optional."""
+
+    id: int | str | None = None
+    timestamp: int | None = None
+    instruction_type: str | None = None
+    instruction: str | None = None
+    model_id: str | None = None
+    metrics: dict[str, float | int | str | None] | None = None
+    parameters: dict[str, Any] | None = None
+    hyperparameters: dict[str, float | int | str | None] | None = None
+
+
+class ReportWire(msgspec.Struct, frozen=True, omit_defaults=True):
+    """seed factory report: like rtcef plus status, error and model metadata."""
+
+    reply_id: int | str
+    params_dict: str | None = None
+    model_id: int | str | None = None
+    metrics: str | None = None
+    status: str | None = None
+    error: str | None = None
+    model_path: str | None = None
+    creation_method: str | None = None
+
+
+#: The seed (PyFlink) controller's search: two continuous parameters, a fresh GP each round.
+PROFILE: Final = Profile(
+    name="seed",
+    dimensions=(
+        Dimension("pMin", "Real", 0.001, 0.1),
+        Dimension("gamma", "Real", 0.0, 0.005),
+    ),
+    budget=10,
+    n_initial=5,
+    acquisition="EI",
+)
+
+
+def command_id(number: int) -> str:
+    """``"cmd-17"``."""
+    return f"cmd-{number}"
+
+
+def decode_instruction(data: bytes, max_bytes: int) -> Instruction | Rejection:
+    """An Observer record: its word from ``instruction_type``, else ``instruction``."""
+    seed = decode_json(data, InstructionWire, "instruction", max_bytes)
+    if isinstance(seed, Rejection):
+        return seed
+    word, field = (
+        (seed.instruction_type, "instruction_type")
+        if seed.instruction_type is not None
+        else (seed.instruction, "instruction")
+    )
+    parameters = None
+    if seed.parameters is not None:
+        checked = numeric_params(tuple(seed.parameters.items()), "instruction", "parameters")
+        if isinstance(checked, Rejection):
+            return checked
+        parameters = checked
+    decoded = instruction_from(word, field, seed.timestamp, seed.id, seed.model_id, parameters)
+    if (
+        isinstance(decoded, Instruction)
+        and decoded.kind is InstructionKind.UPDATE_PARAMS
+        and not decoded.parameters
+    ):
+        return Rejection("instruction: update_params needs a non-empty `$.parameters` object")
+    return decoded
+
+
+def decode_report_wire(data: bytes, max_bytes: int) -> ReportWire | Rejection:
+    """A report in its exact wire shape."""
+    return decode_json(data, ReportWire, "report", max_bytes)
+
+
+def encode_instruction(instruction: Instruction) -> bytes:
+    """As the seed Observer writes it (both word fields, lower case)."""
+    return encode_json(
+        InstructionWire(
+            id=instruction.id,
+            timestamp=instruction.timestamp,
+            instruction_type=instruction.kind.lower(),
+            instruction=instruction.kind.lower(),
+            model_id=instruction.model_id,
+            parameters=dict(instruction.parameters) if instruction.parameters else None,
+        )
+    )
+
+
+def success_report(
+    command: FactoryCommand, model: int, params_dict: str, metrics: str, method: str | None
+) -> ReportWire:
+    """A ``status: success`` report; a built model names its path and how it was made."""
+    return ReportWire(
+        reply_id=command.id,
+        params_dict=params_dict,
+        model_id=model,
+        metrics=metrics,
+        status="success",
+        model_path=f"/models/wayeb_{model}.model" if method else None,
+        creation_method=method if command.type == "opt_finalise" else None,
+    )
+
+
+def error_report(command: FactoryCommand, reason: str) -> ReportWire:
+    """A ``status: error`` report."""
+    return ReportWire(command.id, status="error", error=reason)
+
+
+def train_params_dict(command: FactoryCommand) -> str:
+    """The parameters without the command's ``{"params": ...}`` wrapper."""
+    return json.dumps(json.loads(command.params)["params"])
+
+
+DIALECT: Final = Dialect(
+    name="seed",
+    summary="the Flink/Java services of the PyFlink port",
+    topics={
+        "instructions": "instructions",
+        "reports": "factory_reports",
+        "commands": "factory_commands",
+        "sync": "enginesync",
+    },
+    profile=PROFILE,
+    initial_params=(("pMin", 0.05), ("gamma", 0.001)),
+    encodings=("json",),
+    command_id=command_id,
+    decode_instruction=decode_instruction,
+    decode_report_wire=decode_report_wire,
+    encode_instruction=encode_instruction,
+    instruction_kinds=frozenset(InstructionKind),
+    model_ids=True,
+    success_report=success_report,
+    error_report=error_report,
+    train_params_dict=train_params_dict,
+)

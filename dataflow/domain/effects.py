@@ -1,0 +1,62 @@
+"""What a session asks the world to do: the effects ``advance`` returns."""
+
+from __future__ import annotations
+
+from typing import Literal, TypeAlias
+
+import msgspec
+
+from dataflow.domain.messages import FactoryCommand, SyncMessage
+
+
+class SendCommand(msgspec.Struct, frozen=True, tag="command"):
+    """Send ``command`` to the factory. ``message_id`` is stable across replays."""
+
+    key: str
+    message_id: str
+    command: FactoryCommand
+
+
+class SendSync(msgspec.Struct, frozen=True, tag="sync"):
+    """Send a pause/play to the engine. ``message_id`` is stable across replays."""
+
+    key: str
+    message_id: str
+    sync: SyncMessage
+
+
+class Reject(msgspec.Struct, frozen=True, tag="reject"):
+    """The event was not used; ``reason`` says why (for the dead-letter topic)."""
+
+    key: str
+    reason: str
+
+
+NoteKind: TypeAlias = Literal[
+    "round_started", "round_completed", "round_aborted", "step", "score",
+    "retry", "timeout", "queued", "held", "params_updated",
+]  # fmt: skip
+
+
+class Note(msgspec.Struct, frozen=True, tag="note"):
+    """Something worth a log line and a metric."""
+
+    key: str
+    kind: NoteKind
+    round: int
+    step: int | None = None
+    detail: str = ""
+    value: float | None = None
+
+
+Effect: TypeAlias = SendCommand | SendSync | Reject | Note
+
+
+def send_command(key: str, command: FactoryCommand, attempt: int) -> SendCommand:
+    """The effect sending ``command`` (its ``attempt``-th resend; 0 the first time)."""
+    return SendCommand(key, f"{key}/cmd/{command.id}/{attempt}", command)
+
+
+def send_sync(key: str, round_number: int, sync: SyncMessage) -> SendSync:
+    """The effect sending the pause or play of round ``round_number``."""
+    return SendSync(key, f"{key}/sync/{round_number}/{sync.type}", sync)

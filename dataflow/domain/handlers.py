@@ -1,0 +1,425 @@
+"""What a session does on each row of the transition table (``dataflow.domain.table``).
+
+Every handler takes the session, the event its row dispatches and the config,
+and returns the new session and the effects, in the order they must happen.
+None performs I/O or reads a clock: time comes in the events.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Final, TypeAlias
+
+import msgspec
+
+from dataflow.domain import optimizer, strategy
+from dataflow.domain.config import NO_MODEL, MachineConfig
+from dataflow.domain.effects import Effect, Note, Reject, send_command, send_sync
+from dataflow.domain.errors import IllegalTransitionError
+from dataflow.domain.events import InstructionArrived, ReportArrived, Tick
+from dataflow.domain.messages import (
+    CommandType,
+    FactoryCommand,
+    Instruction,
+    InstructionKind,
+    Params,
+    Report,
+    SyncMessage,
+    SyncType,
+    command_number,
+    params_text,
+)
+from dataflow.domain.optimizer import OptimiserSnapshot
+from dataflow.domain.state import Outstanding, Phase, Round, Session
+
+Result: TypeAlias = tuple[Session, list[Effect]]
+
+_NO_PARAMS: Final = params_text(None, named=False)
+#: The phase a session rests in while a command of each type is outstanding.
+#: ``opt_initialise`` is never awaited: the round's first step follows it at once.
+AWAITING: Final = {
+    CommandType.TRAIN: Phase.TRAINING,
+    CommandType.OPT_INITIALISE: Phase.INITIALIZING,
+    CommandType.OPT_STEP: Phase.WAITING_FOR_REPORT,
+    CommandType.OPT_FINALISE: Phase.FINALIZING,
+}
+
+
+# --------------------------------------------------------------------------- instructions
+
+
+def admit(state: Session, event: InstructionArrived, config: MachineConfig) -> Result:
+    """Queue an instruction, decided by the instruction sequence alone.
+
+    The queue's head is started by ``start_queued`` once the session is idle.
+    """
+    instruction = event.instruction
+    if instruction.kind is InstructionKind.UPDATE_PARAMS:
+        problem = optimizer.params_problem(config.profile, instruction.parameters or ())
+        if problem:
+            return state, [Reject(state.key, f"instruction: update_params {problem}")]
+    else:
+        reason = _coalesced(state, instruction, config)
+        if reason:
+            return state, [Reject(state.key, reason)]
+    if len(state.queue) >= config.max_queued:
+        return state, [Reject(state.key, f"instruction: {instruction.kind.value} at "
+                              f"{instruction.timestamp} dropped: {len(state.queue)} instructions "
+                              f"already queued (MAX_QUEUED_INSTRUCTIONS)")]  # fmt: skip
+    state = _admitted(state, instruction)
+    if state.phase is Phase.IDLE:
+        return state, []
+    detail = f"{instruction.kind.value} queued, {len(state.queue)} waiting"
+    return state, [Note(state.key, "queued", _round_of(state).number, detail=detail)]
+
+
+def _coalesced(state: Session, instruction: Instruction, config: MachineConfig) -> str | None:
+    """Why an OPTIMIZE or RETRAIN is no new adaptation, or None.
+
+    It is one if an instruction of at least its rank (OPTIMIZE > RETRAIN) was admitted
+    less than ``instruction_min_gap`` before it in stream time, or not before it at all.
+    """
+    optimize = instruction.kind is InstructionKind.OPTIMIZE
+    last = state.last_optimize if optimize else state.last_admitted
+    if last is None or instruction.timestamp - last >= max(config.instruction_min_gap, 1):
+        return None
+    rank = "an OPTIMIZE" if optimize else "an OPTIMIZE or RETRAIN"
+    gap = config.instruction_min_gap
+    return (f"instruction: {instruction.kind.value} at {instruction.timestamp} coalesced: "
+            f"{rank} was admitted at {last} (INSTRUCTION_MIN_GAP {gap})")  # fmt: skip
+
+
+def _admitted(state: Session, instruction: Instruction) -> Session:
+    last_admitted, last_optimize = state.last_admitted, state.last_optimize
+    ts = instruction.timestamp
+    if instruction.kind is not InstructionKind.UPDATE_PARAMS:
+        last_admitted = ts if last_admitted is None else max(last_admitted, ts)
+    if instruction.kind is InstructionKind.OPTIMIZE:
+        last_optimize = ts if last_optimize is None else max(last_optimize, ts)
+    return msgspec.structs.replace(
+        state, queue=(*state.queue, instruction), last_admitted=last_admitted,
+        last_optimize=last_optimize,
+    )  # fmt: skip
+
+
+# --------------------------------------------------------------------------- the queue's head
+
+
+def update_params(
+    state: Session, instruction: Instruction, at_ms: int, config: MachineConfig
+) -> Result:
+    """UPDATE_PARAMS' turn: the new current-best parameters; no round."""
+    params = instruction.parameters or ()
+    note = Note(state.key, "params_updated", state.rounds, detail=params_text(params, named=True))
+    return msgspec.structs.replace(state, best_params=params), [note]
+
+
+def begin_train(
+    state: Session, instruction: Instruction, at_ms: int, config: MachineConfig
+) -> Result:
+    """RETRAIN's turn: pause, then ``train`` with the current best parameters."""
+    state, paused = _pause(state, instruction)
+    round_ = Round(
+        "train", state.rounds, instruction.timestamp, state.trains, -1, state.next_command
+    )
+    state = msgspec.structs.replace(state, trains=state.trains + 1, round=round_)
+    params = params_text(state.best_params, named=True)
+    state, sent = _issue(state, config, at_ms, CommandType.TRAIN, params)
+    return state, [*paused, *sent]
+
+
+def begin_optimise(
+    state: Session, instruction: Instruction, at_ms: int, config: MachineConfig
+) -> Result:
+    """OPTIMIZE's turn: pause, ``opt_initialise`` (not awaited), then the first step."""
+    state, paused = _pause(state, instruction)
+    opt_id = state.optimisations
+    snapshot = optimizer.start(config.profile, state.key, opt_id, state.history)
+    round_ = Round("optimise", state.rounds, instruction.timestamp, -1, opt_id, state.next_command,
+                   snapshot)  # fmt: skip
+    state = msgspec.structs.replace(state, optimisations=opt_id + 1, round=round_)
+    state, initialised = _issue(state, config, at_ms, CommandType.OPT_INITIALISE, _NO_PARAMS)
+    state, stepped = _propose_step(state, at_ms, config)
+    return state, [*paused, *initialised, *stepped]
+
+
+def _pause(state: Session, instruction: Instruction) -> Result:
+    rounds = state.rounds + 1
+    pause = SyncMessage(SyncType.PAUSE.value, instruction.timestamp, NO_MODEL)
+    started = Note(state.key, "round_started", rounds, detail=instruction.kind.value)
+    return msgspec.structs.replace(state, rounds=rounds), [
+        started,
+        send_sync(state.key, rounds, pause),
+    ]
+
+
+def _propose_step(state: Session, at_ms: int, config: MachineConfig) -> Result:
+    round_ = _round_of(state)
+    point, snapshot = strategy.propose(_optimiser_of(round_))
+    params = params_text(point, named=False)
+    note = Note(state.key, "step", round_.number, step=len(snapshot.observations), detail=params)
+    state = msgspec.structs.replace(
+        state, round=msgspec.structs.replace(round_, optimiser=snapshot)
+    )
+    state, sent = _issue(state, config, at_ms, CommandType.OPT_STEP, params)
+    return state, [note, *sent]
+
+
+# --------------------------------------------------------------------------- reports
+
+
+def on_step_report(state: Session, event: ReportArrived, config: MachineConfig) -> Result:
+    """A report while a step is outstanding: learn its score, then the next step or finalise."""
+    report, at_ms, round_ = event.report, event.at_ms, _round_of(state)
+    if _answers_initialise(state, report, config):
+        return _on_initialise_report(state, event, config)
+    if not _matches(state, report, config):
+        return state, [Reject(state.key, _unmatched(state, report, config, state.key))]
+    if not report.ok or report.f_val is None:
+        return _failed(state, report.error or "step report carries no metrics.f_val", at_ms, config)
+    snapshot = optimizer.learn(_optimiser_of(round_), report.f_val)
+    step = len(snapshot.observations) - 1
+    scored = Note(state.key, "score", round_.number, step=step, value=report.f_val)
+    state = msgspec.structs.replace(
+        state, phase=Phase.OPTIMIZING, outstanding=None,
+        round=msgspec.structs.replace(round_, optimiser=snapshot),
+    )  # fmt: skip
+    if snapshot.remaining > 0:
+        state, sent = _propose_step(state, at_ms, config)
+    else:
+        best_i = optimizer.best_index(snapshot)
+        state, sent = _issue(state, config, at_ms, CommandType.OPT_FINALISE, _NO_PARAMS, best_i)
+    return state, [scored, *sent]
+
+
+def on_final_report(state: Session, event: ReportArrived, config: MachineConfig) -> Result:
+    """The report that ends a round: of ``train`` (TRAINING) or ``opt_finalise`` (FINALIZING)."""
+    report, at_ms, round_ = event.report, event.at_ms, _round_of(state)
+    if _answers_initialise(state, report, config):
+        return _on_initialise_report(state, event, config)
+    if not _matches(state, report, config):
+        return state, [Reject(state.key, _unmatched(state, report, config, state.key))]
+    if not report.ok or report.model_id is None:
+        return _failed(state, report.error or "report carries no model_id", at_ms, config)
+    best_params, history = state.best_params, state.history
+    snapshot = round_.optimiser
+    if snapshot is not None:
+        history = optimizer.carried(snapshot) if snapshot.profile.keep else ()
+        best_params = _winning_params(report.params, snapshot)
+    state = msgspec.structs.replace(state, best_params=best_params, history=history)
+    note = Note(state.key, "round_completed", round_.number, detail=str(report.model_id))
+    return _end_round(state, report.model_id, note)
+
+
+def reject_idle_report(state: Session, event: ReportArrived, config: MachineConfig) -> Result:
+    """No round is running: a report that is not early is stale or foreign."""
+    return state, [Reject(state.key, _unmatched(state, event.report, config, state.key))]
+
+
+def _on_initialise_report(state: Session, event: ReportArrived, config: MachineConfig) -> Result:
+    """A reply to the round's ``opt_initialise``, which nothing awaits.
+
+    The originals never answer it. The seed's factory answers it only to refuse it
+    ("No dataset available to lock"); every step of the round would then fail ("No
+    optimization session active"), so the round ends now, playing the model the
+    engine had. A factory replying in order answers ``opt_initialise`` before the
+    first step, so this row sees it while that step is outstanding, in any merge
+    order (a held one is fed in, oldest first, as soon as both are sent).
+    """
+    report, round_ = event.report, _round_of(state)
+    if report.ok:
+        return state, [Reject(state.key, f"report {report.reply_id!r:.40}: acknowledges "
+                              "opt_initialise, which needs no answer")]  # fmt: skip
+    detail = f"opt_initialise refused: {report.error or 'factory reported an error'}"
+    note = Note(state.key, "round_aborted", round_.number, step=_step_of(state), detail=detail)
+    return _end_round(state, state.model_id, note)
+
+
+def _answers_initialise(state: Session, report: Report, config: MachineConfig) -> bool:
+    round_ = state.round
+    return (
+        round_ is not None
+        and round_.kind == "optimise"
+        and _counter(report, config, state.key) == round_.first_command
+    )
+
+
+def _winning_params(reported: Params | None, snapshot: OptimiserSnapshot) -> Params:
+    # The factory's params_dict is what it actually built (and the originals used it,
+    # keeping its key order); fall back to our own record of the best step.
+    if reported is not None and sorted(n for n, _ in reported) == sorted(snapshot.profile.names):
+        return reported
+    return optimizer.finalise(snapshot)[1]
+
+
+ReportHandler: TypeAlias = Callable[[Session, ReportArrived, MachineConfig], Result]
+
+
+def or_hold(handler: ReportHandler) -> ReportHandler:
+    """``handler`` for reports whose command was sent; a report for a later one is held.
+
+    A replay may read a report before the instruction whose round sends its
+    command; it waits in ``Session.held`` until that command is sent.
+    """
+
+    def hold_early(state: Session, event: ReportArrived, config: MachineConfig) -> Result:
+        counter = _counter(event.report, config, state.key)
+        if counter is None or counter < state.next_command:
+            return handler(state, event, config)
+        return _hold(state, event.report, counter, config)
+
+    hold_early.__name__ = handler.__name__
+    hold_early.__doc__ = handler.__doc__
+    return hold_early
+
+
+def _hold(state: Session, report: Report, counter: int, config: MachineConfig) -> Result:
+    reply = f"report {report.reply_id!r:.40}: foreign reply_id (no such command was sent"
+    if counter - state.next_command >= config.max_held:
+        return state, [Reject(state.key, f"{reply}, nor within {config.max_held} of the next)")]
+    if len(state.held) >= config.max_held:
+        return state, [Reject(state.key, f"{reply}; {config.max_held} reports held already)")]
+    number = state.round.number if state.round else state.rounds
+    detail = f"report {report.reply_id!r:.40} held until its command is sent"
+    held = msgspec.structs.replace(state, held=(*state.held, report))
+    return held, [Note(state.key, "held", number, detail=detail)]
+
+
+def is_ripe(state: Session, report: Report, config: MachineConfig) -> bool:
+    """Whether a held report's command has been sent by now."""
+    return (_counter(report, config, state.key) or 0) < state.next_command
+
+
+# --------------------------------------------------------------------------- ticks
+
+
+def on_tick(state: Session, event: Tick, config: MachineConfig) -> Result:
+    """A deadline passed without a report: resend, or abort the round."""
+    outstanding = state.outstanding
+    if outstanding is None or event.at_ms < outstanding.deadline_ms:
+        return state, []
+    if event.at_ms < event.since_ms + config.report_timeout_ms:
+        return state, []  # the process restarted meanwhile: give the factory its full time
+    command = outstanding.command
+    note = Note(state.key, "timeout", _round_of(state).number, step=_step_of(state),
+                detail=f"no report for {command.type} {command.id!r}")  # fmt: skip
+    state, effects = _failed(state, "deadline passed without a report", event.at_ms, config)
+    return state, [note, *effects]
+
+
+def nothing(state: Session, event: Tick, config: MachineConfig) -> Result:
+    """Idle: no deadline to watch."""
+    return state, []
+
+
+# --------------------------------------------------------------------------- shared steps
+
+
+def _issue(
+    state: Session,
+    config: MachineConfig,
+    at_ms: int,
+    kind: CommandType,
+    params: str,
+    best_i: int = -1,
+) -> Result:
+    """Send the round's next command (the next counter value) and await it in its phase.
+
+    An awaited command becomes the outstanding one, with a deadline;
+    ``opt_initialise`` is not awaited (see ``AWAITING``).
+    """
+    round_ = _round_of(state)
+    number = state.next_command
+    command = FactoryCommand(
+        train_id=round_.train_id,
+        optimisation_id=round_.optimisation_id,
+        id=config.command_id(state.key, number),
+        timestamp=round_.timestamp,
+        type=kind.value,
+        params=params,
+        best_i=best_i,
+    )
+    state = msgspec.structs.replace(state, phase=AWAITING[kind], next_command=number + 1)
+    if kind is CommandType.OPT_INITIALISE:
+        return state, [send_command(state.key, command, 0)]
+    return _send(state, command, number, 0, at_ms, config)
+
+
+def _send(
+    state: Session, command: FactoryCommand, number: int, attempt: int, at_ms: int,
+    config: MachineConfig,
+) -> Result:  # fmt: skip
+    outstanding = Outstanding(command, number, attempt, at_ms + config.report_timeout_ms)
+    state = msgspec.structs.replace(state, outstanding=outstanding)
+    return state, [send_command(state.key, command, attempt)]
+
+
+def _failed(state: Session, reason: str, at_ms: int, config: MachineConfig) -> Result:
+    """The outstanding command failed: resend it (bounded), then abort the round."""
+    outstanding, number = state.outstanding, _round_of(state).number
+    if outstanding is None:
+        raise IllegalTransitionError(f"session {state.key!r} in {state.phase} awaits nothing")
+    kind, step = outstanding.command.type, _step_of(state)
+    if outstanding.attempt < config.max_retries:
+        attempt = outstanding.attempt + 1
+        detail = f"attempt {attempt + 1} of {kind}: {reason}"
+        retry = Note(state.key, "retry", number, step=step, detail=detail)
+        state, sent = _send(state, outstanding.command, outstanding.number, attempt, at_ms, config)
+        return state, [retry, *sent]
+    detail = f"{kind} failed {outstanding.attempt + 1} times: {reason}"
+    note = Note(state.key, "round_aborted", number, step=step, detail=detail)
+    return _end_round(state, state.model_id, note)
+
+
+def _end_round(state: Session, model_id: int | str, note: Note) -> Result:
+    """Play the engine with ``model_id`` and go IDLE (the queue's head starts next)."""
+    round_ = _round_of(state)
+    play = SyncMessage(SyncType.PLAY.value, round_.timestamp, model_id)
+    state = msgspec.structs.replace(
+        state, phase=Phase.IDLE, model_id=model_id, round=None, outstanding=None
+    )
+    return state, [note, send_sync(state.key, round_.number, play)]
+
+
+def _matches(state: Session, report: Report, config: MachineConfig) -> bool:
+    outstanding = state.outstanding
+    return outstanding is not None and _counter(report, config, state.key) == outstanding.number
+
+
+def _counter(report: Report, config: MachineConfig, key: str) -> int | None:
+    """The session-local command counter a reply id names, or None if not this key's."""
+    number = command_number(report.reply_id)
+    if number is None or config.keys[number % len(config.keys)] != key:
+        return None
+    return number // len(config.keys)
+
+
+def _unmatched(state: Session | None, report: Report, config: MachineConfig, key: str) -> str:
+    reply = f"report {report.reply_id!r:.40}"
+    counter = _counter(report, config, key)
+    if counter is None:
+        return f"{reply}: foreign reply_id (not a command of session {key!r})"
+    if state is None or counter >= state.next_command:
+        return f"{reply}: foreign reply_id (no such command was sent)"
+    if state.round is not None and counter >= state.round.first_command:
+        awaited = state.outstanding.command.id if state.outstanding else None
+        return f"{reply}: duplicate (already answered; awaiting {awaited!r})"
+    return f"{reply}: stale (its round is over)"
+
+
+def _round_of(state: Session) -> Round:
+    if state.round is None:
+        raise IllegalTransitionError(f"session {state.key!r} in {state.phase} has no round")
+    return state.round
+
+
+def _optimiser_of(round_: Round) -> OptimiserSnapshot:
+    if round_.optimiser is None:
+        raise IllegalTransitionError(f"round {round_.number} ({round_.kind}) has no optimiser")
+    return round_.optimiser
+
+
+def _step_of(state: Session) -> int | None:
+    if state.round is None or state.round.optimiser is None:
+        return None
+    return len(state.round.optimiser.observations)

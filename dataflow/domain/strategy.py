@@ -1,0 +1,76 @@
+"""The optimiser seam: how a round chooses its next point, by strategy name.
+
+Role: the state machine asks ``propose`` for the next point of a round and
+knows nothing else about search. A strategy is a pure function from a snapshot
+(``dataflow.domain.optimizer``) to the next point and the snapshot that awaits
+its score; it must be deterministic (replay proposes the same points). Adding
+one is a module with that function and one line in ``STRATEGIES``; a profile
+names it (``Profile.strategy``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Final
+
+from dataflow.domain import bayes
+from dataflow.domain.errors import SnapshotError
+from dataflow.domain.messages import Params
+from dataflow.domain.optimizer import (
+    Observation,
+    OptimiserSnapshot,
+    Point,
+    Profile,
+    learn,
+    named,
+    start,
+)
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """A way to choose the next point."""
+
+    name: str
+    summary: str
+    propose: Callable[[OptimiserSnapshot], tuple[Point, OptimiserSnapshot]]
+
+
+STRATEGIES: Final[Mapping[str, Strategy]] = {
+    s.name: s
+    for s in (
+        Strategy("gp", "Gaussian process, skopt's acquisition functions (gp_minimize)",
+                 bayes.propose),
+    )
+}  # fmt: skip
+
+
+def propose(snapshot: OptimiserSnapshot) -> tuple[Point, OptimiserSnapshot]:
+    """The next point of the round, by the profile's strategy; pure."""
+    chosen = STRATEGIES.get(snapshot.profile.strategy)
+    if chosen is None:
+        raise SnapshotError(f"unknown optimiser strategy {snapshot.profile.strategy!r}; "
+                            f"known: {list(STRATEGIES)}")  # fmt: skip
+    return chosen.propose(snapshot)
+
+
+def run_optimization(
+    objective: Callable[[Params], float],
+    profile: Profile,
+    *,
+    key: str = "offline",
+    round_number: int = 0,
+    prior: Sequence[Observation] = (),
+) -> OptimiserSnapshot:
+    """Evaluate ``objective`` for a whole round's budget; the finished snapshot is returned.
+
+    Uses exactly the step-wise API, so a script and the controller propose alike.
+    ``warm_start_document(profile, snapshot.observations)`` turns the result into
+    a warm-start file for the controller.
+    """
+    snapshot = start(profile, key, round_number, prior)
+    while snapshot.remaining > 0:
+        point, snapshot = propose(snapshot)
+        snapshot = learn(snapshot, float(objective(named(profile, point))))
+    return snapshot
