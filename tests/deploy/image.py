@@ -154,6 +154,15 @@ def build() -> float:
     return time.monotonic() - began
 
 
+def shipped_package(root: str | Path) -> set[str]:
+    """The package's files in an image mounted at ``root``, relative to the package."""
+    found = sorted(Path(root, "opt/venv/lib").glob("python3*/site-packages/dataflow"))
+    if len(found) != 1:
+        raise ImageCheckError(f"expected one installed dataflow package, found {found}")
+    return {path.relative_to(found[0]).as_posix() for path in found[0].rglob("*")
+            if path.is_file() and "__pycache__" not in path.parts}  # fmt: skip
+
+
 class Pod:
     """The image's pod, running; ``stop`` sends SIGTERM as the kubelet does."""
 

@@ -34,6 +34,7 @@ def test_the_image_runs_as_the_statefulsets_pod_answers_an_instruction_and_stops
     volume = tmp_path / "volume"
     pod = image.Pod(env, volume, tmp_path / "pod.log")
     try:
+        shipped = image.shipped_package(pod.root)
         deadline = time.monotonic() + 120
         while "controller starting" not in pod.log_text():
             assert pod.running(), pod.log_text()[-3000:]
@@ -57,6 +58,12 @@ def test_the_image_runs_as_the_statefulsets_pod_answers_an_instruction_and_stops
     assert [(c["id"], c["type"], c["optimisation_id"], c["timestamp"]) for c in sent] == [
         ("cmd-0", "opt_initialise", 0, 1700), ("cmd-1", "opt_step", 0, 1700),
     ]  # fmt: skip
+    # What production runs is in the image; the stand-ins and the demo are not.
+    assert {"flow.py", "tools/probe.py", "tools/recovery.py", "tools/inspection.py",
+            "tools/warmstart.py", "adapters/schemas/rtcef/factory_reports-value.avsc",
+            "domain/dialects/rtcef.py"} <= shipped  # fmt: skip
+    assert [name for name in shipped if name.startswith("sim/")] == []
+    assert {"tools/demo.py", "tools/process.py"} & shipped == set()
     assert stopped_in < 5, pod.log_text()[-2000:]
     # It stopped on SIGTERM (Python's exit on an interrupt, 130), not killed (-9/137).
     assert status == 130, (status, pod.log_text()[-2000:])
