@@ -23,7 +23,6 @@ import dataclasses
 import logging
 import signal
 import sys
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -37,6 +36,7 @@ from bytewax.inputs import Source
 from bytewax.outputs import Sink
 
 from dataflow.adapters import observability
+from dataflow.adapters.clock import now_ms
 from dataflow.adapters.config import Settings, SettingsError, Topics
 from dataflow.adapters.kafka import (
     MESSAGE_ID_HEADER,
@@ -142,10 +142,6 @@ def kafka_io(settings: Settings) -> FlowIO:
 # --------------------------------------------------------------------------- steps
 
 
-def _now_ms() -> int:
-    return int(time.time() * 1000)
-
-
 def _origin(item: RawInput) -> Origin:
     message = item.msg if isinstance(item, KafkaError) else item
     return Origin(message.topic, message.partition, message.offset, message.key, message.value,
@@ -164,7 +160,7 @@ def decode_input(kind: str, settings: Settings, item: RawInput) -> Envelope | Ro
     key = route(decoded, settings.machine)
     if isinstance(key, msg.Rejection):
         return _dead(origin, key.reason, "route")
-    return Envelope(key, arrived(decoded, _now_ms()), origin)
+    return Envelope(key, arrived(decoded, now_ms()), origin)
 
 
 #: Per input: its decoder, its router, and the event it becomes.
@@ -243,7 +239,7 @@ def _addressed(topics: Topics, routed: Routed) -> OutMessage | None:
 def build_flow(settings: Settings, io: FlowIO | None = None) -> Dataflow:
     """Wire the controller. ``io`` defaults to Kafka; the flow tier passes testing IO."""
     io = io or kafka_io(settings)
-    started = _now_ms()  # deadlines are never due sooner than the report timeout after this
+    started = now_ms()  # deadlines are never due sooner than the report timeout after this
     flow = Dataflow(FLOW_ID)
     instructions = op.input(INSTRUCTIONS_STEP, flow, io.instructions)
     reports = op.input(REPORTS_STEP, flow, io.reports)
