@@ -171,12 +171,9 @@ def _propose_step(state: Session, at_ms: int, config: MachineConfig) -> Result:
 def on_step_report(state: Session, event: ReportArrived, config: MachineConfig) -> Result:
     """A report while a step is outstanding: learn its score, then the next step or finalise."""
     report, at_ms, round_ = event.report, event.at_ms, _round_of(state)
-    if _answers_initialise(state, report, config):
-        return _on_initialise_report(state, event, config)
-    if not _matches(state, report, config):
-        return state, [Reject(state.key, _unmatched(state, report, config, state.key))]
-    if not report.ok or report.f_val is None:
-        return _failed(state, report.error or "step report carries no metrics.f_val", at_ms, config)
+    unusable = _screened(state, event, config, report.f_val, "step report carries no metrics.f_val")
+    if unusable is not None or report.f_val is None:
+        return unusable or (state, [])
     snapshot = optimizer.learn(_optimiser_of(round_), report.f_val)
     step = len(snapshot.observations) - 1
     scored = Note(state.key, "score", round_.number, step=step, value=report.f_val)
@@ -194,13 +191,10 @@ def on_step_report(state: Session, event: ReportArrived, config: MachineConfig) 
 
 def on_final_report(state: Session, event: ReportArrived, config: MachineConfig) -> Result:
     """The report that ends a round: of ``train`` (TRAINING) or ``opt_finalise`` (FINALIZING)."""
-    report, at_ms, round_ = event.report, event.at_ms, _round_of(state)
-    if _answers_initialise(state, report, config):
-        return _on_initialise_report(state, event, config)
-    if not _matches(state, report, config):
-        return state, [Reject(state.key, _unmatched(state, report, config, state.key))]
-    if not report.ok or report.model_id is None:
-        return _failed(state, report.error or "report carries no model_id", at_ms, config)
+    report, round_ = event.report, _round_of(state)
+    unusable = _screened(state, event, config, report.model_id, "report carries no model_id")
+    if unusable is not None or report.model_id is None:
+        return unusable or (state, [])
     best_params, history = state.best_params, state.history
     snapshot = round_.optimiser
     if snapshot is not None:
@@ -209,6 +203,25 @@ def on_final_report(state: Session, event: ReportArrived, config: MachineConfig)
     state = msgspec.structs.replace(state, best_params=best_params, history=history)
     note = Note(state.key, "round_completed", round_.number, detail=str(report.model_id))
     return _end_round(state, report.model_id, note)
+
+
+def _screened(
+    state: Session, event: ReportArrived, config: MachineConfig, needed: object, missing: str
+) -> Result | None:
+    """What a report that is not a usable answer does; None if it is one.
+
+    Usable: the outstanding command's answer, successful, carrying ``needed``. A
+    refusal of the round's ``opt_initialise`` ends the round; a report for another
+    command is dead-lettered; an error (or a reply without ``needed``) is a failure.
+    """
+    report = event.report
+    if _answers_initialise(state, report, config):
+        return _on_initialise_report(state, event, config)
+    if not _matches(state, report, config):
+        return state, [Reject(state.key, _unmatched(state, report, config, state.key))]
+    if not report.ok or needed is None:
+        return _failed(state, report.error or missing, event.at_ms, config)
+    return None
 
 
 def reject_idle_report(state: Session, event: ReportArrived, config: MachineConfig) -> Result:
