@@ -72,7 +72,11 @@ lint: bootstrap
 
 # Redraw the README's state diagram from the transition table (a test checks they agree)
 diagram: bootstrap
-    {{py}} -c 'import pathlib, re; from dataflow.domain import table; p = pathlib.Path("README.md"); p.write_text(re.sub(r"```mermaid\nstateDiagram-v2\n.*?```", lambda _: "```mermaid\n" + table.mermaid() + "```", p.read_text(), count=1, flags=re.S))'
+    {{py}} -c 'import pathlib, re, sys; from dataflow.domain import table; p = pathlib.Path("README.md"); text, n = re.subn(r"```mermaid\nstateDiagram-v2\n.*?```", lambda _: "```mermaid\n" + table.mermaid() + "```", p.read_text(), flags=re.S); n == 1 or sys.exit(f"diagram: expected one stateDiagram block in README.md, found {n}"); p.write_text(text)'
+
+# Show the sessions stored in a recovery directory (e.g. after a crash)
+inspect dir *args: bootstrap
+    {{py}} -m dataflow.tools.inspection "$@"
 
 # Print the package's import graph (Mermaid) and check the layering rule
 imports: bootstrap

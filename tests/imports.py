@@ -3,12 +3,18 @@
 Layers, lowest first: ``domain`` (pure) < ``adapters`` (the outside world) <
 ``flow`` (the Bytewax wiring) and ``sim`` (the stand-in services) < ``tools``
 (command lines). A module imports only from its own layer or lower ones; the
-graph has no cycles. ``tests/unit/test_layers.py`` checks both.
+graph has no cycles; and what the image ships (``SHIPPED``) never reaches what it
+leaves out (the stand-ins, the demo and its process helper).
+``tests/unit/test_layers.py`` checks all three.
+
+Imports are read from the source: ``import a.b``, ``from a import b``, relative
+ones, and module names written as strings (``"dataflow.flow:get_flow()"``).
 """
 
 from __future__ import annotations
 
 import ast
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,13 +26,16 @@ MAY_IMPORT: dict[str, set[str]] = {
     "adapters": {"domain", "adapters"},
     "flow": {"domain", "adapters", "flow"},
     "sim": {"domain", "adapters", "sim"},
-    "tools": {"domain", "adapters", "sim", "tools"},
+    "tools": {"domain", "adapters", "flow", "sim", "tools"},
 }
+#: What the image leaves out (the Dockerfile removes them before building the wheel).
+NOT_SHIPPED = ("dataflow.sim", "dataflow.tools.demo", "dataflow.tools.process")
+_MODULE_TEXT = re.compile(r"^(dataflow(?:\.[a-z_]+)+)(?::.*)?$")
 
 
-def module_name(path: Path) -> str:
+def module_name(path: Path, package: Path = PACKAGE) -> str:
     """``dataflow/domain/dialects/seed.py`` -> ``dataflow.domain.dialects.seed``."""
-    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    parts = path.relative_to(package.parent).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
@@ -36,31 +45,40 @@ def layer(module: str) -> str:
     return parts[1] if len(parts) > 1 else "flow"
 
 
-def modules() -> dict[str, Path]:
+def modules(package: Path = PACKAGE) -> dict[str, Path]:
     """Every module of the package."""
-    return {module_name(path): path for path in sorted(PACKAGE.rglob("*.py"))}
+    return {module_name(path, package): path for path in sorted(package.rglob("*.py"))}
 
 
-def _imports(path: Path, known: set[str]) -> Iterator[str]:
+def _imports(name: str, path: Path, known: set[str]) -> Iterator[str]:
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     for node in ast.walk(ast.parse(path.read_text())):
         names: list[str] = []
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative: from the module's package, up level - 1
+                parent = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*parent, *([base] if base else [])])
             # ``from dataflow.domain import machine`` imports the submodule when there is one.
-            names = [f"{node.module}.{alias.name}" for alias in node.names] + [node.module]
-        for name in names:
-            while name and name not in known:
-                name = name.rpartition(".")[0]
-            if name.startswith("dataflow"):
-                yield name
+            names = [f"{base}.{alias.name}" for alias in node.names] + [base]
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+            # Text naming a module exactly (``python -m``, ``bytewax.run``), not a logger's name.
+            match = _MODULE_TEXT.match(node.value)
+            names = [match.group(1)] if match and match.group(1) in known else []
+        for found in names:
+            while found and found not in known:
+                found = found.rpartition(".")[0]
+            if found.startswith("dataflow"):
+                yield found
 
 
-def graph() -> dict[str, set[str]]:
+def graph(package: Path = PACKAGE) -> dict[str, set[str]]:
     """Module -> the package's modules it imports (packages' ``__init__`` included)."""
-    found = modules()
+    found = modules(package)
     known = set(found)
-    return {name: set(_imports(path, known)) - {name} for name, path in found.items()}
+    return {name: set(_imports(name, path, known)) - {name} for name, path in found.items()}
 
 
 def violations(edges: dict[str, set[str]]) -> list[str]:
@@ -74,23 +92,54 @@ def violations(edges: dict[str, set[str]]) -> list[str]:
 
 
 def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
-    """Import cycles (each found once, from its first module in sorted order)."""
+    """The modules of every import cycle (strongly connected components of more than one)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
     found: list[list[str]] = []
-    done: set[str] = set()
 
-    def visit(node: str, path: list[str]) -> None:
+    def connect(node: str) -> None:  # Tarjan's algorithm
+        index[node] = low[node] = len(index)
+        stack.append(node)
         for target in sorted(edges.get(node, ())):
-            if target in path:
-                cycle = path[path.index(target) :]
-                if min(cycle) == cycle[0]:
-                    found.append(cycle)
-            elif target not in done:
-                visit(target, [*path, target])
-        done.add(node)
+            if target not in index:
+                connect(target)
+                low[node] = min(low[node], low[target])
+            elif target in stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
 
     for start in sorted(edges):
-        visit(start, [start])
-    return found
+        if start not in index:
+            connect(start)
+    return sorted(found)
+
+
+def unshipped(edges: dict[str, set[str]]) -> list[str]:
+    """Every path from what the image ships to what it leaves out, as ``a -> ... -> b``."""
+    shipped = [m for m in edges if not m.startswith(NOT_SHIPPED)]
+    paths = []
+    for start in sorted(shipped):
+        seen, frontier = {start: [start]}, [start]
+        while frontier:
+            node = frontier.pop()
+            for target in sorted(edges.get(node, ())):
+                if target in seen:
+                    continue
+                seen[target] = [*seen[node], target]
+                if target.startswith(NOT_SHIPPED):
+                    paths.append(" -> ".join(seen[target]))
+                else:
+                    frontier.append(target)
+    return paths
 
 
 def mermaid(edges: dict[str, set[str]]) -> str:
@@ -114,7 +163,7 @@ if __name__ == "__main__":
     print(f"%% {len(edges)} modules, {sum(map(len, edges.values()))} imports; "
           f"most imported: {', '.join(sorted(fan_in, key=fan_in.__getitem__)[-3:])}",
           file=sys.stderr)  # fmt: skip
-    problems = violations(edges) + [" -> ".join(c) for c in cycles(edges)]
+    problems = violations(edges) + [" <-> ".join(c) for c in cycles(edges)] + unshipped(edges)
     for problem in problems:
         print(f"layering: {problem}", file=sys.stderr)
     sys.exit(1 if problems else 0)

@@ -26,6 +26,7 @@ from dataflow.adapters.wire import ENCODINGS, Codec, Encoding
 from dataflow.domain import dialects, machine, optimizer
 from dataflow.domain.errors import ConfigError
 from dataflow.domain.messages import DEFAULT_MAX_MESSAGE_BYTES, Params
+from dataflow.domain.strategy import STRATEGIES
 
 
 class SettingsError(ValueError):
@@ -79,12 +80,18 @@ TOPIC_VARIABLES: Final[Mapping[dialects.TopicRole, str]] = {
 }
 
 
-def _per_dialect(what: Callable[[dialects.Dialect], str]) -> str:
+def _per_dialect(what: Callable[[dialects.Dialect], object]) -> str:
     """A default that each dialect sets, as the README's table shows it."""
-    values = {what(d): d.name for d in dialects.REGISTRY.values()}
-    if len(values) == 1:
-        return next(iter(values))
-    return " / ".join(f"{value} ({name})" for value, name in values.items())
+    names: dict[str, list[str]] = {}
+    for dialect in dialects.REGISTRY.values():
+        names.setdefault(str(what(dialect)), []).append(dialect.name)
+    if len(names) == 1:
+        return next(iter(names))
+    return " / ".join(f"{value} ({', '.join(each)})" for value, each in names.items())
+
+
+def _avro_speakers() -> str:
+    return ", ".join(d.name for d in dialects.REGISTRY.values() if "avro" in d.encodings)
 
 
 VARIABLES: Final[tuple[Variable, ...]] = (
@@ -94,7 +101,7 @@ VARIABLES: Final[tuple[Variable, ...]] = (
              + ", ".join(f"`{d.name}` ({d.summary})" for d in dialects.REGISTRY.values()) + "."),
     Variable("WIRE_ENCODING", "json",
              "`json`, or `avro`: schemaless Avro with the original RTCEF schemas and keys "
-             "(rtcef dialect only)."),
+             f"(dialects that speak it: {_avro_speakers()})."),
     Variable("INSTRUCTION_TOPIC", _per_dialect(lambda d: d.topics["instructions"]),
              "Observer instructions (input)."),
     Variable("REPORT_TOPIC", _per_dialect(lambda d: d.topics["reports"]),
@@ -105,15 +112,22 @@ VARIABLES: Final[tuple[Variable, ...]] = (
              "Engine pause/play messages (output)."),
     Variable("DEAD_LETTER_TOPIC", "controller_dead_letters",
              "Undecodable or rejected input, with the reason in headers (output)."),
-    Variable("OPTIMISER_PROFILE", "the dialect's name",
-             "Search space and strategy: `seed` (pMin, gamma; 10 steps, EI) or `rtcef` "
-             "(confidence, order, pmin, gamma; 15 steps, gp_hedge, keeps 5)."),
+    Variable("OPTIMISER_PROFILE", "the dialect's profile (of the same name)",
+             "Search space, budget and acquisition: "
+             + "; ".join(f"`{p.name}` ({', '.join(p.names)}; {p.budget} steps, {p.acquisition}"
+                         f"{f', keeps {p.keep}' if p.keep else ''})"
+                         for p in dialects.PROFILES.values()) + "."),
+    Variable("OPTIMISER_STRATEGY", "the profile's (gp)",
+             "How the next point is chosen: "
+             + ", ".join(f"`{s.name}` ({s.summary})" for s in STRATEGIES.values()) + "."),
     Variable("OPTIMISER_SPACE", "the profile's",
              'JSON list replacing the space: [{"name": "pMin", "kind": "Real", "low": 0.001, '
              '"high": 0.1}, ...].'),
-    Variable("OPTIMISER_BUDGET", "the profile's (10 / 15)", "opt_step commands per round."),
-    Variable("OPTIMISER_INITIAL_POINTS", "5", "Random proposals before the GP takes over."),
-    Variable("OPTIMISER_KEEP", "the profile's (0 / 5)",
+    Variable("OPTIMISER_BUDGET", f"the profile's: {_per_dialect(lambda d: d.profile.budget)}",
+             "opt_step commands per round."),
+    Variable("OPTIMISER_INITIAL_POINTS", _per_dialect(lambda d: d.profile.n_initial),
+             "Random proposals before the GP takes over."),
+    Variable("OPTIMISER_KEEP", f"the profile's: {_per_dialect(lambda d: d.profile.keep)}",
              "Observations of a round carried into the next round."),
     Variable("INITIAL_PARAMS", "the profile's",
              'JSON object: the current best parameters before any round, e.g. '
@@ -304,6 +318,9 @@ class _Reader:
             if self.env.get(variable, "").strip():
                 low = 0 if attribute == "keep" else 1
                 changes[attribute] = self.number(variable, getattr(profile, attribute), int, low)
+        if self.env.get("OPTIMISER_STRATEGY", "").strip():
+            changes["strategy"] = self.choice("OPTIMISER_STRATEGY", profile.strategy,
+                                              tuple(STRATEGIES))  # fmt: skip
         profile = msgspec.structs.replace(profile, **changes)
         try:
             profile.validate()
@@ -352,7 +369,9 @@ class _Reader:
         return found
 
     def settings(self) -> Settings:
-        dialect = dialects.get(self.choice("CONTROLLER_DIALECT", "seed", dialects.DIALECTS))
+        dialect = dialects.get(
+            self.choice("CONTROLLER_DIALECT", dialects.DIALECTS[0], dialects.DIALECTS)
+        )
         encoding: Encoding = self.choice("WIRE_ENCODING", "json", ENCODINGS)  # type: ignore[assignment]
         if encoding not in dialect.encodings:
             speakers = [d.name for d in dialects.REGISTRY.values() if encoding in d.encodings]

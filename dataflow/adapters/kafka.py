@@ -65,6 +65,7 @@ class OutMessage:
 
 #: librdkafka's own log lines (connection failures, broker errors) go through this logger,
 #: so they come out in LOG_FORMAT like every other line, not as raw ``%3|...|FAIL|`` text.
+#: Its name predates ``dataflow.adapters``; kept, since log filters and dashboards use it.
 CLIENT_LOG: Final = logging.getLogger("dataflow.kafka.client")
 
 

@@ -1,11 +1,12 @@
-"""Wire encodings: JSON (both dialects) or schemaless Avro (the original RTCEF services).
+"""Wire encodings: JSON (every dialect) or schemaless Avro (the dialects that speak it).
 
 Role: the bytes boundary of every topic, for the flow and the stand-ins. JSON is
 the domain's own encoding (``dataflow.domain.messages``). Avro is what the
 original RTCEF services really write and read: ``fastavro.schemaless_writer``
 for the value and, separately, for the key (no magic byte, no schema id, no
-registry), with the schemas shipped in ``dataflow/adapters/schemas/rtcef``. Keys are built
-from record fields as the originals build them.
+registry), with the schemas shipped in ``dataflow/adapters/schemas/<dialect>/``
+under the stems the dialect's record names, and keys built from the record
+fields it names, as the originals build them.
 
 An Avro record is decoded, then re-checked by the same decoders as JSON, so a
 message means the same in both encodings; bytes that are not a record of the
@@ -29,48 +30,48 @@ from dataflow.domain import messages as msg
 
 Encoding: TypeAlias = Literal["json", "avro"]
 ENCODINGS: Final = ("json", "avro")
-SCHEMAS: Final = Path(__file__).resolve().parent / "schemas" / "rtcef"
-#: Topic role -> the originals' schema file stem.
-_STEMS: Final = {
-    "instructions": "optimiser_instructions",
-    "commands": "factory_commands",
-    "reports": "factory_reports",
-    "sync": "engine_sync",
-}
+#: Each Avro-speaking dialect's schemas are in ``schemas/<dialect>/`` (its record names them).
+SCHEMAS: Final = Path(__file__).resolve().parent / "schemas"
 _INT32: Final = (-(2**31), 2**31 - 1)
-#: Key fields per topic role, as the originals build their keys.
-KEY_FIELDS: Final = {
-    "instructions": ("id",),
-    "commands": ("id",),
-    "reports": ("reply_id",),
-    "sync": ("timestamp", "type"),
-}
+
+
+def _topic(dialect: str, role: dialects.TopicRole) -> dialects.AvroTopic:
+    avro = dialects.get(dialect).avro
+    if avro is None:
+        raise ValueError(f"the {dialect} dialect has no Avro schemas")
+    return avro[role]
 
 
 @cache
-def schema(role: str, part: Literal["key", "value"]) -> Any:
-    """The parsed Avro schema of a topic role's key or value."""
-    return fastavro.parse_schema(json.loads((SCHEMAS / f"{_STEMS[role]}-{part}.avsc").read_text()))
+def schema(dialect: str, role: dialects.TopicRole, part: Literal["key", "value"]) -> Any:
+    """The parsed Avro schema of a dialect's topic's key or value."""
+    path = SCHEMAS / dialect / f"{_topic(dialect, role).stem}-{part}.avsc"
+    return fastavro.parse_schema(json.loads(path.read_text()))
 
 
-def avro_write(role: str, part: Literal["key", "value"], record: dict[str, Any]) -> bytes:
+def avro_write(
+    dialect: str, role: dialects.TopicRole, part: Literal["key", "value"], record: dict[str, Any]
+) -> bytes:
     """Schemaless Avro bytes of ``record``, exactly as ``fastavro.schemaless_writer`` writes."""
     buffer = io.BytesIO()
-    fastavro.schemaless_writer(buffer, schema(role, part), record)
+    fastavro.schemaless_writer(buffer, schema(dialect, role, part), record)
     return buffer.getvalue()
 
 
-def avro_read(role: str, part: Literal["key", "value"], data: bytes) -> dict[str, Any] | str:
+def avro_read(
+    dialect: str, role: dialects.TopicRole, part: Literal["key", "value"], data: bytes
+) -> dict[str, Any] | str:
     """The record in ``data``, or why it is not one (as text)."""
+    stem = _topic(dialect, role).stem
     buffer = io.BytesIO(data)
     try:
-        record = fastavro.schemaless_reader(buffer, schema(role, part), None)
+        record = fastavro.schemaless_reader(buffer, schema(dialect, role, part), None)
     except (EOFError, ValueError, TypeError, IndexError, UnicodeDecodeError, OverflowError) as e:
-        return f"not an Avro {_STEMS[role]} {part} ({type(e).__name__}: {e})"
+        return f"not an Avro {stem} {part} ({type(e).__name__}: {e})"
     if buffer.tell() != len(data):
-        return f"not an Avro {_STEMS[role]} {part} ({len(data) - buffer.tell()} trailing bytes)"
+        return f"not an Avro {stem} {part} ({len(data) - buffer.tell()} trailing bytes)"
     if not isinstance(record, dict):
-        return f"not an Avro {_STEMS[role]} {part} record"
+        return f"not an Avro {stem} {part} record"
     return record
 
 
@@ -96,7 +97,9 @@ class Codec:
         """Whether messages are schemaless Avro."""
         return self.encoding == "avro"
 
-    def _json_of(self, role: str, data: bytes, what: str, max_bytes: int) -> bytes | msg.Rejection:
+    def _json_of(
+        self, role: dialects.TopicRole, data: bytes, what: str, max_bytes: int
+    ) -> bytes | msg.Rejection:
         """The message as JSON text, size-checked once, on the wire.
 
         The JSON decoders then get the text's own length as their limit: an Avro
@@ -108,7 +111,7 @@ class Codec:
             return too_large
         if not self.avro:
             return data
-        record = avro_read(role, "value", data)
+        record = avro_read(self.dialect, role, "value", data)
         if isinstance(record, str):
             return msg.Rejection(f"{what}: {record}")
         return msgspec.json.encode(record)
@@ -185,6 +188,7 @@ class Codec:
             return None, value
         return self._avro("instructions", json.loads(value))
 
-    def _avro(self, role: str, record: dict[str, Any]) -> tuple[bytes, bytes]:
-        key = {name: record[name] for name in KEY_FIELDS[role]}
-        return avro_write(role, "key", key), avro_write(role, "value", record)
+    def _avro(self, role: dialects.TopicRole, record: dict[str, Any]) -> tuple[bytes, bytes]:
+        key = {name: record[name] for name in _topic(self.dialect, role).key_fields}
+        return (avro_write(self.dialect, role, "key", key),
+                avro_write(self.dialect, role, "value", record))  # fmt: skip

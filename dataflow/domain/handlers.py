@@ -51,7 +51,7 @@ AWAITING: Final = {
 def admit(state: Session, event: InstructionArrived, config: MachineConfig) -> Result:
     """Queue an instruction, decided by the instruction sequence alone.
 
-    The queue's head is started by ``start_queued`` once the session is idle.
+    ``advance`` starts the queue's head (``table.STARTS``) once the session is idle.
     """
     instruction = event.instruction
     if instruction.kind is InstructionKind.UPDATE_PARAMS:

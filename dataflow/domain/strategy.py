@@ -2,8 +2,9 @@
 
 Role: the state machine asks ``propose`` for the next point of a round and
 knows nothing else about search. A strategy is a pure function from a snapshot
-(``dataflow.domain.optimizer``) to the next point and the snapshot that awaits
-its score; it must be deterministic (replay proposes the same points). Adding
+(``dataflow.domain.optimizer``) to the next point and the snapshot with any
+bookkeeping of its own; it must be deterministic (replay proposes the same
+points). ``propose`` checks the snapshot before and marks the point pending after. Adding
 one is a module with that function and one line in ``STRATEGIES``; a profile
 names it (``Profile.strategy``).
 """
@@ -14,6 +15,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
+import msgspec
+
 from dataflow.domain import bayes
 from dataflow.domain.errors import SnapshotError
 from dataflow.domain.messages import Params
@@ -22,6 +25,8 @@ from dataflow.domain.optimizer import (
     OptimiserSnapshot,
     Point,
     Profile,
+    check_point,
+    check_snapshot,
     learn,
     named,
     start,
@@ -40,19 +45,30 @@ class Strategy:
 STRATEGIES: Final[Mapping[str, Strategy]] = {
     s.name: s
     for s in (
-        Strategy("gp", "Gaussian process, skopt's acquisition functions (gp_minimize)",
+        Strategy("gp", "a Gaussian process and scikit-optimize's acquisition functions",
                  bayes.propose),
     )
 }  # fmt: skip
 
 
 def propose(snapshot: OptimiserSnapshot) -> tuple[Point, OptimiserSnapshot]:
-    """The next point of the round, by the profile's strategy; pure."""
+    """The next point of the round, by the profile's strategy, and the snapshot awaiting it.
+
+    Pure. Raises ``SnapshotError`` for a snapshot this code cannot use, one already
+    awaiting a score, or a round whose budget is spent: no strategy sees those.
+    """
+    check_snapshot(snapshot)
+    if snapshot.pending is not None:
+        raise SnapshotError("propose: a proposal is already awaiting its score")
+    if snapshot.remaining <= 0:
+        raise SnapshotError("propose: the round's budget is spent")
     chosen = STRATEGIES.get(snapshot.profile.strategy)
     if chosen is None:
         raise SnapshotError(f"unknown optimiser strategy {snapshot.profile.strategy!r}; "
                             f"known: {list(STRATEGIES)}")  # fmt: skip
-    return chosen.propose(snapshot)
+    point, proposed = chosen.propose(snapshot)
+    check_point(snapshot.profile, point)
+    return point, msgspec.structs.replace(proposed, pending=point)
 
 
 def run_optimization(

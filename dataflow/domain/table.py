@@ -70,18 +70,20 @@ STARTS: Final[Mapping[InstructionKind, Start]] = {
     InstructionKind.UPDATE_PARAMS: Start(h.update_params, IDLE),
 }
 
-#: Every row, keyed by (phase, event type): the whole machine, as drawn.
-TRANSITIONS: Final[Mapping[tuple[Phase, type], Row[Any]]] = {
-    **{(phase, InstructionArrived): row for phase, row in ON_INSTRUCTION.items()},
-    **{(phase, ReportArrived): row for phase, row in ON_REPORT.items()},
-    **{(phase, Tick): row for phase, row in ON_TICK.items()},
-}
+
+def transitions() -> dict[tuple[Phase, type], Row[Any]]:
+    """Every row, keyed by (phase, event type): the whole machine, as ``advance`` reads it."""
+    return {
+        **{(phase, InstructionArrived): row for phase, row in ON_INSTRUCTION.items()},
+        **{(phase, ReportArrived): row for phase, row in ON_REPORT.items()},
+        **{(phase, Tick): row for phase, row in ON_TICK.items()},
+    }
 
 
 def mermaid() -> str:
     """The machine as a Mermaid state diagram: one edge per (row, phase it may lead to)."""
     lines = ["stateDiagram-v2", f"    [*] --> {IDLE.value}"]
-    for (phase, event), row in TRANSITIONS.items():
+    for (phase, event), row in transitions().items():
         for to in sorted(row.to, key=RESTING.index):
             lines.append(f"    {phase.value} --> {to.value} : {event.__name__} / "
                          f"{row.handler.__name__}")  # fmt: skip

@@ -35,7 +35,7 @@ class EngineSimulator:
     #: Model ids the factory reported (when the engine also follows the reports).
     known_models: set[int | str] = field(default_factory=set)
     follows_reports: bool = False
-    codec: Codec = field(default_factory=lambda: Codec("seed"))
+    codec: Codec = field(default_factory=lambda: Codec(dialects.DIALECTS[0]))
 
     def follow(self, message: Message, now_ms: int) -> None:
         """Apply a sync message as read from Kafka (its ``message-id`` header drops replays)."""
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dataflow.sim.engine", description=__doc__)
     add_wire_arguments(parser, "sync messages and reports")
     parser.add_argument("--sync-topic", default=None, help="default: the dialect's")
-    parser.add_argument("--reports-topic", default="factory_reports")
+    parser.add_argument("--reports-topic", default=None, help="default: the dialect's")
     parser.add_argument(
         "--stuck-after",
         type=float,
@@ -103,11 +103,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--from-start", action="store_true", help="replay the topics from offset 0")
     args = parser.parse_args(argv)
     sync_topic = args.sync_topic or dialects.get(args.dialect).topics["sync"]
+    reports_topic = args.reports_topic or dialects.get(args.dialect).topics["reports"]
     consumer = Consumer({"bootstrap.servers": args.bootstrap, "group.id": "engine-stand-in"})
     start = OFFSET_BEGINNING if args.from_start else OFFSET_END
-    consumer.assign(
-        [TopicPartition(sync_topic, 0, start), TopicPartition(args.reports_topic, 0, start)]
-    )
+    consumer.assign([TopicPartition(sync_topic, 0, start), TopicPartition(reports_topic, 0, start)])
     engine = EngineSimulator(codec=Codec(args.dialect, args.encoding), follows_reports=True)
     shown = 0
     try:
@@ -115,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
             message = consumer.poll(0.5)
             now = now_ms()
             if message is not None and message.error() is None:
-                if message.topic() == args.reports_topic:
+                if message.topic() == reports_topic:
                     engine.learn_report(message.value() or b"")
                 else:
                     engine.follow(message, now)

@@ -2,7 +2,8 @@
 
 Role: an offline tool. It opens the recovery partitions (SQLite) read-only,
 takes each session's newest snapshot of the ``session`` step and prints its key,
-phase, round, step, best score, pending instruction and outstanding command.
+phase, round, step, best score, queued instructions, held reports and the command
+it awaits.
 
 The snapshots are pickles written by Bytewax: load only a recovery directory
 your own controller wrote.

@@ -54,7 +54,7 @@ def test_recorded_reports_survive_json_struct_avro_struct_json_with_fastavros_by
         record = loads(line)
         assert value == fastavro_bytes("factory_reports", "value", record)
         assert key == fastavro_bytes("factory_reports", "key", {"reply_id": record["reply_id"]})
-        decoded = avro_read("reports", "value", value)
+        decoded = avro_read("rtcef", "reports", "value", value)
         assert isinstance(decoded, dict)
         again = rtcef.decode_report_wire(msgspec.json.encode(decoded), len(value) * 4)
         assert isinstance(again, rtcef.ReportWire)

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from typing import Final
 
 from dataflow.domain.dialects import rtcef, seed
-from dataflow.domain.dialects.record import Dialect, TopicRole
+from dataflow.domain.dialects.record import AvroTopic, Dialect, TopicRole
 from dataflow.domain.messages import (
     DEFAULT_MAX_MESSAGE_BYTES,
     Instruction,
@@ -29,13 +29,17 @@ from dataflow.domain.messages import (
 )
 from dataflow.domain.optimizer import Profile
 
-__all__ = ["DIALECTS", "PROFILES", "REGISTRY", "Dialect", "TopicRole", "get"]
+__all__ = ["DIALECTS", "PROFILES", "REGISTRY", "AvroTopic", "Dialect", "TopicRole", "get"]
 
 #: Every dialect, by name. The first is the default.
 REGISTRY: Final[Mapping[str, Dialect]] = {d.name: d for d in (seed.DIALECT, rtcef.DIALECT)}
 DIALECTS: Final = tuple(REGISTRY)
 #: Every dialect's optimiser profile, by profile name (``OPTIMISER_PROFILE`` chooses one).
 PROFILES: Final[Mapping[str, Profile]] = {d.profile.name: d.profile for d in REGISTRY.values()}
+if len(PROFILES) != len(REGISTRY):
+    raise ValueError("two dialects' profiles share a name: name each profile after its dialect")
+if any(("avro" in d.encodings) != (d.avro is not None) for d in REGISTRY.values()):
+    raise ValueError("a dialect speaks avro exactly when its record names its Avro topics")
 
 
 def get(name: str) -> Dialect:

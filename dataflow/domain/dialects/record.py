@@ -23,6 +23,17 @@ TopicRole: TypeAlias = Literal["instructions", "reports", "commands", "sync"]
 
 
 @dataclass(frozen=True)
+class AvroTopic:
+    """How a dialect's services write a topic in schemaless Avro."""
+
+    #: File stem of the schemas, ``<stem>-key.avsc`` and ``<stem>-value.avsc``, in
+    #: ``dataflow/adapters/schemas/<dialect>/``.
+    stem: str
+    #: The record fields the key is built from, in order.
+    key_fields: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Dialect:
     """Everything that differs between two families of services. Pure data and functions."""
 
@@ -37,6 +48,8 @@ class Dialect:
     initial_params: Params
     #: Encodings it is spoken in: ``json``, and ``avro`` for the originals' schemaless Avro.
     encodings: tuple[str, ...]
+    #: Per topic, its Avro schemas and key (only if ``avro`` is one of the encodings).
+    avro: Mapping[TopicRole, AvroTopic] | None
     #: The wire form of command counter ``n`` (``command_number`` reads both forms back).
     command_id: Callable[[int], int | str]
     #: Observer record -> instruction (``max_bytes`` bounds the input before parsing).

@@ -12,7 +12,7 @@ from typing import Final
 
 import msgspec
 
-from dataflow.domain.dialects.record import Dialect
+from dataflow.domain.dialects.record import AvroTopic, Dialect
 from dataflow.domain.messages import (
     FactoryCommand,
     Instruction,
@@ -117,6 +117,13 @@ DIALECT: Final = Dialect(
     profile=PROFILE,
     initial_params=(("confidence", 0.25), ("order", 3), ("pmin", 0.005), ("gamma", 0.005)),
     encodings=("json", "avro"),
+    # fastavro.schemaless_writer for value and key alike, keys built from these fields.
+    avro={
+        "instructions": AvroTopic("optimiser_instructions", ("id",)),
+        "commands": AvroTopic("factory_commands", ("id",)),
+        "reports": AvroTopic("factory_reports", ("reply_id",)),
+        "sync": AvroTopic("engine_sync", ("timestamp", "type")),
+    },
     command_id=command_id,
     decode_instruction=decode_instruction,
     decode_report_wire=decode_report_wire,

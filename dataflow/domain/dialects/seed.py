@@ -153,6 +153,7 @@ DIALECT: Final = Dialect(
     profile=PROFILE,
     initial_params=(("pMin", 0.05), ("gamma", 0.001)),
     encodings=("json",),
+    avro=None,
     command_id=command_id,
     decode_instruction=decode_instruction,
     decode_report_wire=decode_report_wire,
