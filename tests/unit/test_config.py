@@ -56,7 +56,8 @@ def test_every_problem_is_listed_at_once() -> None:
 
 
 def test_a_third_dialect_is_one_record_in_the_registry(monkeypatch: pytest.MonkeyPatch) -> None:
-    profile = msgspec.structs.replace(dialects.PROFILES["seed"], name="third", budget=4)
+    # Its profile is named otherwise than the dialect: the settings use the dialect's own.
+    profile = msgspec.structs.replace(dialects.PROFILES["seed"], name="third-gp", budget=4)
     third = dataclasses.replace(
         seed.DIALECT, name="third", profile=profile, command_id=lambda n: f"third-{n}",
         topics={"instructions": "i3", "reports": "r3", "commands": "c3", "sync": "s3"},
