@@ -5,9 +5,13 @@ Role: the one place that starts and stops the controller process, for the demo
 chaos replays, benchmark, real loops). ``command`` builds the command line;
 ``ControllerProcess`` prepares the recovery directory (``recovery.ensure``),
 starts the process in a session of its own with the caller's settings over this
-environment, reads its JSON log, and stops it: a signal to the whole session
-(SIGINT, as Ctrl-C; the flow handles SIGTERM the same way), a bounded wait, then
-SIGKILL. ``kill`` is a crash: SIGKILL at once.
+environment, reads its JSON log, and stops it: a signal to its whole process group
+(SIGINT, as Ctrl-C; the flow handles SIGTERM the same way), a bounded wait for every
+process of the group to be gone (``bytewax.testing -p`` runs its processes as
+children of the one started), then SIGKILL. ``kill`` is a crash: SIGKILL at once.
+A stop is not cut short by a second Ctrl-C (``signals_held``); callers that run
+controllers turn SIGTERM and SIGHUP into ``KeyboardInterrupt`` so that their
+``finally`` blocks stop them (``interrupts_as_keyboard_interrupt``).
 """
 
 from __future__ import annotations
@@ -18,10 +22,11 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
+from types import FrameType, TracebackType
 from typing import IO, Any
 
 from dataflow.adapters import recovery as recovery_store
@@ -30,8 +35,14 @@ from dataflow.adapters import recovery as recovery_store
 FLOW = "dataflow.flow:get_flow()"
 #: How long a stopped controller may take to finish before it is killed (seconds).
 STOP_GRACE_S = 20.0
-#: How long to wait for a killed process to be reaped (seconds).
+#: How long to wait for a killed process group to be gone (seconds).
 KILL_WAIT_S = 30.0
+#: How often a wait looks whether a process group is gone (seconds).
+POLL_S = 0.05
+#: What a stop holds until it is done (a second Ctrl-C, a SIGTERM).
+HELD = (signal.SIGINT, signal.SIGTERM)
+#: What ``interrupts_as_keyboard_interrupt`` turns into ``KeyboardInterrupt`` besides Ctrl-C.
+INTERRUPTS = (signal.SIGTERM, signal.SIGHUP)
 
 
 def command(
@@ -114,6 +125,8 @@ class ControllerProcess:
         self.workers, self.processes = workers, processes
         self.cwd = cwd
         self.process: subprocess.Popen[bytes] | None = None
+        #: Whether every process of the started group was seen gone (its id may be reused).
+        self._gone = False
         recovery_store.ensure(recovery, partitions, pod=pod)
 
     def command(self, workers: int | None = None, processes: int | None = None) -> list[str]:
@@ -124,8 +137,8 @@ class ControllerProcess:
 
     def start(self, workers: int | None = None, processes: int | None = None) -> ControllerProcess:
         """Start the process (again after a stop or a kill: same directory, same log)."""
-        if self.running():
-            raise RuntimeError(f"controller {self.pid} is still running")
+        if self.alive():
+            raise RuntimeError(f"controller {self.pid} is still running (or its children are)")
         with contextlib.ExitStack() as files:
             out: int | IO[bytes] = subprocess.DEVNULL
             if self.log_path is not None:
@@ -137,6 +150,7 @@ class ControllerProcess:
                 stderr=subprocess.DEVNULL if self.log_path is None else subprocess.STDOUT,
                 start_new_session=True,  # a Ctrl-C in the terminal is the caller's to handle
             )  # fmt: skip
+        self._gone = False
         return self
 
     @property
@@ -150,8 +164,16 @@ class ControllerProcess:
         return self.process
 
     def running(self) -> bool:
-        """Whether it was started and has not exited."""
+        """Whether it was started and the process started has not exited."""
         return self.process is not None and self.process.poll() is None
+
+    def alive(self) -> bool:
+        """Whether any process of its group lives: the one started, or a child it left."""
+        if self.process is None or self._gone:
+            return False
+        self.process.poll()  # reaped, an exited one is no member of the group
+        self._gone = not group_alive(self.process.pid)
+        return not self._gone
 
     @property
     def returncode(self) -> int | None:
@@ -159,16 +181,24 @@ class ControllerProcess:
         return None if self.process is None else self.process.poll()
 
     def wait(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` seconds for it to exit; whether it has."""
+        """Wait up to ``timeout`` s for every process of its group to exit; whether all did."""
+        deadline = time.monotonic() + timeout
         try:
             self._started().wait(timeout)
         except subprocess.TimeoutExpired:
             return False
+        while self.alive():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(POLL_S)
         return True
 
     def send_signal(self, sig: int) -> None:
-        """Send ``sig`` to its whole process group (SIGSTOP freezes it, SIGCONT resumes it)."""
-        if self.running():
+        """Send ``sig`` to its whole process group (SIGSTOP freezes it, SIGCONT resumes it).
+
+        Also once the process started has exited: its children may live on.
+        """
+        if self.alive():
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.pid, sig)
 
@@ -190,6 +220,10 @@ class ControllerProcess:
         """Its structured log lines so far (``LOG_FORMAT=json``)."""
         return parse_log(self.log_text())
 
+    def close(self) -> None:
+        """What leaving its ``with`` block does: stop it."""
+        self.stop()
+
     def __enter__(self) -> ControllerProcess:
         return self
 
@@ -199,7 +233,7 @@ class ControllerProcess:
         error: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        self.stop()
+        self.close()
 
 
 def stop_all(
@@ -207,16 +241,96 @@ def stop_all(
     sig: int = signal.SIGINT,
     grace_s: float = STOP_GRACE_S,
 ) -> None:
-    """Signal every running controller at once (as a deletion of all pods), then wait for all.
+    """Signal every controller's process group at once (as a deletion of all pods), then wait.
 
-    Those still running after ``grace_s`` are killed (SIGKILL to the process group).
+    Groups with a process still running after ``grace_s`` are killed (SIGKILL), and
+    waited for up to ``KILL_WAIT_S``. A Ctrl-C or SIGTERM meanwhile is held until
+    the end, then delivered: it cannot leave a controller running.
     """
-    running = [c for c in controllers if c.running()]
-    for controller in running:
-        controller.send_signal(sig)
-    deadline = time.monotonic() + grace_s
-    for controller in running:
-        if not controller.wait(max(deadline - time.monotonic(), 0.0)):
+    with signals_held():
+        alive = [c for c in controllers if c.alive()]
+        for controller in alive:
+            controller.send_signal(sig)
+        deadline = time.monotonic() + grace_s
+        left = [c for c in alive if not c.wait(max(deadline - time.monotonic(), 0.0))]
+        for controller in left:
             controller.send_signal(signal.SIGKILL)
-    for controller in running:
-        controller._started().wait(KILL_WAIT_S)
+        deadline = time.monotonic() + KILL_WAIT_S
+        for controller in left:
+            controller.wait(max(deadline - time.monotonic(), 0.0))
+
+
+def group_alive(group: int) -> bool:
+    """Whether a process of process group ``group`` lives (an exited, unreaped one does not).
+
+    On Linux, ``/proc`` tells the living from the exited whose parent has not
+    reaped them yet (a child left by its exited parent waits for init to do it).
+    """
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # a process of another user holds the group id: it lives
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return True
+    for stat in proc.glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue  # exited meanwhile
+        if len(fields) > 2 and fields[2] == str(group) and fields[0] != "Z":
+            return True
+    return False
+
+
+def _main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+@contextlib.contextmanager
+def signals_held(signals: Sequence[int] = HELD) -> Iterator[None]:
+    """Hold ``signals`` (SIGINT and SIGTERM) for the duration, then deliver those that came.
+
+    For a stop that must finish: a second Ctrl-C during its bounded wait would
+    otherwise skip the SIGKILL after it. Each held signal is delivered once, in the
+    order they came, to the handler in force before (Ctrl-C: ``KeyboardInterrupt``).
+    Only the main thread handles signals: in another thread nothing is held.
+    """
+    if not _main_thread():
+        yield
+        return
+    came: list[int] = []
+
+    def hold(sig: int, frame: FrameType | None) -> None:
+        if sig not in came:
+            came.append(sig)
+
+    previous = {sig: signal.signal(sig, hold) for sig in signals}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+        for sig in came:
+            signal.raise_signal(sig)
+
+
+@contextlib.contextmanager
+def interrupts_as_keyboard_interrupt(signals: Sequence[int] = INTERRUPTS) -> Iterator[None]:
+    """SIGTERM and SIGHUP raise ``KeyboardInterrupt`` for the duration, as Ctrl-C does.
+
+    So they unwind through ``finally`` blocks and every started process is stopped,
+    where their default would end this process at once and leave the controllers
+    (each in its own session) running. Only in the main thread; elsewhere a no-op.
+    """
+    if not _main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, signal.default_int_handler) for sig in signals}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)

@@ -1,7 +1,11 @@
-"""The controller process helper: its command lines, its log, and a real start, stop and kill."""
+"""The controller process helper with a real controller: started, stopped, restarted and killed.
+
+Its command lines, its log and its stops of stand-in processes: ``tests/unit/test_process.py``.
+"""
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from collections.abc import Callable
@@ -9,31 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from dataflow.tools import process
-from dataflow.tools.process import FLOW, ControllerProcess
+from dataflow.tools.process import ControllerProcess
 from tests.integration.harness import ROOT, Wiring
 
 pytestmark = pytest.mark.integration
-
-
-def test_the_command_lines_of_a_process_of_several_and_of_a_pod() -> None:
-    recovery = Path("/r")
-
-    assert process.command()[1:] == ["-m", "bytewax.run", FLOW]
-    assert process.command(recovery)[4:] == ["-r", "/r", "-s", "1", "-b", "10"]
-    assert process.command(recovery, snapshot_s=5)[4:] == ["-r", "/r", "-s", "5", "-b", "30"]
-    assert process.command(recovery, workers=2, processes=3, backup_s=7)[1:] == [
-        "-m", "bytewax.testing", FLOW, "-p", "3", "-w", "2", "-r", "/r", "-s", "1", "-b", "7",
-    ]  # fmt: skip
-    assert process.command(recovery, process_id=1, addresses=["a:1", "b:2"])[4:8] == [
-        "-i", "1", "-a", "a:1;b:2",
-    ]  # fmt: skip
-
-
-def test_the_log_is_read_to_its_last_complete_line_passing_over_other_text() -> None:
-    text = '{"a": 1}\nthread panicked\n{"b": 2\n{"c": 3}\n{"d": '
-
-    assert process.parse_log(text) == [{"a": 1}, {"c": 3}]
 
 
 def _wait_for_starts(controller: ControllerProcess, count: int, timeout: float = 60) -> None:
@@ -68,3 +51,23 @@ def test_a_controller_is_started_stopped_restarted_on_its_directory_and_killed(
         controller.start()
         _wait_for_starts(controller, 3)
     assert controller.returncode not in (None, -signal.SIGKILL)  # leaving the block stopped it
+
+
+def test_the_processes_of_a_multi_process_controller_are_stopped_after_their_parent_died(
+    wiring_factory: Callable[..., Wiring], tmp_path: Path
+) -> None:
+    wiring = wiring_factory("seed")
+    log = tmp_path / "controller.log"
+    controller = ControllerProcess(tmp_path / "recovery", wiring.env(), log=log, processes=2,
+                                   cwd=ROOT)  # fmt: skip
+    try:
+        controller.start()  # bytewax.testing -p 2: two children in its process group
+        _wait_for_starts(controller, 2)
+        os.kill(controller.pid, signal.SIGKILL)  # the parent alone
+        controller._started().wait(30)
+
+        assert controller.alive()  # its two processes run on
+        controller.stop()
+        assert not controller.alive()
+    finally:
+        controller.kill()
