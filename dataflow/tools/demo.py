@@ -6,7 +6,7 @@ controller as ``python -m bytewax.run`` with recovery on (``dataflow.tools.proce
 answers its commands with the factory stand-in (a surface with a known optimum),
 follows its pause/play with the engine stand-in, prints live progress and a summary, and
 writes the trace (JSON and CSV) and a convergence plot (PNG) to an output folder.
-Ctrl-C stops everything it started.
+Ctrl-C, SIGTERM, SIGHUP or any failure stops everything it started.
 """
 
 from __future__ import annotations
@@ -38,7 +38,8 @@ from dataflow.sim.factory import Behaviour, FactorySimulator
 from dataflow.sim.runner import answering, messages, serve
 from dataflow.sim.surfaces import SYNTHETIC
 from dataflow.tools import inspection
-from dataflow.tools.process import ControllerProcess
+from dataflow.tools.inspection import SessionView
+from dataflow.tools.process import ControllerProcess, interrupts_as_keyboard_interrupt
 
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
@@ -91,6 +92,26 @@ def progress(events: list[dict[str, Any]], budget: int) -> list[str]:
             lines.append(f"round {number} ({kinds.get(number, '?')}) {how}: "
                          f"model {event.get('detail')}")  # fmt: skip
     return lines
+
+
+def settled(
+    events: list[dict[str, Any]], engine: EngineSimulator, snapshot: SessionView | None
+) -> bool:
+    """Whether the last round ended, the engine plays what it left, and a snapshot holds it.
+
+    Either way it ended: completed, the engine plays its model (the event's
+    detail); aborted, the model played before it (the detail is the reason). The
+    newest ``snapshot`` must be of the session after that round (IDLE, its number).
+    """
+    ended = _ended(events)
+    if not ended or snapshot is None:
+        return False
+    last = ended[-1]
+    model = str(snapshot.model_id)
+    if last.get("event") == "round_completed" and model != last.get("detail"):
+        return False  # the snapshot is older than the round's end
+    after = snapshot.round == last.get("round") and snapshot.phase == "IDLE"
+    return after and not engine.paused and str(engine.model_id) == model
 
 
 class Demo:
@@ -165,6 +186,18 @@ class Demo:
         producer.produce(self.topics["INSTRUCTION_TOPIC"], value, key)
         producer.flush(10)
 
+    def run(self, began: float) -> FactorySimulator:
+        """Start everything, run an OPTIMIZE and a RETRAIN round, wait until it settled."""
+        simulator = self.start_factory()
+        self.start_engine()
+        self.start_controller()
+        self.send(msg.InstructionKind.OPTIMIZE, 0)
+        self.wait_for_rounds(1, began)
+        self.send(msg.InstructionKind.RETRAIN, 1)
+        self.wait_for_rounds(2, began)
+        self.wait_until_settled(began)  # the engine read the last play; a snapshot holds it
+        return simulator
+
     def shutdown(self) -> None:
         """Stop the controller (Ctrl-C, then kill) and the stand-in threads."""
         self.stop.set()
@@ -184,22 +217,17 @@ class Demo:
         self._wait(lambda events: len(_ended(events)) >= count, began, f"{count} round(s)")
 
     def wait_until_settled(self, began: float) -> None:
-        """Wait until the engine plays the last round's model and a snapshot holds that round."""
+        """Wait until the engine plays what the last round left and a snapshot holds it."""
+        self._wait(lambda events: settled(events, self.engine, self.snapshot()), began,
+                   "the last play and its snapshot")  # fmt: skip
 
-        def settled(events: list[dict[str, Any]]) -> bool:
-            last = _ended(events)[-1]
-            playing = not self.engine.paused and str(self.engine.model_id) == last.get("detail")
-            return playing and self.snapshot_round() == last["round"]
-
-        self._wait(settled, began, "the last play and its snapshot")
-
-    def snapshot_round(self) -> int | None:
-        """The round the newest snapshot in the recovery directory holds (none yet: None)."""
+    def snapshot(self) -> SessionView | None:
+        """The session in the recovery directory's newest snapshot (none yet: None)."""
         if self.controller is None:
             return None
         try:
-            return max((s.round for s in inspection.sessions(self.controller.recovery)),
-                       default=None)  # fmt: skip
+            return max(inspection.sessions(self.controller.recovery),
+                       key=lambda s: (s.round, s.epoch), default=None)  # fmt: skip
         except sqlite3.Error:
             return None  # being written: the next look will do
 
@@ -301,23 +329,19 @@ def main(argv: list[str] | None = None) -> int:
     print(f"demo: output in {demo.folder}; broker {bootstrap}; dialect {args.dialect}")
     began = time.monotonic()
     try:
-        simulator = demo.start_factory()
-        demo.start_engine()
-        demo.start_controller()
-        demo.send(msg.InstructionKind.OPTIMIZE, 0)
-        demo.wait_for_rounds(1, began)
-        demo.send(msg.InstructionKind.RETRAIN, 1)
-        demo.wait_for_rounds(2, began)
-        demo.wait_until_settled(began)  # the engine read the last play; a snapshot holds it
+        with interrupts_as_keyboard_interrupt():  # SIGTERM, SIGHUP: as Ctrl-C
+            try:
+                simulator = demo.run(began)
+            except KeyboardInterrupt:
+                print("\ndemo: interrupted, stopping everything", file=sys.stderr)
+                raise
+            finally:
+                demo.shutdown()  # whatever ended it: the controller is in a session of its own
     except KeyboardInterrupt:
-        print("\ndemo: interrupted, stopping everything", file=sys.stderr)
-        demo.shutdown()
         return 130
     except (RuntimeError, TimeoutError) as error:
         print(f"demo: {error}", file=sys.stderr)
-        demo.shutdown()
         return 1
-    demo.shutdown()
     summary = demo.write_results(simulator)
     summary["elapsed_s"] = round(time.monotonic() - began, 1)
     (demo.folder / "summary.json").write_text(json.dumps(summary, indent=1))

@@ -67,6 +67,48 @@ def test_the_demo_runs_both_rounds_and_writes_its_summary_trace_and_plot(
     )  # fmt: skip
 
 
+def _controllers_in(folder: Path) -> list[str]:
+    """The command lines of the living controller processes with a directory in ``folder``."""
+    found = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            state = (entry / "stat").read_text().rpartition(")")[2].split()[0]
+        except OSError:
+            continue
+        if "bytewax" in command and str(folder) in command and state != "Z":
+            found.append(command)
+    return found
+
+
+def test_a_sigterm_to_the_demo_stops_the_controller_it_started(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap}
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "dataflow.tools.demo", "--output", str(tmp_path)],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while "controller starting" not in "".join(
+            p.read_text(errors="replace") for p in tmp_path.glob("*/controller.log")
+        ):
+            assert demo.poll() is None, demo.communicate()
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        assert _controllers_in(tmp_path)  # in a session of its own: the SIGTERM is not its
+
+        demo.send_signal(signal.SIGTERM)
+        out, err = demo.communicate(timeout=60)
+    finally:
+        demo.kill()
+
+    assert demo.returncode == 130, out + err
+    assert "interrupted, stopping everything" in err
+    assert _controllers_in(tmp_path) == []
+
+
 def test_the_observer_command_line_sends_each_instruction_in_either_dialect(
     wiring_factory,
 ) -> None:
