@@ -13,8 +13,9 @@ project's own files only:
   budget and time window are set as asked;
 * the services as processes (the two Wayeb JVMs, then factory, collector, engine,
   the controller under test, observer, replayer), each with its log in the run
-  folder, started in the order they need and stopped by pid, in reverse order,
-  on exit or Ctrl-C.
+  folder, started in the order they need and all stopped together, by process
+  group, on exit, Ctrl-C, SIGTERM or SIGHUP (the controller by its helper,
+  ``dataflow.tools.process``).
 
 Nothing is written into the vendored tree: Python runs with
 ``PYTHONDONTWRITEBYTECODE`` and every process's working directory is the run folder.
@@ -37,6 +38,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dataflow.tools.process import ControllerProcess, signals_held, stop_all
+from dataflow.tools.process import (
+    interrupts_as_keyboard_interrupt as interrupts_as_keyboard_interrupt,  # the loops' guard
+)
 from tests.kafka import broker as kafka_broker
 from tests.rtcef import wayeb
 
@@ -61,6 +66,14 @@ TOPICS = (
 #: py4j ports: the factory's Wayeb ``server`` (java, python) and the engine's ``service``.
 SERVER_PORTS = (25334, 25333)
 SERVICE_PORTS = (25336, 25335)
+
+#: How long the controller may take to stop on Ctrl-C before it is killed: the end of
+#: its epoch (``-s 5``) and the snapshot written then, with room to spare.
+CONTROLLER_GRACE_S = 15.0
+#: The other services: SIGINT, SIGTERM after the first grace, SIGKILL after the second.
+GRACES_S = (3.0, 10.0)
+#: How long a killed service may take to be reaped.
+KILLED_S = 30.0
 
 
 class StackError(RuntimeError):
@@ -216,6 +229,8 @@ class Service:
     log: Path
     #: Ends by itself when its work is done (the replayer): exiting with 0 is not a failure.
     finite: bool = False
+    #: The controller's helper, which stops it (its whole process group).
+    controller: ControllerProcess | None = None
 
     def alive(self) -> bool:
         return self.process.poll() is None
@@ -265,13 +280,12 @@ class Stack:
 
         Snapshots every 5 s, the store keeping 30 s of them; ``env`` is its settings.
         """
-        from dataflow.tools.process import ControllerProcess
-
         controller = ControllerProcess(self.run_dir / f"{name}-recovery", env,
                                        log=self.log_path(name), snapshot_s=5, backup_s=30,
                                        cwd=ROOT).start()  # fmt: skip
         assert controller.process is not None
-        return self.add(Service(name, controller.process, self.log_path(name)))
+        return self.add(Service(name, controller.process, self.log_path(name),
+                                controller=controller))  # fmt: skip
 
     def start_rtcef(self, name: str, python: str) -> Service:
         """An original service: ``python main.py -s NAME -c conf.ini`` from the vendored tree."""
@@ -309,37 +323,39 @@ class Stack:
                 )
 
     def close(self) -> None:
-        """Stop every process by its pid (its whole session), without being interrupted.
+        """Stop every process (its whole session), without being interrupted.
 
-        All get SIGINT at once, then SIGTERM, then SIGKILL, each after a grace
-        period: a second Ctrl-C or a SIGTERM meanwhile cannot leave one running.
+        All get SIGINT at once. The controller's helper stops it (SIGKILL after
+        ``CONTROLLER_GRACE_S``); the others get SIGTERM, then SIGKILL, each after a
+        grace period (``GRACES_S``). A second Ctrl-C or a SIGTERM meanwhile is held
+        until all are stopped, then delivered: it cannot leave one running.
         """
         with signals_held():
-            pending = [s.process for s in self.services]
-            for sig, grace in (
-                (signal.SIGINT, 3.0),
-                (signal.SIGTERM, 10.0),
-                (signal.SIGKILL, 30.0),
-            ):
-                pending = [p for p in pending if p.poll() is None]
-                for process in pending:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(process.pid, sig)
-                limit = time.monotonic() + grace
-                while any(p.poll() is None for p in pending) and time.monotonic() < limit:
-                    time.sleep(0.05)
+            controllers = [s.controller for s in self.services if s.controller is not None]
+            pending = [s.process for s in self.services if s.controller is None]
+            _signal(pending, signal.SIGINT)
+            sent = time.monotonic()
+            stop_all(controllers, signal.SIGINT, CONTROLLER_GRACE_S)  # the others meanwhile
+            _wait(pending, sent + GRACES_S[0])
+            for sig, grace in ((signal.SIGTERM, GRACES_S[1]), (signal.SIGKILL, KILLED_S)):
+                pending = _signal(pending, sig)
+                _wait(pending, time.monotonic() + grace)
         self.services.clear()
 
 
-@contextmanager
-def signals_held() -> Iterator[None]:
-    """Ignore SIGINT and SIGTERM for the duration (used while stopping everything)."""
-    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+def _signal(processes: list[subprocess.Popen[bytes]], sig: int) -> list[subprocess.Popen[bytes]]:
+    """Send ``sig`` to the session of each process still running; those processes."""
+    running = [p for p in processes if p.poll() is None]
+    for process in running:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, sig)
+    return running
+
+
+def _wait(processes: list[subprocess.Popen[bytes]], limit: float) -> None:
+    """Wait until every process has exited or the clock reads ``limit``."""
+    while any(p.poll() is None for p in processes) and time.monotonic() < limit:
+        time.sleep(0.05)
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
@@ -351,16 +367,6 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
 
 def _tail(text: str, lines: int = 40) -> str:
     return "\n".join(text.splitlines()[-lines:])
-
-
-@contextmanager
-def interrupts_as_keyboard_interrupt() -> Iterator[None]:
-    """SIGTERM (and Ctrl-C) unwind through ``finally`` blocks, so every process is stopped."""
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def check_ports_free() -> None:

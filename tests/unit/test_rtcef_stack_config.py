@@ -1,11 +1,15 @@
-"""The real loop's configuration: from the vendored template, writing only into the run."""
+"""The real loop's configuration (vendored template; writing only into the run) and its stop."""
 
 from __future__ import annotations
 
 import configparser
+import signal
+import sys
+import time
 from pathlib import Path
 
 from tests.rtcef import stack
+from tests.unit.processes import DEAF, LEAVES_A_CHILD, SLEEPER, StandIn, gone
 
 WINDOW = stack.Window(start=1443677401, end=1458890881, engine_start=1444282201)
 
@@ -69,3 +73,22 @@ def test_the_broker_data_set_window_and_budget_are_the_runs(tmp_path: Path) -> N
     assert config["optimiser"]["ntotalevals"] == "8"
     assert config["optimiser"]["keepnevals"] == "5"  # the template's, untouched
     assert path.read_text().startswith("; generated from ")
+
+
+def test_close_stops_every_service_and_the_whole_group_of_the_controller(tmp_path: Path) -> None:
+    services = stack.Stack(tmp_path)
+    deaf = services.start("deaf", [sys.executable, "-c", DEAF])  # SIGTERM ends it
+    controller = StandIn(tmp_path / "controller", LEAVES_A_CHILD, SLEEPER).start()
+    lead = controller._started()
+    services.add(stack.Service("controller", lead, tmp_path / "log", controller=controller))
+    controller.ready()
+    lead.wait(20)  # the lead has exited; the child it left runs on
+    while "ready" not in deaf.log_text():
+        time.sleep(0.02)
+
+    services.close()
+
+    assert not deaf.alive()
+    assert deaf.process.returncode == -signal.SIGTERM
+    assert gone(controller.child())
+    assert services.services == []
