@@ -23,7 +23,7 @@ from dataflow.domain import dialects
 from dataflow.domain import messages as msg
 from dataflow.domain.dialects import PROFILES
 from dataflow.domain.optimizer import Profile
-from dataflow.sim.runner import add_wire_arguments, serve
+from dataflow.sim.runner import add_wire_arguments, answering, serve
 from dataflow.sim.surfaces import SYNTHETIC, Surface, recorded
 
 #: A report as it goes on the wire: its key (``None``: unkeyed) and value.
@@ -182,17 +182,15 @@ def main(argv: list[str] | None = None) -> int:
     simulator = FactorySimulator(args.dialect, profile, surface, behaviour, seed=args.seed,
                                  encoding=args.encoding)  # fmt: skip
 
-    def handle(
-        value: bytes, headers: list[tuple[str, bytes]]
-    ) -> list[tuple[str, bytes | None, bytes]]:
-        command = simulator.codec.decode_command(value)
-        if isinstance(command, msg.Rejection):
-            print(f"factory: ignoring {command.reason}", file=sys.stderr)
-            return []
-        replies = simulator.respond(command)
-        print(f"factory: {command.type} {command.id!r} -> {len(replies)} report(s)", flush=True)
-        return [(args.reports_topic, key, reply) for key, reply in replies]
+    def answered(command: msg.FactoryCommand, reports: int) -> None:
+        print(f"factory: {command.type} {command.id!r} -> {reports} report(s)", flush=True)
 
+    handle = answering(
+        simulator,
+        args.reports_topic,
+        rejected=lambda rejection: print(f"factory: ignoring {rejection.reason}", file=sys.stderr),
+        answered=answered,
+    )
     stop = threading.Event()
     try:
         serve(

@@ -127,10 +127,12 @@ def answering(
     *,
     before: Callable[[msg.FactoryCommand], None] | None = None,
     rejected: Callable[[msg.Rejection], None] | None = None,
+    answered: Callable[[msg.FactoryCommand, int], None] | None = None,
 ) -> Handler:
     """``serve``'s handler for a factory: each command decoded, answered to ``reports_topic``.
 
-    ``before(command)`` runs before each answer (a test can hold one there); a
+    ``before(command)`` runs before each answer (a test can hold one there);
+    ``answered(command, count)`` after it, with how many reports answer it. A
     message that is no command is answered with nothing, after ``rejected(it)``.
     """
 
@@ -142,6 +144,9 @@ def answering(
             return []
         if before is not None:
             before(command)
-        return [(reports_topic, key, report) for key, report in factory.respond(command)]
+        reports = factory.respond(command)
+        if answered is not None:
+            answered(command, len(reports))
+        return [(reports_topic, key, report) for key, report in reports]
 
     return handle
