@@ -35,6 +35,7 @@ import json
 import os
 import pickle
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -43,7 +44,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, closing, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -173,7 +174,8 @@ def broker() -> Iterator[str]:
 class Controller(ControllerProcess):
     """The controller process, as deployed (bytewax.run with recovery, ``-s`` SNAPSHOT_S ``-b 30``).
 
-    Its output goes to ``BENCH_LOG_FILE`` if set, else nowhere.
+    Its output goes to ``BENCH_LOG_FILE`` if set, else nowhere. Leaving its ``with``
+    block stops it and removes the recovery directory it made (none given).
     """
 
     def __init__(
@@ -185,6 +187,7 @@ class Controller(ControllerProcess):
         directory: Path | None = None,
     ) -> None:
         log = os.environ.get("BENCH_LOG_FILE")
+        self.temporary = directory is None
         super().__init__(
             directory or Path(tempfile.mkdtemp(prefix="bench-recovery-")),
             {
@@ -199,6 +202,14 @@ class Controller(ControllerProcess):
             workers=workers,
             cwd=ROOT,
         )
+
+    def close(self) -> None:
+        """Stop it; remove the recovery directory it made."""
+        try:
+            super().close()
+        finally:
+            if self.temporary:
+                shutil.rmtree(self.recovery, ignore_errors=True)
 
     def cpu_seconds(self) -> float:
         fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -313,14 +324,14 @@ def bench_latency(bootstrap: str) -> Rows:
     profile = dialects.PROFILES["seed"]
     topics = make_topics(bootstrap, "seed")
     budget = 30
-    controller = Controller(bootstrap, topics, {"OPTIMISER_BUDGET": str(budget)})
-    factory = Factory(bootstrap, topics, "seed", profile)
-    controller.start()
-    send(bootstrap, topics, "optimize", [None])
-    factory.wait_for(budget + 2)
-    time.sleep(0.5)
-    controller.stop()
-    factory.close()
+    with (
+        closing(Factory(bootstrap, topics, "seed", profile)) as factory,
+        Controller(bootstrap, topics, {"OPTIMISER_BUDGET": str(budget)}) as controller,
+    ):
+        controller.start()
+        send(bootstrap, topics, "optimize", [None])
+        factory.wait_for(budget + 2)
+        time.sleep(0.5)
     # Report sent -> next command received, for every step report of the round.
     arrivals = {command.id: at for at, command in factory.received}
     numbers = [c.id for _, c in factory.received]
@@ -360,31 +371,24 @@ def bench_throughput(bootstrap: str, quick: bool) -> Rows:
         for workers in (1, 2):
             topics = make_topics(bootstrap, "seed")
             keys = [f"m{i}" for i in range(sessions)]
-            controller = Controller(
-                bootstrap,
-                topics,
-                {
-                    "OPTIMISER_BUDGET": str(profile.budget),
-                    "SESSION_KEYS": ",".join(keys),
-                },
-                workers=workers,
-            )
-            factory = Factory(bootstrap, topics, "seed", profile)
-            controller.start()
-            time.sleep(3)  # let it start: measure the steady state
-            cpu0, began = controller.cpu_seconds(), time.perf_counter()
-            send(bootstrap, topics, "optimize", list(keys))
-            expected = sessions * (profile.budget + 2)
-            factory.wait_for(expected, timeout=600)
-            finished = time.perf_counter()
-            cpu = controller.cpu_seconds() - cpu0
-            # Rates from the first command to the last: the instruction producer's own
-            # start-up (~0.5 s for an idempotent producer) is not the controller's time.
-            elapsed = factory.received[-1][0] - factory.received[0][0]
-            cpu_share = cpu / (finished - began)
-            rss = controller.peak_rss_mb()
-            controller.stop()
-            factory.close()
+            settings = {"OPTIMISER_BUDGET": str(profile.budget), "SESSION_KEYS": ",".join(keys)}
+            with (
+                closing(Factory(bootstrap, topics, "seed", profile)) as factory,
+                Controller(bootstrap, topics, settings, workers=workers) as controller,
+            ):
+                controller.start()
+                time.sleep(3)  # let it start: measure the steady state
+                cpu0, began = controller.cpu_seconds(), time.perf_counter()
+                send(bootstrap, topics, "optimize", list(keys))
+                expected = sessions * (profile.budget + 2)
+                factory.wait_for(expected, timeout=600)
+                finished = time.perf_counter()
+                cpu = controller.cpu_seconds() - cpu0
+                # Rates from the first command to the last: the instruction producer's own
+                # start-up (~0.5 s for an idempotent producer) is not the controller's time.
+                elapsed = factory.received[-1][0] - factory.received[0][0]
+                cpu_share = cpu / (finished - began)
+                rss = controller.peak_rss_mb()
             steps = sessions * profile.budget
             rows.append(
                 (
@@ -403,32 +407,33 @@ def bench_throughput(bootstrap: str, quick: bool) -> Rows:
 def bench_recovery(bootstrap: str) -> Rows:
     profile = dialects.PROFILES["seed"]
     topics = make_topics(bootstrap, "seed")
-    controller = Controller(bootstrap, topics, {"OPTIMISER_BUDGET": "10"})
-    factory = Factory(bootstrap, topics, "seed", profile)
     hold = threading.Event()
-    original = factory.simulator.respond
+    with ExitStack() as running:
+        factory = running.enter_context(closing(Factory(bootstrap, topics, "seed", profile)))
+        running.callback(hold.set)  # its thread, held on cmd-6, ends before it is closed
+        settings = {"OPTIMISER_BUDGET": "10"}
+        controller = running.enter_context(Controller(bootstrap, topics, settings))
+        original = factory.simulator.respond
 
-    def respond(command: msg.FactoryCommand) -> list[tuple[bytes | None, bytes]]:
-        if command.id == "cmd-6":
-            hold.wait(60)
-        return original(command)
+        def respond(command: msg.FactoryCommand) -> list[tuple[bytes | None, bytes]]:
+            if command.id == "cmd-6":
+                hold.wait(60)
+            return original(command)
 
-    factory.simulator.respond = respond  # type: ignore[method-assign]
-    controller.start()
-    send(bootstrap, topics, "optimize", [None])
-    factory.wait_for(7)
-    time.sleep(SNAPSHOT_S + 1.5)  # a snapshot includes the round
-    controller.kill()
-    size = sum(p.stat().st_size for p in controller.recovery.rglob("*") if p.is_file())
-    received = len(factory.received)
-    began = time.perf_counter()
-    controller.start()
-    hold.set()
-    factory.wait_for(received + 1, timeout=120)
-    first = factory.received[received][0] - began
-    factory.wait_for(12, timeout=120)
-    controller.stop()
-    factory.close()
+        factory.simulator.respond = respond  # type: ignore[method-assign]
+        controller.start()
+        send(bootstrap, topics, "optimize", [None])
+        factory.wait_for(7)
+        time.sleep(SNAPSHOT_S + 1.5)  # a snapshot includes the round
+        controller.kill()
+        size = sum(p.stat().st_size for p in controller.recovery.rglob("*") if p.is_file())
+        received = len(factory.received)
+        began = time.perf_counter()
+        controller.start()
+        hold.set()
+        factory.wait_for(received + 1, timeout=120)
+        first = factory.received[received][0] - began
+        factory.wait_for(12, timeout=120)
     return [
         ("restart -> next command", f"{first:.2f} s"),
         ("recovery directory size", f"{size / 1024:.0f} KiB"),
@@ -480,40 +485,40 @@ def bench_hops(bootstrap: str, quick: bool) -> Rows:
     profile = dialects.PROFILES["seed"]
     topics = make_topics(bootstrap, "seed")
     slow_steps = lambda command: 2.0 if command.type == "opt_step" else 0.0  # noqa: E731
-    controller = Controller(bootstrap, topics, {})
-    factory = Factory(bootstrap, topics, "seed", profile, delay_s=slow_steps)
-    engine = SyncWatcher(bootstrap, topics["SYNC_TOPIC"])
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 0})
-    controller.start()
-    time.sleep(SNAPSHOT_S + 3)  # started, and past its first epochs
     to_pause, to_command, to_play, step_to_next = [], [], [], []
     tries = 8 if quick else 20
-    for number in range(1, tries + 1):
-        time.sleep(0.3 + (number * 0.37) % 1.2)  # arrivals land anywhere in an epoch
-        commands, syncs = len(factory.received), len(engine.seen)
-        payload = json.dumps({"instruction_type": "retrain", "timestamp": number}).encode()
-        producer.produce(topics["INSTRUCTION_TOPIC"], payload)
-        producer.flush(5)
-        sent = time.perf_counter()
-        factory.wait_for(commands + 1)
-        engine.wait_for(syncs + 2)
-        to_pause.append(engine.seen[syncs][0] - sent)
-        to_command.append(factory.received[commands][0] - sent)
-        to_play.append(engine.seen[syncs + 1][0] - factory.sent[factory.received[commands][1].id])
-    for round_ in range(1 if quick else 2):
-        commands, syncs = len(factory.received), len(engine.seen)
-        payload = json.dumps({"instruction_type": "optimize", "timestamp": 100 + round_})
-        producer.produce(topics["INSTRUCTION_TOPIC"], payload.encode())
-        producer.flush(5)
-        factory.wait_for(commands + profile.budget + 2, timeout=300)
-        engine.wait_for(syncs + 2, timeout=60)
-        received = factory.received[commands:]
-        for (_, answered), (arrived, _) in itertools.pairwise(received[1:]):  # after the init
-            step_to_next.append(arrived - factory.sent[answered.id])
-        to_play.append(engine.seen[syncs + 1][0] - factory.sent[received[-1][1].id])
-    controller.stop()
-    factory.close()
-    engine.close()
+    with (
+        closing(Factory(bootstrap, topics, "seed", profile, delay_s=slow_steps)) as factory,
+        closing(SyncWatcher(bootstrap, topics["SYNC_TOPIC"])) as engine,
+        Controller(bootstrap, topics, {}) as controller,
+    ):
+        controller.start()
+        time.sleep(SNAPSHOT_S + 3)  # started, and past its first epochs
+        for number in range(1, tries + 1):
+            time.sleep(0.3 + (number * 0.37) % 1.2)  # arrivals land anywhere in an epoch
+            commands, syncs = len(factory.received), len(engine.seen)
+            payload = json.dumps({"instruction_type": "retrain", "timestamp": number}).encode()
+            producer.produce(topics["INSTRUCTION_TOPIC"], payload)
+            producer.flush(5)
+            sent = time.perf_counter()
+            factory.wait_for(commands + 1)
+            engine.wait_for(syncs + 2)
+            to_pause.append(engine.seen[syncs][0] - sent)
+            to_command.append(factory.received[commands][0] - sent)
+            answered_at = factory.sent[factory.received[commands][1].id]
+            to_play.append(engine.seen[syncs + 1][0] - answered_at)
+        for round_ in range(1 if quick else 2):
+            commands, syncs = len(factory.received), len(engine.seen)
+            payload = json.dumps({"instruction_type": "optimize", "timestamp": 100 + round_})
+            producer.produce(topics["INSTRUCTION_TOPIC"], payload.encode())
+            producer.flush(5)
+            factory.wait_for(commands + profile.budget + 2, timeout=300)
+            engine.wait_for(syncs + 2, timeout=60)
+            received = factory.received[commands:]
+            for (_, answered), (arrived, _) in itertools.pairwise(received[1:]):  # after init
+                step_to_next.append(arrived - factory.sent[answered.id])
+            to_play.append(engine.seen[syncs + 1][0] - factory.sent[received[-1][1].id])
     return [
         ("instruction -> pause", *_stats_ms(to_pause)),
         ("instruction -> first command (train)", *_stats_ms(to_command)),
@@ -528,30 +533,29 @@ def bench_pause_share(bootstrap: str, quick: bool) -> Rows:
 
     profile = dialects.PROFILES["rtcef"]
     topics = make_topics(bootstrap, "rtcef")
-    controller = Controller(bootstrap, topics, {"CONTROLLER_DIALECT": "rtcef"})
     one_second = lambda command: 0.0 if command.type == "opt_initialise" else 1.0  # noqa: E731
-    factory = Factory(bootstrap, topics, "rtcef", profile, delay_s=one_second)
-    engine = SyncWatcher(bootstrap, topics["SYNC_TOPIC"])
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 0})
-    controller.start()
-    time.sleep(SNAPSHOT_S + 3)
     rows: Rows = []
-    for round_ in range(1 if quick else 2):
-        syncs, commands = len(engine.seen), len(factory.received)
-        payload = json.dumps({"id": round_, "instruction": "optimise", "timestamp": 1000 + round_})
-        producer.produce(topics["INSTRUCTION_TOPIC"], payload.encode())
-        producer.flush(5)
-        engine.wait_for(syncs + 2, timeout=300)
-        paused = engine.seen[syncs + 1][0] - engine.seen[syncs][0]
-        received = [(at, c) for at, c in factory.received[commands:] if one_second(c)]
-        answered = [c for _, c in received]
-        # The factory's own time: from a command's arrival to its report's acknowledgement.
-        factory_s = sum(factory.sent[c.id] - at for at, c in received)
-        rows.append((str(round_ + 1), str(len(answered)), f"{paused:.2f}", f"{factory_s:.2f}",
-                     f"{paused - factory_s:.3f}"))  # fmt: skip
-    controller.stop()
-    factory.close()
-    engine.close()
+    with (
+        closing(Factory(bootstrap, topics, "rtcef", profile, delay_s=one_second)) as factory,
+        closing(SyncWatcher(bootstrap, topics["SYNC_TOPIC"])) as engine,
+        Controller(bootstrap, topics, {"CONTROLLER_DIALECT": "rtcef"}) as controller,
+    ):
+        controller.start()
+        time.sleep(SNAPSHOT_S + 3)
+        for round_ in range(1 if quick else 2):
+            syncs, commands = len(engine.seen), len(factory.received)
+            payload = {"id": round_, "instruction": "optimise", "timestamp": 1000 + round_}
+            producer.produce(topics["INSTRUCTION_TOPIC"], json.dumps(payload).encode())
+            producer.flush(5)
+            engine.wait_for(syncs + 2, timeout=300)
+            paused = engine.seen[syncs + 1][0] - engine.seen[syncs][0]
+            received = [(at, c) for at, c in factory.received[commands:] if one_second(c)]
+            answered = [c for _, c in received]
+            # The factory's own time: from a command's arrival to its report's acknowledgement.
+            factory_s = sum(factory.sent[c.id] - at for at, c in received)
+            rows.append((str(round_ + 1), str(len(answered)), f"{paused:.2f}",
+                         f"{factory_s:.2f}", f"{paused - factory_s:.3f}"))  # fmt: skip
     return rows
 
 
@@ -561,13 +565,12 @@ def bench_idle_cpu(bootstrap: str, quick: bool) -> Rows:
     seconds = 10 if quick else 30
     for workers in (1, 2):
         topics = make_topics(bootstrap, "seed")
-        controller = Controller(bootstrap, topics, {}, workers=workers)
-        controller.start()
-        time.sleep(SNAPSHOT_S + 3)
-        cpu0, began = controller.cpu_seconds(), time.perf_counter()
-        time.sleep(seconds)
-        share = (controller.cpu_seconds() - cpu0) / (time.perf_counter() - began)
-        controller.stop()
+        with Controller(bootstrap, topics, {}, workers=workers) as controller:
+            controller.start()
+            time.sleep(SNAPSHOT_S + 3)
+            cpu0, began = controller.cpu_seconds(), time.perf_counter()
+            time.sleep(seconds)
+            share = (controller.cpu_seconds() - cpu0) / (time.perf_counter() - began)
         rows.append((str(workers), f"{seconds}", f"{100 * share:.1f}%",
                      f"{100 * share / workers:.1f}%"))  # fmt: skip
     return rows
