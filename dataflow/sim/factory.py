@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         help="answer commands already on the topic (default: only new ones)",
     )
     args = parser.parse_args(argv)
-    profile = PROFILES[args.profile or args.dialect]
+    profile = PROFILES[args.profile] if args.profile else dialects.get(args.dialect).profile
     if args.surface == "recorded":
         if args.recordings is None:
             parser.error("--surface recorded needs --recordings DIR")

@@ -20,7 +20,7 @@ from confluent_kafka.cimpl import TopicPartition
 
 from dataflow.adapters.wire import ENCODINGS, Codec
 from dataflow.domain import messages as msg
-from dataflow.domain.dialects import DIALECTS
+from dataflow.domain.dialects import DIALECTS, REGISTRY
 
 #: What a handler produces: (topic, key, value).
 Produced = tuple[str, bytes | None, bytes]
@@ -32,9 +32,10 @@ def add_wire_arguments(parser: argparse.ArgumentParser, role: str) -> None:
     parser.add_argument(
         "--dialect",
         choices=DIALECTS,
-        default="seed",
-        help=f"wire shape of the {role}: seed (Flink/Java services) or rtcef (the "
-        "original services); default seed",
+        default=DIALECTS[0],
+        help=f"wire shape of the {role}: "
+        + ", ".join(f"{d.name} ({d.summary})" for d in REGISTRY.values())
+        + f"; default {DIALECTS[0]}",
     )
     parser.add_argument(
         "--encoding",

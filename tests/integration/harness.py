@@ -13,6 +13,7 @@ from typing import Any
 from confluent_kafka import Message
 
 from dataflow.adapters.wire import Codec
+from dataflow.domain import dialects
 from dataflow.domain import messages as msg
 from dataflow.domain.dialects import PROFILES
 from dataflow.domain.optimizer import Profile
@@ -55,7 +56,8 @@ class Wiring:
 
     @property
     def profile(self) -> Profile:
-        return PROFILES[self.extra.get("OPTIMISER_PROFILE", self.dialect)]
+        named = self.extra.get("OPTIMISER_PROFILE")
+        return PROFILES[named] if named else dialects.get(self.dialect).profile
 
     @property
     def codec(self) -> Codec:
