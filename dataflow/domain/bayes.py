@@ -23,29 +23,25 @@ from skopt.acquisition import gaussian_ei, gaussian_lcb, gaussian_pi
 from skopt.space import Integer, Real, Space
 
 from dataflow.domain import gp
-from dataflow.domain.errors import SnapshotError
 from dataflow.domain.optimizer import (
     Observation,
     OptimiserSnapshot,
     Point,
     Profile,
-    check_snapshot,
     to_point,
 )
 
 _HEDGE_PORTFOLIO: Final = ("EI", "LCB", "PI")  # skopt's order for gp_hedge
+#: How many of the best random candidates the local sample (``Profile.n_local``) surrounds.
+_LOCAL_CENTRES: Final = 5
 
 
 def propose(snapshot: OptimiserSnapshot) -> tuple[Point, OptimiserSnapshot]:
-    """The next point to evaluate, and the snapshot that awaits its score.
+    """The next point to evaluate, and the snapshot with this strategy's bookkeeping.
 
-    Pure: the same snapshot always gives the same point.
+    Pure: the same snapshot always gives the same point. ``strategy.propose``
+    checks the snapshot first and marks the point pending.
     """
-    check_snapshot(snapshot)
-    if snapshot.pending is not None:
-        raise SnapshotError("propose: a proposal is already awaiting its score")
-    if snapshot.remaining <= 0:
-        raise SnapshotError("propose: the round's budget is spent")
     profile = snapshot.profile
     rng = np.random.RandomState(_seed(snapshot.key, snapshot.round, len(snapshot.observations)))
     told = snapshot.prior + snapshot.observations
@@ -54,7 +50,7 @@ def propose(snapshot: OptimiserSnapshot) -> tuple[Point, OptimiserSnapshot]:
             with np.errstate(all="ignore"):
                 point, gains, candidates, theta = _model_based(profile, told, snapshot, rng)
             return point, msgspec.structs.replace(
-                snapshot, pending=point, gains=gains, hedge_candidates=candidates, theta=theta
+                snapshot, gains=gains, hedge_candidates=candidates, theta=theta
             )
         except (ValueError, ArithmeticError, np.linalg.LinAlgError):
             # Numerically hopeless scores (a factory reporting 1e300s, say) must not
@@ -63,7 +59,7 @@ def propose(snapshot: OptimiserSnapshot) -> tuple[Point, OptimiserSnapshot]:
             rng = np.random.RandomState(_seed(snapshot.key, snapshot.round, len(told)))
     raw = space(profile).rvs(n_samples=1, random_state=rng)[0]
     point = to_point(profile, raw)
-    return point, msgspec.structs.replace(snapshot, pending=point)
+    return point, snapshot
 
 
 def _seed(key: str, round_number: int, count: int) -> int:
@@ -110,7 +106,7 @@ def _model_based(
     candidates = _sample_unit(profile, profile.n_candidates, rng)
     predicted = _Predicted(*model.predict(candidates, return_std=True))
     y_opt = float(np.min(y))
-    best = [_minimise_acquisition(model, predicted, acq, candidates, y_opt, profile)
+    best = [_minimise_acquisition(model, predicted, acq, candidates, y_opt, profile, rng)
             for acq in portfolio]  # fmt: skip
     if profile.acquisition != "gp_hedge":
         return _from_unit(profile, best[0]), None, None, theta
@@ -150,8 +146,13 @@ def _minimise_acquisition(
     candidates: gp.Array,
     y_opt: float,
     profile: Profile,
+    rng: np.random.RandomState,
 ) -> gp.Array:
-    """Best of the random candidates, optionally polished by bounded L-BFGS runs."""
+    """Best of the random candidates and of a local sample around the best of them.
+
+    Optionally polished by bounded L-BFGS runs (``n_refine``; slow: one model
+    prediction per evaluation).
+    """
     values = _acquire(predicted, acquisition, candidates, y_opt, profile)
     order = np.argsort(values, kind="stable")
     best_x, best_value = candidates[order[0]], float(values[order[0]])
@@ -160,6 +161,18 @@ def _minimise_acquisition(
     def value(x: gp.Array) -> float:
         return float(_acquire(model, acquisition, x.reshape(1, -1), y_opt, profile)[0])
 
+    if profile.n_local:
+        # Around the best few random candidates, a denser local look: a random sample
+        # finds the right basin, rarely its floor (the acquisition's optimum is often
+        # a sharp peak near the incumbent). Vectorised: one prediction for them all.
+        centres = candidates[order[:_LOCAL_CENTRES]]
+        per = max(1, profile.n_local // len(centres))
+        jitter = rng.normal(0.0, profile.local_scale, (len(centres) * per, centres.shape[1]))
+        local = _on_grid(profile, np.clip(np.repeat(centres, per, axis=0) + jitter, 0.0, 1.0))
+        local_values = _acquire(model, acquisition, local, y_opt, profile)
+        nearest = int(np.argmin(local_values))
+        if float(local_values[nearest]) < best_value:
+            best_x, best_value = local[nearest], float(local_values[nearest])
     for start_x in candidates[order[: profile.n_refine]]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -208,3 +221,13 @@ def _sample_unit(profile: Profile, n: int, rng: np.random.RandomState) -> gp.Arr
         else:
             columns.append(rng.uniform(0.0, 1.0, size=n))
     return np.column_stack(columns)
+
+
+def _on_grid(profile: Profile, unit: gp.Array) -> gp.Array:
+    """Integer axes moved to their nearest grid point (in unit coordinates)."""
+    unit = unit.copy()
+    for i, d in enumerate(profile.dimensions):
+        if d.kind == "Integer":
+            span = int(d.high) - int(d.low)
+            unit[:, i] = np.round(unit[:, i] * span) / span
+    return unit

@@ -56,6 +56,10 @@ class Profile(msgspec.Struct, frozen=True):
     kappa: float = 1.96
     #: How the next point is chosen: a name in ``dataflow.domain.strategy.STRATEGIES``.
     strategy: str = "gp"
+    #: Extra candidates drawn around the best random ones (Gaussian, ``local_scale`` in
+    #: the unit cube), scored by the acquisition function too; 0: none.
+    n_local: int = 0
+    local_scale: float = 0.05
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -78,6 +82,8 @@ class Profile(msgspec.Struct, frozen=True):
             problems.append(f"budget {self.budget} must be at least 1")
         if self.n_initial < 1 or self.keep < 0 or self.n_candidates < 1 or self.n_refine < 0:
             problems.append("n_initial >= 1, keep >= 0, n_candidates >= 1, n_refine >= 0")
+        if self.n_local < 0 or not 0 < self.local_scale <= 1:
+            problems.append("n_local >= 0 and 0 < local_scale <= 1")
         if problems:
             raise ConfigError(f"optimiser profile {self.name!r}: " + "; ".join(problems))
 

@@ -56,6 +56,7 @@ PROFILE: Final = Profile(
     n_initial=5,
     acquisition="gp_hedge",
     keep=5,
+    n_local=500,
 )
 
 _WORDS: Final = {InstructionKind.OPTIMIZE: "optimise", InstructionKind.RETRAIN: "train"}

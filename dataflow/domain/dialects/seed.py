@@ -63,6 +63,7 @@ PROFILE: Final = Profile(
     budget=10,
     n_initial=5,
     acquisition="EI",
+    n_local=500,
 )
 
 
