@@ -54,27 +54,67 @@ SYNTHETIC: Final[dict[str, Callable[[Profile], Surface]]] = {
 
 
 def recorded(profile: Profile, directory: Path, neighbours: int = 3) -> Surface:
-    """The recorded RTCEF step reports as a surface: parameters -> ``f_val``.
+    """Every recorded RTCEF run's step reports, pooled, as one surface: parameters -> ``f_val``.
 
     Reads every ``month_*/factory_reports.jsonl`` under ``directory`` whose
     ``params_dict`` names exactly the profile's parameters and whose metrics
     carry ``f_val``; a query scores the inverse-distance-weighted mean of its
     nearest recorded points in the unit cube (exact matches score as recorded).
     """
-    points: list[list[float]] = []
-    scores: list[float] = []
-    for path in sorted(directory.glob("month_*/factory_reports.jsonl")):
-        for line in path.read_text().splitlines():
-            report = json.loads(line)
-            metrics = json.loads(report["metrics"]) if report["metrics"] else {}
-            params = json.loads(report["params_dict"]) if report["params_dict"] else {}
-            if "f_val" not in metrics or sorted(params) != sorted(profile.names):
-                continue
-            points.append(_unit(profile, tuple(params.items())))
-            scores.append(float(metrics["f_val"]))
+    points = [point for path in _runs(directory) for point in _steps(profile, path)]
     if not points:
         raise ValueError(f"no recorded step reports for {list(profile.names)} under {directory}")
-    table, values = np.array(points), np.array(scores)
+    return _interpolated(profile, points, neighbours)
+
+
+def recorded_runs(profile: Profile, directory: Path, neighbours: int = 3) -> dict[str, Surface]:
+    """One surface per recorded run (``month_N``) that has step reports, as ``recorded`` builds it.
+
+    Each run saw a different month of data, so the same parameters scored
+    differently in each: pooled, those differences average out.
+    """
+    surfaces = {}
+    for path in _runs(directory):
+        points = _steps(profile, path)
+        if points:
+            surfaces[path.parent.name] = _interpolated(profile, points, neighbours)
+    return surfaces
+
+
+def noisy(surface: Surface, sd: float, seed: int) -> Surface:
+    """``surface`` plus Gaussian noise of ``sd`` at every call, as a retrained model scores.
+
+    The same parameters score differently on repeat; the noise is seeded, so a
+    run is reproducible.
+    """
+    rng = np.random.RandomState(seed)
+
+    def score(params: Params) -> float:
+        return surface(params) + float(rng.normal(0.0, sd))
+
+    return score
+
+
+def _runs(directory: Path) -> list[Path]:
+    return sorted(directory.glob("month_*/factory_reports.jsonl"))
+
+
+def _steps(profile: Profile, path: Path) -> list[tuple[list[float], float]]:
+    steps = []
+    for line in path.read_text().splitlines():
+        report = json.loads(line)
+        metrics = json.loads(report["metrics"]) if report["metrics"] else {}
+        params = json.loads(report["params_dict"]) if report["params_dict"] else {}
+        if "f_val" in metrics and sorted(params) == sorted(profile.names):
+            steps.append((_unit(profile, tuple(params.items())), float(metrics["f_val"])))
+    return steps
+
+
+def _interpolated(
+    profile: Profile, points: list[tuple[list[float], float]], neighbours: int
+) -> Surface:
+    table = np.array([point for point, _ in points])
+    values = np.array([value for _, value in points])
 
     def score(params: Params) -> float:
         distances = np.linalg.norm(table - np.array(_unit(profile, params)), axis=1)

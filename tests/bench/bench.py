@@ -10,8 +10,12 @@ asserts a time.
    pickled and base64-encoded into JSON).
 2. Step latency through a real broker: report in -> next command out, next to
    the optimiser's own propose-and-learn time for the same step (the floor).
-3. Optimiser speed and quality over many seeds: ours, ``gp_minimize`` and random
-   search with the same budget, on synthetic surfaces and the recorded reports.
+3. Optimiser quality and speed (``tests/bench/optimiser.py``): ours,
+   ``gp_minimize`` and random search on the same rounds, paired by seed (50, or
+   10 per recorded run): smooth and rugged surfaces, a noisy one, the recorded
+   reports pooled and per run, and rounds starting from 5 kept observations; the
+   median true score of the finalised step, a paired Wilcoxon test, and the
+   median regret after each evaluation (``optimiser-regret.png``).
 4. Throughput: 1, 10 and 100 concurrent sessions against an instant factory,
    with 1 and 2 workers: steps per second, CPU and peak memory.
 5. Recovery: SIGKILL mid-round, then the time from restart to the next command,
@@ -36,7 +40,6 @@ import os
 import pickle
 import platform
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -57,8 +60,9 @@ from dataflow.domain import messages as msg
 from dataflow.domain import optimizer as o
 from dataflow.sim.factory import Behaviour, FactorySimulator
 from dataflow.sim.runner import messages
-from dataflow.sim.surfaces import SYNTHETIC, recorded
+from dataflow.sim.surfaces import SYNTHETIC
 from dataflow.tools.process import ControllerProcess
+from tests.bench import optimiser
 from tests.kafka import broker as harness
 from tests.kafka import client
 
@@ -576,122 +580,6 @@ def bench_idle_cpu(bootstrap: str, quick: bool) -> Rows:
     return rows
 
 
-# --------------------------------------------------------------------------- optimiser quality
-
-
-def bench_optimiser(quick: bool, plot: bool = True) -> Rows:
-    from scipy.stats import wilcoxon
-    from skopt import gp_minimize
-
-    seeds = 5 if quick else 50
-    rows: Rows = []
-    curves: dict[str, dict[str, list[list[float]]]] = {}
-    cases: list[tuple[str, str, Callable[[o.Profile], Callable[[o.Params], float]]]] = [
-        ("seed", "bowl", SYNTHETIC["bowl"]),
-        ("seed", "rastrigin", SYNTHETIC["rastrigin"]),
-        ("rtcef", "bowl", SYNTHETIC["bowl"]),
-        ("rtcef", "rastrigin", SYNTHETIC["rastrigin"]),
-    ]
-    if RECORDINGS.exists():
-        cases.append(("rtcef", "recorded", lambda p: recorded(p, RECORDINGS)))
-    for profile_name, surface_name, make in cases:
-        profile = dialects.PROFILES[profile_name]
-        surface = make(profile)
-        space = bayes.space(profile)
-        results: dict[str, tuple[list[float], list[float]]] = {
-            "ours": ([], []),
-            "skopt": ([], []),
-            "random": ([], []),
-        }
-        #: Each method's scores in evaluation order, per seed (for the regret curves).
-        traces: dict[str, list[list[float]]] = {method: [] for method in results}
-        for seed in range(seeds):
-            began = time.perf_counter()
-            snapshot = strategy.run_optimization(surface, profile, key=f"bench-{seed}")
-            results["ours"][0].append((time.perf_counter() - began) / profile.budget)
-            results["ours"][1].append(min(ob.y for ob in snapshot.observations))
-            traces["ours"].append([ob.y for ob in snapshot.observations])
-
-            def objective(
-                x: list[Any],
-                surface: Callable[[o.Params], float] = surface,
-                profile: o.Profile = profile,
-            ) -> float:
-                return surface(o.named(profile, o.to_point(profile, x)))
-
-            began = time.perf_counter()
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                result = gp_minimize(
-                    objective,
-                    space.dimensions,
-                    n_calls=profile.budget,
-                    n_initial_points=profile.n_initial,
-                    random_state=seed,
-                )
-            results["skopt"][0].append((time.perf_counter() - began) / profile.budget)
-            results["skopt"][1].append(float(result.fun))
-            traces["skopt"].append([float(v) for v in result.func_vals])
-
-            rng = np.random.RandomState(seed)
-            began = time.perf_counter()
-            scores = [objective(x) for x in space.rvs(profile.budget, random_state=rng)]
-            results["random"][0].append((time.perf_counter() - began) / profile.budget)
-            results["random"][1].append(min(scores))
-            traces["random"].append(scores)
-        curves[f"{profile_name} / {surface_name}"] = traces
-        ours = results["ours"][1]
-        for method, (times, bests) in results.items():
-            # Paired by seed: one-sided Wilcoxon signed-rank, "ours scores lower than this".
-            p_value = "-"
-            if method != "ours" and any(a != b for a, b in zip(ours, bests, strict=True)):
-                p_value = f"{wilcoxon(ours, bests, alternative='less').pvalue:.3f}"
-            rows.append(
-                (
-                    profile_name,
-                    surface_name,
-                    method,
-                    f"{statistics.median(times) * 1e3:.1f}",
-                    f"{statistics.median(bests):.4f}",
-                    p_value,
-                    str(seeds),
-                )
-            )
-    if plot:
-        plot_regret(curves, REGRET_PLOT)
-    return rows
-
-
-def plot_regret(curves: dict[str, dict[str, list[list[float]]]], path: Path) -> None:
-    """Median simple regret after each evaluation, one panel per surface, one line per method.
-
-    Regret is the best score so far minus the best score any method found on that
-    surface in any seed (the surfaces' optima on the discrete axes are not known
-    in closed form); the y axis is logarithmic.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, panels = plt.subplots(1, len(curves), figsize=(3.2 * len(curves), 3.4), squeeze=False)
-    for axes, (surface, traces) in zip(panels[0], curves.items(), strict=True):
-        floor = min(min(scores) for runs in traces.values() for scores in runs)
-        for method, runs in traces.items():
-            best_so_far = np.minimum.accumulate(np.array(runs), axis=1) - floor
-            median = np.median(best_so_far, axis=0)
-            steps = np.arange(1, median.size + 1)
-            axes.plot(steps, np.maximum(median, 1e-6), label=method)
-        axes.set_yscale("log")
-        axes.set_title(surface, fontsize=9)
-        axes.set_xlabel("evaluation")
-    panels[0][0].set_ylabel("median simple regret")
-    panels[0][0].legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-
-
 # --------------------------------------------------------------------------- report
 
 
@@ -741,7 +629,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-save", action="store_true", help="do not write RESULTS.md")
     parser.add_argument("--only", action="append", choices=SECTIONS,
                         help="run only this section (repeatable; implies --no-save)")  # fmt: skip
+    parser.add_argument(
+        "--update", action="store_true", help="with --only: replace those sections in RESULTS.md"
+    )
     args = parser.parse_args(argv)
+    if args.update and not args.only:
+        parser.error("--update goes with --only (a full run rewrites RESULTS.md)")
     wanted = set(args.only or SECTIONS)
     settings = f"-s {SNAPSHOT_S} -b 30, TICK_INTERVAL_S and every other setting at its default"
     parts = [
@@ -760,12 +653,16 @@ def main(argv: list[str] | None = None) -> int:
                     "ours (ms)", "seed design (ms)", "faster"),
                    bench_state(args.quick)))  # fmt: skip
     if "optimiser" in wanted:
-        emit(table("3. Optimiser: time per step and median best f_val after one round's budget",
+        emit(table("3. Optimiser: time per step and median true f_val of the finalised step "
+                   "after one round's budget",
                    ("profile", "surface", "method", "ms per step", "median best f_val",
-                    "p (ours lower, paired)", "seeds"),
-                   bench_optimiser(args.quick, plot=not args.no_save)))  # fmt: skip
+                    "p (ours lower, paired)", "rounds"),
+                   optimiser.bench(args.quick, RECORDINGS,
+                                   None if args.no_save else REGRET_PLOT))
+             + f"\nMedian simple regret after each evaluation:\n\n![regret curves]"
+               f"({REGRET_PLOT.name})\n")  # fmt: skip
     if not wanted & {"latency", "throughput", "recovery", "hops"}:
-        return _save(parts, args.no_save or bool(args.only))
+        return _save(parts, args.no_save or bool(args.only), args.update)
     with broker() as bootstrap:
         if "latency" in wanted:
             emit(table("2. Step latency through the broker (one round, 30 steps), ms",
@@ -788,14 +685,31 @@ def main(argv: list[str] | None = None) -> int:
             emit(table("6c. Idle CPU (no input) at the shipped defaults (goal <= 5 % per worker)",
                        ("workers", "seconds", "CPU (of one core)", "per worker"),
                        bench_idle_cpu(bootstrap, args.quick)))  # fmt: skip
-    return _save(parts, args.no_save or bool(args.only))
+    return _save(parts, args.no_save or bool(args.only), args.update)
 
 
-def _save(parts: list[str], skip: bool) -> int:
-    if not skip:
+def _save(parts: list[str], skip: bool, update: bool = False) -> int:
+    if update and RESULTS.exists():
+        RESULTS.write_text(merged(RESULTS.read_text(), parts[1:], machine()))
+        print(f"sections replaced in {RESULTS.relative_to(ROOT)}")
+    elif not skip:
         RESULTS.write_text("\n".join(parts))
         print(f"written to {RESULTS.relative_to(ROOT)}")
     return 0
+
+
+def merged(results: str, sections: list[str], rerun: str) -> str:
+    """``results`` with each of ``sections`` replacing the one of its number, noted as rerun."""
+    head, *old = results.split("\n### ")
+    numbered = {section.split(".", 1)[0]: section for section in old}
+    for section in sections:
+        body = section.removeprefix("### ")
+        number = body.split(".", 1)[0]
+        numbered[number] = (
+            f"{body.rstrip()}\n\nRerun alone (`just bench --only ... --update`): {rerun}\n"
+        )
+    order = sorted(numbered, key=lambda n: (int("".join(c for c in n if c.isdigit())), n))
+    return "\n### ".join([head, *(numbered[n] for n in order)])
 
 
 if __name__ == "__main__":

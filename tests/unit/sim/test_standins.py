@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 
 import pytest
 
@@ -10,6 +11,7 @@ from dataflow.adapters.wire import Codec
 from dataflow.domain import dialects
 from dataflow.domain import messages as msg
 from dataflow.domain.dialects import PROFILES
+from dataflow.sim import surfaces
 from dataflow.sim.engine import EngineSimulator
 from dataflow.sim.factory import Behaviour, FactorySimulator
 from dataflow.sim.surfaces import SYNTHETIC, bowl, recorded
@@ -99,6 +101,34 @@ def test_the_recorded_surface_scores_a_recorded_point_as_recorded() -> None:
     report = loads(list(jsonl(RECORDINGS / "month_0" / "factory_reports.jsonl"))[1])
     params = tuple(json.loads(report["params_dict"]).items())
     assert surface(params) == json.loads(report["metrics"])["f_val"]
+
+
+def test_each_recorded_run_with_step_reports_is_a_surface_of_its_own() -> None:
+    runs = surfaces.recorded_runs(RTCEF, RECORDINGS)
+
+    with_steps = [path.name for path in sorted(RECORDINGS.glob("month_*"))
+                  if '\\"f_val\\"' in (path / "factory_reports.jsonl").read_text()]  # fmt: skip
+    assert sorted(runs) == with_steps
+    for run, surface in runs.items():
+        for line in jsonl(RECORDINGS / run / "factory_reports.jsonl"):
+            report = loads(line)
+            if '"f_val"' in report["metrics"]:
+                params = tuple(json.loads(report["params_dict"]).items())
+                assert surface(params) == json.loads(report["metrics"])["f_val"], run
+                break
+
+
+def test_a_noisy_surface_scores_the_same_parameters_differently_on_repeat_reproducibly() -> None:
+    truth = bowl(RTCEF)
+    params = (("confidence", 0.3), ("order", 2), ("pmin", 0.003), ("gamma", 0.003))
+
+    noisy, again = surfaces.noisy(truth, 0.02, seed=7), surfaces.noisy(truth, 0.02, seed=7)
+    repeated = [noisy(params) for _ in range(200)]
+
+    assert again(params) == repeated[0]  # the same seed, the same noise
+    assert len(set(repeated)) == 200
+    assert abs(statistics.mean(repeated) - truth(params)) < 0.01
+    assert 0.015 < statistics.stdev(repeated) < 0.025
 
 
 # --------------------------------------------------------------------------- engine
