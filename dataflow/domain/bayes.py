@@ -18,6 +18,7 @@ from typing import Any, Final
 
 import msgspec
 import numpy as np
+from numpy.typing import NDArray
 from scipy.optimize import fmin_l_bfgs_b
 from skopt.acquisition import gaussian_ei, gaussian_lcb, gaussian_pi
 from skopt.space import Integer, Real, Space
@@ -154,7 +155,7 @@ def _minimise_acquisition(
     prediction per evaluation).
     """
     values = _acquire(predicted, acquisition, candidates, y_opt, profile)
-    order = np.argsort(values, kind="stable")
+    order = _smallest(values, max(1, _LOCAL_CENTRES, profile.n_refine))
     best_x, best_value = candidates[order[0]], float(values[order[0]])
     bounds = [(0.0, 1.0)] * candidates.shape[1]
 
@@ -180,6 +181,19 @@ def _minimise_acquisition(
         if float(found) < best_value:
             best_x, best_value = np.clip(x, 0.0, 1.0), float(found)
     return np.asarray(best_x, dtype=float)
+
+
+def _smallest(values: gp.Array, count: int) -> NDArray[np.intp]:
+    """Indices of the ``count`` smallest values, in ``argsort(kind="stable")``'s order.
+
+    A partition then a sort of the few: sorting all 5000 cost a third of a millisecond
+    per acquisition function.
+    """
+    if count >= len(values):
+        return np.argsort(values, kind="stable")
+    threshold = np.partition(values, count - 1)[count - 1]
+    chosen = np.flatnonzero(values <= threshold)  # ties at the threshold: lowest index first
+    return chosen[np.argsort(values[chosen], kind="stable")][:count]
 
 
 def _acquire(
