@@ -200,3 +200,18 @@ def test_sessions_give_the_same_outputs_on_one_or_two_workers(workers: int) -> N
         b'{"type":"pause","timestamp":1,"model_id":-1}',
         b'{"type":"pause","timestamp":2,"model_id":-1}',
     ]
+
+
+def test_the_controller_runs_its_numerics_on_one_thread() -> None:
+    import numpy  # noqa: F401  (loads the BLAS the optimiser uses)
+    from threadpoolctl import threadpool_info
+
+    from dataflow.flow import single_threaded_numerics
+
+    pools = threadpool_info()
+    assert any(pool["user_api"] == "blas" for pool in pools), pools
+    limiter = single_threaded_numerics()
+    try:
+        assert {pool["num_threads"] for pool in threadpool_info()} == {1}
+    finally:
+        limiter.restore_original_limits()
