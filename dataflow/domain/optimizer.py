@@ -60,6 +60,9 @@ class Profile(msgspec.Struct, frozen=True):
     #: the unit cube), scored by the acquisition function too; 0: none.
     n_local: int = 0
     local_scale: float = 0.05
+    #: The round's last evaluations that go to the model's predicted minimum (the
+    #: posterior mean's, over the same candidates) instead of the acquisition function.
+    exploit_last: int = 0
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -84,6 +87,8 @@ class Profile(msgspec.Struct, frozen=True):
             problems.append("n_initial >= 1, keep >= 0, n_candidates >= 1, n_refine >= 0")
         if self.n_local < 0 or not 0 < self.local_scale <= 1:
             problems.append("n_local >= 0 and 0 < local_scale <= 1")
+        if not 0 <= self.exploit_last <= max(self.budget, 0):
+            problems.append(f"exploit_last {self.exploit_last} must be in [0, budget]")
         if problems:
             raise ConfigError(f"optimiser profile {self.name!r}: " + "; ".join(problems))
 

@@ -57,6 +57,7 @@ PROFILE: Final = Profile(
     acquisition="gp_hedge",
     keep=5,
     n_local=500,
+    exploit_last=1,
 )
 
 _WORDS: Final = {InstructionKind.OPTIMIZE: "optimise", InstructionKind.RETRAIN: "train"}

@@ -64,6 +64,7 @@ PROFILE: Final = Profile(
     n_initial=5,
     acquisition="EI",
     n_local=500,
+    exploit_last=1,
 )
 
 
