@@ -274,7 +274,10 @@ def build_flow(settings: Settings, io: FlowIO | None = None) -> Dataflow:
 
 
 def single_threaded_numerics() -> threadpool_limits:
-    """One thread for NumPy's BLAS/LAPACK (and any OpenMP pool) in this process.
+    """One thread for NumPy's and SciPy's OpenBLAS, process-wide (pthreads builds).
+
+    threadpoolctl limits the libraries already loaded: this module imports the
+    optimiser (NumPy, SciPy) before ``get_flow`` calls this.
 
     The optimiser's matrices are tiny (tens of points), so extra threads never pay;
     but OpenBLAS starts one per core and spins them, and on a shared node (another

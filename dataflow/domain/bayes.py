@@ -104,11 +104,12 @@ def _model_based(
     model = gp.fit(X, y, [start_theta, gp.fresh_theta(X.shape[1])])
     theta = tuple(float(t) for t in model.theta)
     if snapshot.remaining <= profile.exploit_last:
-        # The round finalises its best reported step, so its last evaluations have
-        # nothing left to learn for: they go where the model predicts the minimum.
-        # The acquisition functions keep exploring to the end (LCB's corners, EI's
-        # margin xi); on the smooth bowls this last step is what closed the gap to
-        # scikit-optimize's L-BFGS-polished proposals (benchmark section 3).
+        # The round finalises its best reported step, so what its last evaluations
+        # learn can no longer steer this round (the next may keep them): they go where
+        # the model predicts the minimum. The acquisition functions keep exploring to
+        # the end (LCB's corners, EI's margin xi); on the smooth bowls this last step
+        # closed the gap to scikit-optimize's L-BFGS-polished proposals (benchmark
+        # section 3). A round still in its random start (n_initial) stays random.
         candidates = _sample_unit(profile, profile.n_candidates, rng)
         predicted = _Predicted(model.predict(candidates), np.zeros(len(candidates)))
         x = _minimise_acquisition(model, predicted, "mean", candidates, 0.0, profile, rng)
@@ -202,6 +203,8 @@ def _smallest(values: gp.Array, count: int) -> NDArray[np.intp]:
     if count >= len(values):
         return np.argsort(values, kind="stable")
     threshold = np.partition(values, count - 1)[count - 1]
+    if np.isnan(threshold):  # fewer than ``count`` numbers: argsort puts the NaNs last
+        return np.argsort(values, kind="stable")[:count]
     chosen = np.flatnonzero(values <= threshold)  # ties at the threshold: lowest index first
     return chosen[np.argsort(values[chosen], kind="stable")][:count]
 

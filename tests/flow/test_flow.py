@@ -202,16 +202,27 @@ def test_sessions_give_the_same_outputs_on_one_or_two_workers(workers: int) -> N
     ]
 
 
-def test_the_controller_runs_its_numerics_on_one_thread() -> None:
-    import numpy  # noqa: F401  (loads the BLAS the optimiser uses)
+def test_the_controller_runs_its_numerics_on_one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    import signal
+
     from threadpoolctl import threadpool_info
 
-    from dataflow.flow import single_threaded_numerics
+    from dataflow import flow
+    from dataflow.adapters.config import SettingsError
 
-    pools = threadpool_info()
-    assert any(pool["user_api"] == "blas" for pool in pools), pools
-    limiter = single_threaded_numerics()
+    def refused() -> Settings:
+        raise SettingsError("stop here")
+
+    monkeypatch.setattr(flow.Settings, "from_env", staticmethod(refused))
+    limiter = flow.threadpool_limits(limits=None)  # to restore what the controller changes
+    handler = signal.getsignal(signal.SIGTERM)
     try:
+        flow.threadpool_limits(limits=2)  # as on any multi-core machine
+        pools = threadpool_info()
+        assert {p["num_threads"] for p in pools if p["user_api"] == "blas"} == {2}, pools
+        with pytest.raises(SystemExit):
+            flow.get_flow()  # the settings come after the limit, so it stops right after it
         assert {pool["num_threads"] for pool in threadpool_info()} == {1}
     finally:
         limiter.restore_original_limits()
+        signal.signal(signal.SIGTERM, handler)

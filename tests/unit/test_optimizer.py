@@ -7,7 +7,10 @@ import json
 import pickle
 
 import msgspec
+import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from dataflow.domain import dialects, strategy
 from dataflow.domain import optimizer as o
@@ -144,8 +147,6 @@ def test_a_bad_profile_lists_every_problem() -> None:
 @pytest.mark.parametrize("profile", [RTCEF, SEED], ids=["rtcef", "seed"])
 @pytest.mark.parametrize("key", ["k", "other"])
 def test_the_last_step_of_a_round_goes_where_the_model_predicts_the_minimum(profile, key) -> None:
-    import numpy as np
-
     from dataflow.domain import bayes, gp
     from dataflow.sim.surfaces import SYNTHETIC
 
@@ -156,7 +157,12 @@ def test_the_last_step_of_a_round_goes_where_the_model_predicts_the_minimum(prof
         point, snapshot = strategy.propose(snapshot)
         snapshot = o.learn(snapshot, surface(o.named(profile, point)))
     last, proposed = strategy.propose(snapshot)
-    assert proposed.gains == snapshot.gains  # the hedge's bookkeeping is left as it was
+    # The hedge's bookkeeping is left as it was.
+    assert (proposed.gains, proposed.hedge_candidates) == (snapshot.gains,
+                                                           snapshot.hedge_candidates)  # fmt: skip
+    # The acquisition function would have proposed elsewhere from the same snapshot.
+    exploring = msgspec.structs.replace(profile, exploit_last=0)
+    assert strategy.propose(msgspec.structs.replace(snapshot, profile=exploring))[0] != last
     # The model the proposal was made with: the observations, and the fit it stored.
     X = np.array([bayes._to_unit(profile, ob.x) for ob in snapshot.observations])  # noqa: N806
     model = gp.GaussianProcess(X, np.array([ob.y for ob in snapshot.observations]),
@@ -186,3 +192,32 @@ def test_absurd_but_finite_scores_never_stop_the_optimiser(scores: list[float]) 
     assert strategy.propose(snapshot)[0] == point  # still deterministic
     for d, value in zip(profile.dimensions, point, strict=True):
         assert d.low <= value <= d.high
+
+
+def test_the_step_before_the_last_still_explores_with_the_acquisition_function() -> None:
+    from dataflow.sim.surfaces import SYNTHETIC
+
+    surface = SYNTHETIC["bowl"](RTCEF)
+    snapshot = o.start(RTCEF, "k", 0)
+    while snapshot.remaining > 2:
+        point, snapshot = strategy.propose(snapshot)
+        snapshot = o.learn(snapshot, surface(o.named(RTCEF, point)))
+    point, proposed = strategy.propose(snapshot)
+    assert proposed.gains != snapshot.gains  # gp_hedge chose and scored its members
+    unchanged = msgspec.structs.replace(RTCEF, exploit_last=0)
+    assert strategy.propose(msgspec.structs.replace(snapshot, profile=unchanged))[0] == point
+
+
+@given(
+    st.lists(st.one_of(st.integers(-3, 3).map(float), st.just(float("nan")),
+                       st.floats(allow_nan=False)), min_size=1, max_size=40),
+    st.integers(1, 45),
+)  # fmt: skip
+def test_the_few_best_candidates_are_those_a_stable_sort_puts_first(
+    values: list[float], count: int
+) -> None:
+    from dataflow.domain.bayes import _smallest
+
+    array = np.array(values)
+    expected = np.argsort(array, kind="stable")[:count]
+    assert list(_smallest(array, count)) == list(expected)
