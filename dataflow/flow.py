@@ -20,7 +20,6 @@ input re-reads its topic from the start. They are named in ``dataflow.adapters.r
 from __future__ import annotations
 
 import dataclasses
-import gc
 import logging
 import signal
 import sys
@@ -289,17 +288,6 @@ def single_threaded_numerics() -> threadpool_limits:
     return threadpool_limits(limits=1)
 
 
-def settle_heap() -> None:
-    """Take what start-up loaded out of the garbage collector's full passes (``gc.freeze``).
-
-    ~10^5 objects (NumPy, SciPy, scikit-optimize): each full pass walked all of them,
-    25-80 ms at a moment set by allocation counts, so now and then inside the hop from
-    a factory report to the next command.
-    """
-    gc.collect()
-    gc.freeze()
-
-
 def get_flow() -> Dataflow:
     """Entry point for ``python -m bytewax.run "dataflow.flow:get_flow()"``.
 
@@ -311,7 +299,6 @@ def get_flow() -> Dataflow:
     # its grace period and end in SIGKILL, without the sinks' last flush.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     single_threaded_numerics()
-    settle_heap()
     try:
         settings = Settings.from_env()
     except SettingsError as error:

@@ -202,10 +202,7 @@ def test_sessions_give_the_same_outputs_on_one_or_two_workers(workers: int) -> N
     ]
 
 
-def test_the_controller_runs_its_numerics_on_one_thread_and_settles_its_heap(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    import gc
+def test_the_controller_runs_its_numerics_on_one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
     import signal
 
     from threadpoolctl import threadpool_info
@@ -224,10 +221,8 @@ def test_the_controller_runs_its_numerics_on_one_thread_and_settles_its_heap(
         pools = threadpool_info()
         assert {p["num_threads"] for p in pools if p["user_api"] == "blas"} == {2}, pools
         with pytest.raises(SystemExit):
-            flow.get_flow()  # the settings come after both, so it stops right after them
+            flow.get_flow()  # the settings come after the limit, so it stops right after it
         assert {pool["num_threads"] for pool in threadpool_info()} == {1}
-        assert gc.get_freeze_count() > 10_000  # the imported libraries, out of full passes
     finally:
-        gc.unfreeze()
         limiter.restore_original_limits()
         signal.signal(signal.SIGTERM, handler)
