@@ -103,6 +103,7 @@ def _model_based(
         start_theta = np.array(snapshot.theta)
     model = gp.fit(X, y, [start_theta, gp.fresh_theta(X.shape[1])])
     theta = tuple(float(t) for t in model.theta)
+    candidates = _sample_unit(profile, profile.n_candidates, rng)
     if snapshot.remaining <= profile.exploit_last:
         # The round finalises its best reported step, so what its last evaluations
         # learn can no longer steer this round (the next may keep them): they go where
@@ -110,12 +111,10 @@ def _model_based(
         # the end (LCB's corners, EI's margin xi); on the smooth bowls this last step
         # closed the gap to scikit-optimize's L-BFGS-polished proposals (benchmark
         # section 3). A round still in its random start (n_initial) stays random.
-        candidates = _sample_unit(profile, profile.n_candidates, rng)
         predicted = _Predicted(model.predict(candidates), np.zeros(len(candidates)))
         x = _minimise_acquisition(model, predicted, "mean", candidates, 0.0, profile, rng)
         return _from_unit(profile, x), snapshot.gains, snapshot.hedge_candidates, theta
     portfolio = _HEDGE_PORTFOLIO if profile.acquisition == "gp_hedge" else (profile.acquisition,)
-    candidates = _sample_unit(profile, profile.n_candidates, rng)
     predicted = _Predicted(*model.predict(candidates, return_std=True))
     y_opt = float(np.min(y))
     best = [_minimise_acquisition(model, predicted, acq, candidates, y_opt, profile, rng)
