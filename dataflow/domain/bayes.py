@@ -165,7 +165,7 @@ def _minimise_acquisition(
     prediction per evaluation).
     """
     values = _acquire(predicted, acquisition, candidates, y_opt, profile)
-    order = _smallest(values, max(1, _LOCAL_CENTRES, profile.n_refine))
+    order = _smallest(values, max(_LOCAL_CENTRES, profile.n_refine))
     best_x, best_value = candidates[order[0]], float(values[order[0]])
     bounds = [(0.0, 1.0)] * candidates.shape[1]
 

@@ -108,9 +108,9 @@ class GaussianProcess:
         self.L = cholesky(K, lower=True)
         self.alpha = cho_solve((self.L, True), target)
 
-    def _kernel(self, A: Array, B: Array | None = None) -> Array:  # noqa: N803
-        B = A if B is None else B  # noqa: N806
-        scaled = (A[:, None, :] - B[None, :, :]) / self.lengths
+    def _kernel(self, A: Array) -> Array:  # noqa: N803
+        """Kernel of ``A`` with itself, by pairwise differences (exact zeros on the diagonal)."""
+        scaled = (A[:, None, :] - A[None, :, :]) / self.lengths
         return self.amplitude * _matern(scaled * scaled)[0]
 
     def _cross(self, A: Array) -> Array:  # noqa: N803
