@@ -37,6 +37,11 @@ DEAD_LETTERS: Final = Counter(
 BEST_SCORE: Final = Gauge(
     "controller_round_best_score", "Lowest f_val seen in the current round.", ["key"]
 )
+INPUT_EPOCH_LAG: Final = Gauge(
+    "controller_input_epoch_lag_seconds",
+    "How far apart this process's input partitions began the last epoch they all began: "
+    "Bytewax reads nothing from one that has until all have.",
+)
 
 _COUNTERS: Final = {
     "round_completed": ROUNDS_COMPLETED,

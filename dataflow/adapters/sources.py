@@ -1,6 +1,6 @@
 """Input sources paced for latency and idle cost: the deadline tick and the Kafka inputs.
 
-Role: adapters between time, Kafka and the flow's inputs. Two Bytewax 0.21.1
+Role: adapters between time, Kafka and the flow's inputs. Three Bytewax 0.21.1
 behaviours (``shared/docs/bytewax-notes.md``) decide their shape:
 
 * A stateful step can only move past an epoch once *every* merged input has
@@ -15,6 +15,19 @@ behaviours (``shared/docs/bytewax-notes.md``) decide their shape:
   1 ms: two idle Kafka inputs cost most of a core. ``PacedKafkaSource`` waits
   ``idle_wait`` after an empty poll, and polls again at once after a non-empty
   one, so a burst is read at full speed and an idle controller sleeps.
+* Every input partition keeps its own epoch timer: it ends an epoch at its first
+  wake-up at least the epoch interval (``-s``) after it ended the last one, and
+  then reads nothing until every input of the flow has ended that epoch too
+  (backpressure). A partition woken later than the others ends each epoch later
+  by that much, and the lag *accumulates*: measured, the tick source (woken every
+  50 ms) fell ~20 ms an epoch behind the Kafka inputs (every ~11 ms), and after
+  four minutes both Kafka inputs read nothing for a whole second at every
+  epoch's end; past ~20 minutes they would read once an epoch. ``EpochClock``
+  stops the drift: every partition of the process reports when it ended each
+  epoch, and one that is about to end an epoch first sleeps until the latest of
+  them can end it too. The inputs end every epoch together, the lag stays at
+  the wake-up jitter (a few ms), and a partition that was held would otherwise
+  have been blocked at least as long.
 """
 
 from __future__ import annotations
@@ -28,22 +41,114 @@ from confluent_kafka.admin import AdminClient
 from typing_extensions import override
 
 from dataflow.adapters.clock import now_ms
+from dataflow.adapters.observability import INPUT_EPOCH_LAG
 
 #: The tick source's one partition; the same name as Bytewax's ``SimplePollingSource``
 #: used before, so existing recovery stores keep matching it.
 TICK_PARTITION = "singleton"
+
+#: How long before its own earliest epoch end a partition starts waiting for the
+#: others. Bytewax times an epoch from the start of the wake-up that ended the last
+#: one; a partition sees that a little later (after its own poll, ~1 ms for Kafka,
+#: and after the polls of the input's other partitions on the worker).
+HOLD_MARGIN: Final = timedelta(milliseconds=20)
 
 
 def _now() -> datetime:
     return datetime.now(UTC)
 
 
+class EpochClock:
+    """When the input partitions of one process began their epochs, so that they end them together.
+
+    Partitions count the epochs they have ended since they were built; all of a
+    flow's partitions are built at its start, in the same epoch, so equal counts
+    are the same epoch. The epoch interval is learned: the shortest time between
+    two epoch ends of one partition (Bytewax ends one no sooner than the interval).
+    One clock serves every source of a flow, in every worker thread of the process.
+    Once every partition has begun an epoch, how far apart they did is ``lag`` and
+    the ``controller_input_epoch_lag_seconds`` gauge.
+    """
+
+    def __init__(self) -> None:
+        #: The shortest epoch seen; ``None`` until some partition has ended two.
+        self.interval: timedelta | None = None
+        #: Per epoch count: the earliest and the latest time a partition began that
+        #: epoch, and how many partitions have.
+        self._first: dict[int, datetime] = {}
+        self._latest: dict[int, datetime] = {}
+        self._count: dict[int, int] = {}
+        #: The partitions that began the first epoch (all are built at the start).
+        self._partitions = 0
+        #: How far apart the partitions began the last epoch all of them began.
+        self.lag: timedelta | None = None
+
+    def began(self, epoch: int, at: datetime, previous: datetime | None = None) -> None:
+        """A partition began its ``epoch``-th epoch ``at`` (its last one began ``previous``)."""
+        if previous is not None:
+            seen = at - previous
+            self.interval = seen if self.interval is None else min(self.interval, seen)
+        self._first[epoch] = min(self._first.get(epoch, at), at)
+        self._latest[epoch] = max(self._latest.get(epoch, at), at)
+        self._count[epoch] = self._count.get(epoch, 0) + 1
+        if epoch == 0:
+            self._partitions += 1
+        elif self._count[epoch] == self._partitions:
+            self.lag = self._latest[epoch] - self._first[epoch]
+            INPUT_EPOCH_LAG.set(self.lag.total_seconds())
+        # A partition is never more than one epoch ahead of another (it reads nothing
+        # until the others catch up), so older epochs are no longer needed.
+        for old in [count for count in self._latest if count < epoch - 2]:
+            del self._first[old], self._latest[old], self._count[old]
+
+    def wake(self, epoch: int, began: datetime, wanted: datetime) -> datetime:
+        """When a partition that wants to wake at ``wanted`` should wake.
+
+        The partition is in its ``epoch``-th epoch, begun at ``began``. As wanted, unless
+        that is near or past the epoch's end; then when the last partition to begin this
+        epoch can end it (earlier than ``wanted`` if that is later, so that no partition
+        ends its epoch late).
+        """
+        if self.interval is None:
+            return wanted
+        own_end = began + self.interval
+        if wanted < own_end - HOLD_MARGIN:
+            return wanted
+        return max(own_end, self._latest.get(epoch, began) + self.interval)
+
+
+class _EpochTimer:
+    """One partition's view of the clock: its epoch count and when the current epoch began."""
+
+    def __init__(self, clock: EpochClock) -> None:
+        self._clock = clock
+        self._epoch = 0
+        self._began = _now()
+        self._ended_one = False
+        clock.began(self._epoch, self._began)
+
+    def ended(self) -> None:
+        """Bytewax ended this partition's epoch (it asks for a snapshot exactly then)."""
+        previous, self._began = self._began, _now()
+        self._epoch += 1
+        # The first epoch began when the partition was built, later than Bytewax's
+        # start of it: it would make the interval look shorter than it is.
+        self._clock.began(self._epoch, self._began, previous if self._ended_one else None)
+        self._ended_one = True
+
+    def wake(self, wanted: datetime | None) -> datetime | None:
+        """``wanted`` (``None``: at once) adjusted so that the partition ends epochs in step."""
+        adjusted = self._clock.wake(self._epoch, self._began, wanted or _now())
+        return None if wanted is None and adjusted <= _now() else adjusted
+
+
 class _TickPartition(StatefulSourcePartition[int, None]):
-    def __init__(self, interval: timedelta, idle_wait: timedelta) -> None:
+    def __init__(self, interval: timedelta, idle_wait: timedelta, clock: EpochClock) -> None:
         self._interval = interval
         self._idle_wait = idle_wait
         self._due = _now()
         self._awake = self._due
+        self._timer = _EpochTimer(clock)
 
     @override
     def next_batch(self) -> list[int]:
@@ -56,19 +161,23 @@ class _TickPartition(StatefulSourcePartition[int, None]):
 
     @override
     def next_awake(self) -> datetime | None:
-        return min(self._awake, self._due)
+        return self._timer.wake(min(self._awake, self._due))
 
     @override
     def snapshot(self) -> None:
+        self._timer.ended()
         return None
 
 
 class TickSource(FixedPartitionedSource[int, None]):
     """The wall-clock time (ms) once per ``interval``; awake every ``idle_wait`` for progress."""
 
-    def __init__(self, interval: timedelta, idle_wait: timedelta) -> None:
+    def __init__(
+        self, interval: timedelta, idle_wait: timedelta, clock: EpochClock | None = None
+    ) -> None:
         self.interval = interval
         self.idle_wait = idle_wait
+        self.clock = clock or EpochClock()
 
     @override
     def list_parts(self) -> list[str]:
@@ -76,16 +185,19 @@ class TickSource(FixedPartitionedSource[int, None]):
 
     @override
     def build_part(self, step_id: str, for_part: str, resume_state: None) -> _TickPartition:
-        return _TickPartition(self.interval, self.idle_wait)
+        return _TickPartition(self.interval, self.idle_wait, self.clock)
 
 
 class _PacedPartition(StatefulSourcePartition[Any, Any]):
     """A Kafka partition that sleeps ``idle_wait`` after a poll that found nothing."""
 
-    def __init__(self, inner: StatefulSourcePartition[Any, Any], idle_wait: timedelta) -> None:
+    def __init__(
+        self, inner: StatefulSourcePartition[Any, Any], idle_wait: timedelta, clock: EpochClock
+    ) -> None:
         self._inner = inner
         self._idle_wait = idle_wait
         self._awake: datetime | None = None
+        self._timer = _EpochTimer(clock)
 
     @override
     def next_batch(self) -> list[Any]:
@@ -95,10 +207,11 @@ class _PacedPartition(StatefulSourcePartition[Any, Any]):
 
     @override
     def next_awake(self) -> datetime | None:
-        return self._awake
+        return self._timer.wake(self._awake)
 
     @override
     def snapshot(self) -> Any:
+        self._timer.ended()
         return self._inner.snapshot()
 
     @override
@@ -114,11 +227,17 @@ _NOT_FOR_LISTER: Final = CONSUMER_ONLY | {"logger"}
 
 
 class PacedKafkaSource(KafkaSource):
-    """Bytewax's ``KafkaSource`` (same partitions and resume state), paced when idle."""
+    """Bytewax's ``KafkaSource`` (same partitions and resume state), paced when idle.
 
-    def __init__(self, *args: Any, idle_wait: timedelta, **kwargs: Any) -> None:
+    ``clock``: the process's ``EpochClock``, shared with the flow's other sources.
+    """
+
+    def __init__(
+        self, *args: Any, idle_wait: timedelta, clock: EpochClock | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.idle_wait = idle_wait
+        self.clock = clock or EpochClock()
 
     def admin_config(self) -> dict[str, str | int | float | bool]:
         """The partition lister's settings: the consumers' minus what only a consumer reads.
@@ -138,4 +257,5 @@ class PacedKafkaSource(KafkaSource):
     def build_part(  # type: ignore[override]
         self, step_id: str, for_part: str, resume_state: int | None
     ) -> _PacedPartition:
-        return _PacedPartition(super().build_part(step_id, for_part, resume_state), self.idle_wait)
+        inner = super().build_part(step_id, for_part, resume_state)
+        return _PacedPartition(inner, self.idle_wait, self.clock)
