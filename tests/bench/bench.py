@@ -482,6 +482,17 @@ def _stats_ms(values: list[float]) -> tuple[str, ...]:
     return (*(f"{percentile(values, q) * 1e3:.1f}" for q in (50, 99, 100)), str(len(values)))
 
 
+def gauge(port: int, name: str) -> float | None:
+    """A gauge's value from the controller's ``/metrics`` (``None`` until it is set)."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as page:
+        for line in page.read().decode().splitlines():
+            if line.startswith(f"{name} "):
+                return float(line.split()[1])
+    return None
+
+
 def bench_hops(bootstrap: str, quick: bool) -> Rows:
     """Each hop of a round at the shipped defaults, the controller idle before it."""
     from confluent_kafka import Producer
@@ -491,16 +502,25 @@ def bench_hops(bootstrap: str, quick: bool) -> Rows:
     slow_steps = lambda command: 2.0 if command.type == "opt_step" else 0.0  # noqa: E731
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 0})
     to_pause, to_command, to_play, step_to_next = [], [], [], []
+    epoch_lag: list[float] = []  # the inputs' epoch lag gauge, before each try
     tries = 8 if quick else 20
+    port = harness.free_port()
+    api = {"BYTEWAX_DATAFLOW_API_ENABLED": "1", "BYTEWAX_DATAFLOW_API_PORT": str(port)}
     with (
+        tempfile.TemporaryDirectory(prefix="bench-api-") as cache,
         closing(Factory(bootstrap, topics, "seed", profile, delay_s=slow_steps)) as factory,
         closing(SyncWatcher(bootstrap, topics["SYNC_TOPIC"])) as engine,
-        Controller(bootstrap, topics, {}) as controller,
+        Controller(
+            bootstrap, topics, {**api, "BYTEWAX_DATAFLOW_API_CACHE_PATH": cache}
+        ) as controller,
     ):
         controller.start()
         time.sleep(SNAPSHOT_S + 3)  # started, and past its first epochs
         for number in range(1, tries + 1):
             time.sleep(0.3 + (number * 0.37) % 1.2)  # arrivals land anywhere in an epoch
+            lag = gauge(port, "controller_input_epoch_lag_seconds")
+            if lag is not None:
+                epoch_lag.append(lag)
             commands, syncs = len(factory.received), len(engine.seen)
             payload = json.dumps({"instruction_type": "retrain", "timestamp": number}).encode()
             producer.produce(topics["INSTRUCTION_TOPIC"], payload)
@@ -528,6 +548,7 @@ def bench_hops(bootstrap: str, quick: bool) -> Rows:
         ("instruction -> first command (train)", *_stats_ms(to_command)),
         ("step report after a 2 s step -> next command", *_stats_ms(step_to_next)),
         ("final report -> play", *_stats_ms(to_play)),
+        ("inputs' epoch lag (controller_input_epoch_lag_seconds)", *_stats_ms(epoch_lag)),
     ]
 
 
