@@ -122,7 +122,7 @@ def kafka_io(settings: Settings) -> FlowIO:
     extra = source_config(settings)
 
     idle_wait = timedelta(milliseconds=settings.input_idle_wait_ms)
-    clock = EpochClock()  # every input ends each epoch in step with the others
+    clock = EpochClock(bytewax_epoch_interval())  # the inputs end each epoch together
 
     def source(topic: str) -> PacedKafkaSource:
         return PacedKafkaSource(
@@ -274,6 +274,21 @@ def build_flow(settings: Settings, io: FlowIO | None = None) -> Dataflow:
     return flow
 
 
+def bytewax_epoch_interval() -> timedelta | None:
+    """The epoch interval of the ``python -m bytewax.run`` this process is, if it is one.
+
+    ``bytewax.run`` works it out (``-s`` or ``BYTEWAX_SNAPSHOT_INTERVAL``; 10 s without
+    recovery) into its module's ``kwargs`` before it imports the flow. Elsewhere (a
+    flow run by ``bytewax.testing``) ``None``: the inputs' epochs are left unaligned.
+    """
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    if spec is None or spec.name != "bytewax.run":
+        return None
+    interval = getattr(main, "kwargs", {}).get("epoch_interval")
+    return interval if isinstance(interval, timedelta) else None
+
+
 def single_threaded_numerics() -> threadpool_limits:
     """One thread for NumPy's and SciPy's OpenBLAS, process-wide (pthreads builds).
 
@@ -315,5 +330,6 @@ def get_flow() -> Dataflow:
         "brokers": settings.brokers, "dialect": settings.dialect,
         "profile": settings.machine.profile.name, "keys": list(settings.machine.keys),
         "topics": list(settings.topics.all()),
+        "epoch_interval_s": (interval := bytewax_epoch_interval()) and interval.total_seconds(),
     }})  # fmt: skip
     return build_flow(settings)

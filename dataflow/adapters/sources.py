@@ -20,18 +20,21 @@ behaviours (``shared/docs/bytewax-notes.md``) decide their shape:
   then reads nothing until every input of the flow has ended that epoch too
   (backpressure). A partition woken later than the others ends each epoch later
   by that much, and the lag *accumulates*: measured, the tick source (woken every
-  50 ms) fell ~20 ms an epoch behind the Kafka inputs (every ~11 ms), and after
-  four minutes both Kafka inputs read nothing for a whole second at every
-  epoch's end; past ~20 minutes they would read once an epoch. ``EpochClock``
-  stops the drift: every partition of the process reports when it ended each
-  epoch, and one that is about to end an epoch first sleeps until the latest of
-  them can end it too. The inputs end every epoch together, the lag stays at
-  the wake-up jitter (a few ms), and a partition that was held would otherwise
-  have been blocked at least as long.
+  50 ms) fell ~20 ms an epoch behind the Kafka inputs (every ~11 ms), and four
+  minutes after start both Kafka inputs read nothing for 0.8 s at every epoch's
+  end (the flow test shows the end of that road under Bytewax alone: the faster
+  input read once an epoch). ``EpochClock`` stops the drift: every partition of
+  the process reports when it began each epoch, and one that is about to end an
+  epoch first sleeps until the latest of them can end it too. Across processes,
+  which share no clock but the wall clock, every epoch ends on a wall-clock grid
+  (``interval + GRID_SLACK`` apart) once the inputs have reached it. The inputs
+  end every epoch together and the lag stays at the wake-up jitter; a partition
+  waits at most ``HOLD_MARGIN + GRID_SLACK`` an epoch for it.
 """
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
@@ -47,11 +50,15 @@ from dataflow.adapters.observability import INPUT_EPOCH_LAG
 #: used before, so existing recovery stores keep matching it.
 TICK_PARTITION = "singleton"
 
-#: How long before its own earliest epoch end a partition starts waiting for the
-#: others. Bytewax times an epoch from the start of the wake-up that ended the last
-#: one; a partition sees that a little later (after its own poll, ~1 ms for Kafka,
-#: and after the polls of the input's other partitions on the worker).
-HOLD_MARGIN: Final = timedelta(milliseconds=20)
+#: How long before its own epoch end (as it sees it) a partition starts waiting for
+#: the others. Bytewax times an epoch from the start of the wake-up that ended the
+#: last one; the partition sees that a little later (after its own poll, ~1 ms for
+#: Kafka, and after the polls of the input's other partitions on the worker).
+HOLD_MARGIN: Final = timedelta(milliseconds=5)
+#: What an epoch on the wall-clock grid lasts beyond the interval: the most a
+#: partition's wake-up may be late and it stays on the grid (``on_grid``).
+GRID_SLACK: Final = timedelta(milliseconds=20)
+_UNIX_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _now() -> datetime:
@@ -61,18 +68,18 @@ def _now() -> datetime:
 class EpochClock:
     """When the input partitions of one process began their epochs, so that they end them together.
 
-    Partitions count the epochs they have ended since they were built; all of a
-    flow's partitions are built at its start, in the same epoch, so equal counts
-    are the same epoch. The epoch interval is learned: the shortest time between
-    two epoch ends of one partition (Bytewax ends one no sooner than the interval).
-    One clock serves every source of a flow, in every worker thread of the process.
+    ``interval`` is Bytewax's epoch interval (``-s``, ``flow.bytewax_epoch_interval``);
+    without it the clock aligns nothing and only measures. Partitions count the
+    epochs they have ended since they were built; all of a flow's partitions are
+    built at its start, in the same epoch, so equal counts are the same epoch. One
+    clock serves every source of a flow, in every worker thread of the process.
     Once every partition has begun an epoch, how far apart they did is ``lag`` and
     the ``controller_input_epoch_lag_seconds`` gauge.
     """
 
-    def __init__(self) -> None:
-        #: The shortest epoch seen; ``None`` until some partition has ended two.
-        self.interval: timedelta | None = None
+    def __init__(self, interval: timedelta | None = None) -> None:
+        self.interval = interval
+        self._lock = threading.Lock()  # worker threads switch between any two bytecodes
         #: Per epoch count: the earliest and the latest time a partition began that
         #: epoch, and how many partitions have.
         self._first: dict[int, datetime] = {}
@@ -83,23 +90,21 @@ class EpochClock:
         #: How far apart the partitions began the last epoch all of them began.
         self.lag: timedelta | None = None
 
-    def began(self, epoch: int, at: datetime, previous: datetime | None = None) -> None:
-        """A partition began its ``epoch``-th epoch ``at`` (its last one began ``previous``)."""
-        if previous is not None:
-            seen = at - previous
-            self.interval = seen if self.interval is None else min(self.interval, seen)
-        self._first[epoch] = min(self._first.get(epoch, at), at)
-        self._latest[epoch] = max(self._latest.get(epoch, at), at)
-        self._count[epoch] = self._count.get(epoch, 0) + 1
-        if epoch == 0:
-            self._partitions += 1
-        elif self._count[epoch] == self._partitions:
-            self.lag = self._latest[epoch] - self._first[epoch]
-            INPUT_EPOCH_LAG.set(self.lag.total_seconds())
-        # A partition is never more than one epoch ahead of another (it reads nothing
-        # until the others catch up), so older epochs are no longer needed.
-        for old in [count for count in self._latest if count < epoch - 2]:
-            del self._first[old], self._latest[old], self._count[old]
+    def began(self, epoch: int, at: datetime) -> None:
+        """A partition began its ``epoch``-th epoch ``at`` (its 0th when it was built)."""
+        with self._lock:
+            self._first[epoch] = min(self._first.get(epoch, at), at)
+            self._latest[epoch] = max(self._latest.get(epoch, at), at)
+            self._count[epoch] = self._count.get(epoch, 0) + 1
+            if epoch == 0:
+                self._partitions += 1
+            elif self._count[epoch] == self._partitions:
+                self.lag = self._latest[epoch] - self._first[epoch]
+                INPUT_EPOCH_LAG.set(self.lag.total_seconds())
+            # A partition is never more than one epoch ahead of another (it reads
+            # nothing until the others catch up), so older epochs are not needed.
+            for old in [count for count in self._latest if count < epoch - 2]:
+                del self._first[old], self._latest[old], self._count[old]
 
     def wake(self, epoch: int, began: datetime, wanted: datetime) -> datetime:
         """When a partition that wants to wake at ``wanted`` should wake.
@@ -114,7 +119,25 @@ class EpochClock:
         own_end = began + self.interval
         if wanted < own_end - HOLD_MARGIN:
             return wanted
-        return max(own_end, self._latest.get(epoch, began) + self.interval)
+        with self._lock:
+            latest = self._latest.get(epoch, began)
+        return on_grid(max(own_end, latest + self.interval), self.interval)
+
+
+def on_grid(end: datetime, interval: timedelta) -> datetime:
+    """The grid point just after an epoch's ``end`` if it is near, else ``end``.
+
+    Processes share no clock but the wall clock: their epochs end on a grid every
+    ``interval + GRID_SLACK`` from the Unix epoch. Near means within the slack (an
+    epoch on the grid ends there again, a little after the interval), or within a
+    tenth of an epoch (one that is just short of it steps onto it at once). An
+    epoch further off ends as soon as it may, which brings its end ``GRID_SLACK``
+    closer to the grid each epoch, until it is on it.
+    """
+    period = interval + GRID_SLACK
+    past = (end - _UNIX_EPOCH) % period
+    point = end - past + period if past else end
+    return point if point - end <= max(GRID_SLACK, interval / 10) else end
 
 
 class _EpochTimer:
@@ -124,17 +147,13 @@ class _EpochTimer:
         self._clock = clock
         self._epoch = 0
         self._began = _now()
-        self._ended_one = False
         clock.began(self._epoch, self._began)
 
     def ended(self) -> None:
         """Bytewax ended this partition's epoch (it asks for a snapshot exactly then)."""
-        previous, self._began = self._began, _now()
+        self._began = _now()
         self._epoch += 1
-        # The first epoch began when the partition was built, later than Bytewax's
-        # start of it: it would make the interval look shorter than it is.
-        self._clock.began(self._epoch, self._began, previous if self._ended_one else None)
-        self._ended_one = True
+        self._clock.began(self._epoch, self._began)
 
     def wake(self, wanted: datetime | None) -> datetime | None:
         """``wanted`` (``None``: at once) adjusted so that the partition ends epochs in step."""

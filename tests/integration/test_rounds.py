@@ -47,10 +47,10 @@ def test_an_optimize_round_then_a_retrain_run_end_to_end(
         'controller_steps_total{key="controller"} 4.0',
     ]:
         assert line in metrics.splitlines()
-    # The inputs end their epochs together (``-s 1``): never an epoch apart.
+    # The inputs end their epochs together (``-s 1``; unaligned they drift ~20 ms an epoch).
     [lag] = [float(line.split()[1]) for line in metrics.splitlines()
              if line.startswith("controller_input_epoch_lag_seconds ")]  # fmt: skip
-    assert 0 <= lag < 1
+    assert 0 <= lag < 0.25
     steps = [(e["key"], e["round"], e["step"]) for e in controller.log_lines()
              if e.get("event") == "step"]  # fmt: skip
     assert steps == [("controller", 1, n) for n in range(4)]

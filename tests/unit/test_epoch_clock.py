@@ -1,9 +1,12 @@
-"""``EpochClock``: the input partitions of a process end each epoch together.
+"""``EpochClock``: the input partitions end each epoch together, in a process and across.
 
 Bytewax 0.21.1 times each input partition's epochs on its own and stops reading a
 partition that ended an epoch until all have; a partition that ends its epochs
 later than the others drags them all (``dataflow.adapters.sources``). The flow
 tier runs the same clock under Bytewax (``tests/flow/test_epochs.py``).
+
+``T0`` is 1 s past a point of the wall-clock grid (``GRID``): epochs that begin
+there end far from the grid, so the process's own alignment shows alone.
 """
 
 from __future__ import annotations
@@ -12,10 +15,13 @@ from datetime import UTC, datetime, timedelta
 
 from prometheus_client import REGISTRY
 
-from dataflow.adapters.sources import HOLD_MARGIN, EpochClock
+from dataflow.adapters.sources import GRID_SLACK, HOLD_MARGIN, EpochClock
 
-T0 = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 EPOCH = timedelta(seconds=5)
+GRID = EPOCH + GRID_SLACK
+#: A point of the grid, in 2026.
+POINT = datetime(1970, 1, 1, tzinfo=UTC) + 354_000 * GRID
+T0 = POINT + timedelta(seconds=1)
 
 
 def ms(value: float) -> timedelta:
@@ -23,31 +29,20 @@ def ms(value: float) -> timedelta:
 
 
 def learned(*starts: tuple[int, datetime]) -> EpochClock:
-    """A clock that has seen one partition end two 5 s epochs, then the given epoch starts."""
-    clock = EpochClock()
-    clock.began(1, T0 - 2 * EPOCH)
-    clock.began(2, T0 - EPOCH, previous=T0 - 2 * EPOCH)
+    """A clock on 5 s epochs that has seen the given epoch starts."""
+    clock = EpochClock(EPOCH)
     for epoch, at in starts:
         clock.began(epoch, at)
     return clock
 
 
-def test_until_it_has_seen_an_epoch_the_clock_leaves_every_wake_up_as_asked() -> None:
+def test_without_the_epoch_interval_the_clock_leaves_every_wake_up_as_asked() -> None:
     clock = EpochClock()
     clock.began(0, T0)
     clock.began(0, T0 + ms(300))
 
-    assert clock.interval is None
     assert clock.wake(0, T0, T0 + EPOCH) == T0 + EPOCH
-
-
-def test_the_interval_is_the_shortest_time_between_two_epoch_ends_of_a_partition() -> None:
-    clock = EpochClock()
-    clock.began(1, T0)
-    clock.began(2, T0 + EPOCH + ms(40), previous=T0)
-    clock.began(3, T0 + 2 * EPOCH + ms(42), previous=T0 + EPOCH + ms(40))
-
-    assert clock.interval == EPOCH + ms(2)
+    assert clock.wake(0, T0, T0 + EPOCH + ms(300)) == T0 + EPOCH + ms(300)
 
 
 def test_a_wake_up_well_before_the_epochs_end_is_left_as_asked() -> None:
@@ -86,7 +81,7 @@ def test_epochs_more_than_two_behind_the_newest_are_forgotten() -> None:
 
 
 def test_once_every_partition_has_begun_an_epoch_the_lag_is_how_far_apart_they_did() -> None:
-    clock = EpochClock()
+    clock = EpochClock(EPOCH)
     for _ in range(3):
         clock.began(0, T0)
     clock.began(1, T0 + EPOCH)
@@ -97,3 +92,46 @@ def test_once_every_partition_has_begun_an_epoch_the_lag_is_how_far_apart_they_d
 
     assert clock.lag == ms(30)
     assert REGISTRY.get_sample_value("controller_input_epoch_lag_seconds") == 0.030
+
+
+def test_an_epoch_that_ends_within_the_slack_before_a_grid_point_ends_on_it() -> None:
+    clock = learned((3, POINT + ms(2)))
+
+    assert clock.wake(3, POINT + ms(2), POINT + EPOCH) == POINT + GRID
+
+
+def test_an_epoch_that_ends_just_short_of_a_grid_point_steps_onto_it_at_once() -> None:
+    began = POINT + GRID_SLACK - ms(400)  # ends 400 ms before the next point
+
+    assert learned((3, began)).wake(3, began, began + EPOCH) == POINT + GRID
+
+
+def test_an_epoch_off_the_grid_reaches_it_by_the_slack_each_epoch_and_stays() -> None:
+    clock = EpochClock(EPOCH)
+    began, jitter = POINT + ms(130), ms(1)  # 130 ms past a point: off the grid
+    clock.began(0, began)
+    ends = []
+    for epoch in range(12):
+        began = clock.wake(epoch, began, began + EPOCH) + jitter
+        clock.began(epoch + 1, began)
+        ends.append(began - jitter)
+
+    grid = [POINT + n * GRID for n in range(1, 13)]
+    # Each end is an interval after the last (1 ms late): 19 ms closer to the grid ...
+    assert ends[:6] == [grid[n] + ms(110 - 19 * n) for n in range(6)]
+    # ... until within the slack: from then on every epoch ends on a grid point.
+    assert ends[6:] == grid[6:]
+
+
+def test_two_processes_started_apart_end_their_epochs_on_the_same_grid_points() -> None:
+    ends: list[list[datetime]] = []
+    for start in (POINT + ms(37), POINT + ms(90)):  # two processes, two clocks
+        clock, began = EpochClock(EPOCH), start
+        clock.began(0, began)
+        ends.append([])
+        for epoch in range(10):
+            began = clock.wake(epoch, began, began + EPOCH)
+            clock.began(epoch + 1, began)
+            ends[-1].append(began)
+
+    assert ends[0][-4:] == ends[1][-4:] == [POINT + n * GRID for n in range(7, 11)]
