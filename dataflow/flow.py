@@ -278,15 +278,16 @@ def bytewax_epoch_interval() -> timedelta | None:
     """The epoch interval of the ``python -m bytewax.run`` this process is, if it is one.
 
     ``bytewax.run`` works it out (``-s`` or ``BYTEWAX_SNAPSHOT_INTERVAL``; 10 s without
-    recovery) into its module's ``kwargs`` before it imports the flow. Elsewhere (a
-    flow run by ``bytewax.testing``) ``None``: the inputs' epochs are left unaligned.
+    recovery) into its module's ``kwargs`` before it imports the flow; ``python -m
+    bytewax.testing -p N`` runs N of those. Elsewhere (``bytewax.testing.run_main``,
+    ``cluster_main``) ``None``: the inputs' epochs are left unaligned.
     """
     main = sys.modules.get("__main__")
     spec = getattr(main, "__spec__", None)
     if spec is None or spec.name != "bytewax.run":
         return None
     interval = getattr(main, "kwargs", {}).get("epoch_interval")
-    return interval if isinstance(interval, timedelta) else None
+    return interval if isinstance(interval, timedelta) and interval > timedelta(0) else None
 
 
 def single_threaded_numerics() -> threadpool_limits:

@@ -25,11 +25,12 @@ behaviours (``shared/docs/bytewax-notes.md``) decide their shape:
   end (the flow test shows the end of that road under Bytewax alone: the faster
   input read once an epoch). ``EpochClock`` stops the drift: every partition of
   the process reports when it began each epoch, and one that is about to end an
-  epoch first sleeps until the latest of them can end it too. Across processes,
-  which share no clock but the wall clock, every epoch ends on a wall-clock grid
-  (``interval + GRID_SLACK`` apart) once the inputs have reached it. The inputs
-  end every epoch together and the lag stays at the wake-up jitter; a partition
-  waits at most ``HOLD_MARGIN + GRID_SLACK`` an epoch for it.
+  epoch first sleeps until the latest of them can end it too. Inputs in other
+  processes are seen the only way they can be: by how long a partition is kept
+  waiting after it ends an epoch; it ends the next one that much later
+  (``_EpochTimer``). The inputs end every epoch together and the lag stays at
+  the wake-up jitter; a held partition waits at most ``HOLD_MARGIN`` longer than
+  it would have been kept waiting anyway.
 """
 
 from __future__ import annotations
@@ -51,14 +52,13 @@ from dataflow.adapters.observability import INPUT_EPOCH_LAG
 TICK_PARTITION = "singleton"
 
 #: How long before its own epoch end (as it sees it) a partition starts waiting for
-#: the others. Bytewax times an epoch from the start of the wake-up that ended the
-#: last one; the partition sees that a little later (after its own poll, ~1 ms for
-#: Kafka, and after the polls of the input's other partitions on the worker).
-HOLD_MARGIN: Final = timedelta(milliseconds=5)
-#: What an epoch on the wall-clock grid lasts beyond the interval: the most a
-#: partition's wake-up may be late and it stays on the grid (``on_grid``).
-GRID_SLACK: Final = timedelta(milliseconds=20)
-_UNIX_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+#: the others. Bytewax times an epoch from the start of the operator activation that
+#: ended the last one, and ends it at any activation of the operator past the
+#: interval; the partition sees its epoch begin a little later (after its own poll,
+#: ~1 ms for Kafka, and after the polls of the input's other partitions on the worker).
+HOLD_MARGIN: Final = timedelta(milliseconds=15)
+#: A snapshot this soon after the partition's last ``next_awake`` is in the same wake-up.
+_SAME_WAKE_UP: Final = timedelta(milliseconds=0.5)
 
 
 def _now() -> datetime:
@@ -106,13 +106,17 @@ class EpochClock:
             for old in [count for count in self._latest if count < epoch - 2]:
                 del self._first[old], self._latest[old], self._count[old]
 
-    def wake(self, epoch: int, began: datetime, wanted: datetime) -> datetime:
+    def wake(
+        self, epoch: int, began: datetime, wanted: datetime, behind: timedelta = timedelta(0)
+    ) -> datetime:
         """When a partition that wants to wake at ``wanted`` should wake.
 
-        The partition is in its ``epoch``-th epoch, begun at ``began``. As wanted, unless
-        that is near or past the epoch's end; then when the last partition to begin this
-        epoch can end it (earlier than ``wanted`` if that is later, so that no partition
-        ends its epoch late).
+        The partition is in its ``epoch``-th epoch, begun at ``began``; at the end of
+        its last one it was kept waiting ``behind`` longer than usual for inputs that
+        ended it later (in this process or another). As wanted, unless that is near or
+        past the epoch's end; then when the last partition of the process to begin
+        this epoch can end it, and not before ``behind`` past its own end (earlier than
+        ``wanted`` if that is later, so that no partition ends its epoch late).
         """
         if self.interval is None:
             return wanted
@@ -121,44 +125,52 @@ class EpochClock:
             return wanted
         with self._lock:
             latest = self._latest.get(epoch, began)
-        return on_grid(max(own_end, latest + self.interval), self.interval)
-
-
-def on_grid(end: datetime, interval: timedelta) -> datetime:
-    """The grid point just after an epoch's ``end`` if it is near, else ``end``.
-
-    Processes share no clock but the wall clock: their epochs end on a grid every
-    ``interval + GRID_SLACK`` from the Unix epoch. Near means within the slack (an
-    epoch on the grid ends there again, a little after the interval), or within a
-    tenth of an epoch (one that is just short of it steps onto it at once). An
-    epoch further off ends as soon as it may, which brings its end ``GRID_SLACK``
-    closer to the grid each epoch, until it is on it.
-    """
-    period = interval + GRID_SLACK
-    past = (end - _UNIX_EPOCH) % period
-    point = end - past + period if past else end
-    return point if point - end <= max(GRID_SLACK, interval / 10) else end
+        return max(own_end + behind, latest + self.interval)
 
 
 class _EpochTimer:
-    """One partition's view of the clock: its epoch count and when the current epoch began."""
+    """One partition's view of the clock, and how long its last epoch's end kept it waiting.
+
+    It knows its epoch count and when the current epoch began. After ending an epoch
+    a partition is not polled until every input, in every process, has ended it too
+    (and the epoch's snapshots are written): the time to its first poll is how far it
+    was ahead, and it ends the next epoch that much later. So in one epoch it ends its
+    epochs with the inputs that were behind, wherever they run; an input a whole
+    epoch ahead (after a stall elsewhere) waits a whole epoch once and is in step.
+    """
 
     def __init__(self, clock: EpochClock) -> None:
         self._clock = clock
         self._epoch = 0
         self._began = _now()
+        self._kept = timedelta(0)  # how long the last epoch's end kept it waiting
+        self._polled = True  # since the epoch began
+        self._poll_began = self._woken = self._began
         clock.began(self._epoch, self._began)
 
+    def polling(self) -> None:
+        """A poll begins (its wake-up may be the one that ends the epoch)."""
+        self._poll_began = _now()
+
     def ended(self) -> None:
-        """Bytewax ended this partition's epoch (it asks for a snapshot exactly then)."""
-        self._began = _now()
+        """Bytewax ended this partition's epoch (it asks for a snapshot exactly then).
+
+        Bytewax began the new epoch at the start of this wake-up: if the partition was
+        polled in it (its ``wake`` came just now), the poll's start is the closer guess.
+        """
+        now = _now()
+        self._began = self._poll_began if now - self._woken < _SAME_WAKE_UP else now
         self._epoch += 1
+        self._polled = False
         self._clock.began(self._epoch, self._began)
 
     def wake(self, wanted: datetime | None) -> datetime | None:
-        """``wanted`` (``None``: at once) adjusted so that the partition ends epochs in step."""
-        adjusted = self._clock.wake(self._epoch, self._began, wanted or _now())
-        return None if wanted is None and adjusted <= _now() else adjusted
+        """After a poll: ``wanted`` (``None``: at once), adjusted to end epochs in step."""
+        now = self._woken = _now()
+        if not self._polled:  # the first poll of this epoch: how long was it kept?
+            self._polled, self._kept = True, now - self._began
+        adjusted = self._clock.wake(self._epoch, self._began, wanted or now, self._kept)
+        return None if wanted is None and adjusted <= now else adjusted
 
 
 class _TickPartition(StatefulSourcePartition[int, None]):
@@ -171,6 +183,7 @@ class _TickPartition(StatefulSourcePartition[int, None]):
 
     @override
     def next_batch(self) -> list[int]:
+        self._timer.polling()
         now = _now()
         self._awake = now + self._idle_wait
         if now < self._due:
@@ -220,6 +233,7 @@ class _PacedPartition(StatefulSourcePartition[Any, Any]):
 
     @override
     def next_batch(self) -> list[Any]:
+        self._timer.polling()
         batch = list(self._inner.next_batch())
         self._awake = None if batch else _now() + self._idle_wait
         return batch

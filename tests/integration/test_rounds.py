@@ -51,6 +51,9 @@ def test_an_optimize_round_then_a_retrain_run_end_to_end(
     [lag] = [float(line.split()[1]) for line in metrics.splitlines()
              if line.startswith("controller_input_epoch_lag_seconds ")]  # fmt: skip
     assert 0 <= lag < 0.25
+    # ... on the interval bytewax.run was given (``-s 1``).
+    starts = [e for e in controller.log_lines() if e.get("msg") == "controller starting"]
+    assert [e["epoch_interval_s"] for e in starts] == [1.0]
     steps = [(e["key"], e["round"], e["step"]) for e in controller.log_lines()
              if e.get("event") == "step"]  # fmt: skip
     assert steps == [("controller", 1, n) for n in range(4)]

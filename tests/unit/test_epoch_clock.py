@@ -4,24 +4,20 @@ Bytewax 0.21.1 times each input partition's epochs on its own and stops reading 
 partition that ended an epoch until all have; a partition that ends its epochs
 later than the others drags them all (``dataflow.adapters.sources``). The flow
 tier runs the same clock under Bytewax (``tests/flow/test_epochs.py``).
-
-``T0`` is 1 s past a point of the wall-clock grid (``GRID``): epochs that begin
-there end far from the grid, so the process's own alignment shows alone.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from prometheus_client import REGISTRY
 
-from dataflow.adapters.sources import GRID_SLACK, HOLD_MARGIN, EpochClock
+from dataflow.adapters import sources
+from dataflow.adapters.sources import HOLD_MARGIN, EpochClock
 
 EPOCH = timedelta(seconds=5)
-GRID = EPOCH + GRID_SLACK
-#: A point of the grid, in 2026.
-POINT = datetime(1970, 1, 1, tzinfo=UTC) + 354_000 * GRID
-T0 = POINT + timedelta(seconds=1)
+T0 = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 
 
 def ms(value: float) -> timedelta:
@@ -94,44 +90,43 @@ def test_once_every_partition_has_begun_an_epoch_the_lag_is_how_far_apart_they_d
     assert REGISTRY.get_sample_value("controller_input_epoch_lag_seconds") == 0.030
 
 
-def test_an_epoch_that_ends_within_the_slack_before_a_grid_point_ends_on_it() -> None:
-    clock = learned((3, POINT + ms(2)))
+def test_a_partition_kept_waiting_after_its_last_epoch_ends_the_next_that_much_later() -> None:
+    clock = learned((3, T0))
 
-    assert clock.wake(3, POINT + ms(2), POINT + EPOCH) == POINT + GRID
-
-
-def test_an_epoch_that_ends_just_short_of_a_grid_point_steps_onto_it_at_once() -> None:
-    began = POINT + GRID_SLACK - ms(400)  # ends 400 ms before the next point
-
-    assert learned((3, began)).wake(3, began, began + EPOCH) == POINT + GRID
+    assert clock.wake(3, T0, T0 + EPOCH, behind=ms(300)) == T0 + EPOCH + ms(300)
 
 
-def test_an_epoch_off_the_grid_reaches_it_by_the_slack_each_epoch_and_stays() -> None:
+class FakeTime:
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.now = T0
+        monkeypatch.setattr(sources, "_now", lambda: self.now)
+
+
+def test_a_partition_measures_how_long_its_epochs_end_kept_it_from_its_next_poll(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    time = FakeTime(monkeypatch)
+    timer = sources._EpochTimer(EpochClock(EPOCH))
+    time.now = T0 + EPOCH + ms(2)
+    timer.ended()  # not polled in this wake-up: the epoch began now
+    time.now += ms(700)  # not polled until the others ended the epoch too
+
+    wake = timer.wake(time.now + ms(10))  # the first poll of the new epoch
+
+    assert wake == time.now + ms(10)
+    assert timer.wake(T0 + 2 * EPOCH) == T0 + 2 * EPOCH + ms(2) + ms(700)
+
+
+def test_an_epoch_ended_in_a_wake_up_that_polled_began_when_the_poll_did(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    time = FakeTime(monkeypatch)
     clock = EpochClock(EPOCH)
-    began, jitter = POINT + ms(130), ms(1)  # 130 ms past a point: off the grid
-    clock.began(0, began)
-    ends = []
-    for epoch in range(12):
-        began = clock.wake(epoch, began, began + EPOCH) + jitter
-        clock.began(epoch + 1, began)
-        ends.append(began - jitter)
+    timer = sources._EpochTimer(clock)
+    time.now = T0 + EPOCH
+    timer.polling()
+    time.now += ms(3)  # the poll
+    timer.wake(None)
+    timer.ended()
 
-    grid = [POINT + n * GRID for n in range(1, 13)]
-    # Each end is an interval after the last (1 ms late): 19 ms closer to the grid ...
-    assert ends[:6] == [grid[n] + ms(110 - 19 * n) for n in range(6)]
-    # ... until within the slack: from then on every epoch ends on a grid point.
-    assert ends[6:] == grid[6:]
-
-
-def test_two_processes_started_apart_end_their_epochs_on_the_same_grid_points() -> None:
-    ends: list[list[datetime]] = []
-    for start in (POINT + ms(37), POINT + ms(90)):  # two processes, two clocks
-        clock, began = EpochClock(EPOCH), start
-        clock.began(0, began)
-        ends.append([])
-        for epoch in range(10):
-            began = clock.wake(epoch, began, began + EPOCH)
-            clock.began(epoch + 1, began)
-            ends[-1].append(began)
-
-    assert ends[0][-4:] == ends[1][-4:] == [POINT + n * GRID for n in range(7, 11)]
+    assert clock._latest[1] == T0 + EPOCH
