@@ -29,8 +29,9 @@ behaviours (``shared/docs/bytewax-notes.md``) decide their shape:
   processes are seen the only way they can be: by how long a partition is kept
   waiting after it ends an epoch; it ends the next one that much later
   (``_EpochTimer``). The inputs end every epoch together and the lag stays at
-  the wake-up jitter; a held partition waits at most ``HOLD_MARGIN`` longer than
-  it would have been kept waiting anyway.
+  the wake-up jitter. The price: each epoch a partition also sleeps, before its
+  end, ``HOLD_MARGIN`` plus as long as the last end kept it waiting (the time to
+  write the epoch and hear from every input: a few ms in one process).
 """
 
 from __future__ import annotations
@@ -112,11 +113,12 @@ class EpochClock:
         """When a partition that wants to wake at ``wanted`` should wake.
 
         The partition is in its ``epoch``-th epoch, begun at ``began``; at the end of
-        its last one it was kept waiting ``behind`` longer than usual for inputs that
-        ended it later (in this process or another). As wanted, unless that is near or
-        past the epoch's end; then when the last partition of the process to begin
-        this epoch can end it, and not before ``behind`` past its own end (earlier than
-        ``wanted`` if that is later, so that no partition ends its epoch late).
+        its last one it was kept waiting ``behind`` (for the inputs, in this process or
+        another, that ended it later, and for the epoch to be written). As wanted,
+        unless that is near or past the epoch's end; then when the last partition of
+        the process to begin this epoch can end it, and not before ``behind`` past its
+        own end (earlier than ``wanted`` if that is later, so that no partition ends
+        its epoch late).
         """
         if self.interval is None:
             return wanted
@@ -133,10 +135,12 @@ class _EpochTimer:
 
     It knows its epoch count and when the current epoch began. After ending an epoch
     a partition is not polled until every input, in every process, has ended it too
-    (and the epoch's snapshots are written): the time to its first poll is how far it
-    was ahead, and it ends the next epoch that much later. So in one epoch it ends its
-    epochs with the inputs that were behind, wherever they run; an input a whole
-    epoch ahead (after a stall elsewhere) waits a whole epoch once and is in step.
+    (and the epoch is written): the time to its first poll after its end is how far
+    it was ahead plus that writing, and it ends the next epoch that much later. So
+    one epoch later it ends its epochs with the inputs that were behind, wherever
+    they run, if they were less than an epoch (less that wait) behind. Further
+    behind, Bytewax ends the partition's next epoch at the very wake-up that lets it
+    read again, and no wake-up time can prevent that.
     """
 
     def __init__(self, clock: EpochClock) -> None:
@@ -168,7 +172,8 @@ class _EpochTimer:
         """After a poll: ``wanted`` (``None``: at once), adjusted to end epochs in step."""
         now = self._woken = _now()
         if not self._polled:  # the first poll of this epoch: how long was it kept?
-            self._polled, self._kept = True, now - self._began
+            polled_at = self._poll_began if self._poll_began >= self._began else now
+            self._polled, self._kept = True, polled_at - self._began
         adjusted = self._clock.wake(self._epoch, self._began, wanted or now, self._kept)
         return None if wanted is None and adjusted <= now else adjusted
 

@@ -110,8 +110,10 @@ def test_a_partition_measures_how_long_its_epochs_end_kept_it_from_its_next_poll
     time.now = T0 + EPOCH + ms(2)
     timer.ended()  # not polled in this wake-up: the epoch began now
     time.now += ms(700)  # not polled until the others ended the epoch too
+    timer.polling()  # the first poll of the new epoch, 3 ms long
+    time.now += ms(3)
 
-    wake = timer.wake(time.now + ms(10))  # the first poll of the new epoch
+    wake = timer.wake(time.now + ms(10))
 
     assert wake == time.now + ms(10)
     assert timer.wake(T0 + 2 * EPOCH) == T0 + 2 * EPOCH + ms(2) + ms(700)
