@@ -63,6 +63,9 @@ class Profile(msgspec.Struct, frozen=True):
     #: The round's last evaluations that go to the model's predicted minimum (the
     #: posterior mean's, over the same candidates) instead of the acquisition function.
     exploit_last: int = 0
+    #: A round that starts from carried-over observations spends its first evaluation
+    #: on the best of them (the first lowest score), measured again on today's data.
+    remeasure_best_kept: bool = False
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -165,6 +168,22 @@ def finalise(snapshot: OptimiserSnapshot) -> tuple[int, Params]:
     """The round's ``best_i`` and its parameters, named."""
     index = best_index(snapshot)
     return index, named(snapshot.profile, snapshot.observations[index].x)
+
+
+def best_kept(snapshot: OptimiserSnapshot) -> Point | None:
+    """The point a warm round measures first (``Profile.remeasure_best_kept``), or None.
+
+    The best carried-over observation, when the profile asks for it and the round
+    has no observation of its own yet. Its factory model is a RETRAIN of the best
+    configuration known, on the current data: the round then never finalises worse
+    than that (up to the factory's own noise), and the surrogate learns how far the
+    scores have moved since. A model alone does not go back there: it proposes near
+    the kept optimum, rarely on it, and on a rugged surface near is not as good.
+    """
+    if not (snapshot.profile.remeasure_best_kept and snapshot.prior) or snapshot.observations:
+        return None
+    ys = [observation.y for observation in snapshot.prior]
+    return snapshot.prior[ys.index(min(ys))].x
 
 
 def carried(snapshot: OptimiserSnapshot) -> tuple[Observation, ...]:

@@ -4,7 +4,9 @@ Role: the state machine asks ``propose`` for the next point of a round and
 knows nothing else about search. A strategy is a pure function from a snapshot
 (``dataflow.domain.optimizer``) to the next point and the snapshot with any
 bookkeeping of its own; it must be deterministic (replay proposes the same
-points). ``propose`` checks the snapshot before and marks the point pending after. Adding
+points). ``propose`` checks the snapshot before and marks the point pending after, and
+gives a warm round's first step to its best kept point when the profile says so
+(``Profile.remeasure_best_kept``), whatever the strategy. Adding
 one is a module with that function and one line in ``STRATEGIES``; a profile
 names it (``Profile.strategy``).
 """
@@ -25,6 +27,7 @@ from dataflow.domain.optimizer import (
     OptimiserSnapshot,
     Point,
     Profile,
+    best_kept,
     check_point,
     check_snapshot,
     learn,
@@ -66,7 +69,8 @@ def propose(snapshot: OptimiserSnapshot) -> tuple[Point, OptimiserSnapshot]:
     if chosen is None:
         raise SnapshotError(f"unknown optimiser strategy {snapshot.profile.strategy!r}; "
                             f"known: {list(STRATEGIES)}")  # fmt: skip
-    point, proposed = chosen.propose(snapshot)
+    kept = best_kept(snapshot)
+    point, proposed = (kept, snapshot) if kept is not None else chosen.propose(snapshot)
     check_point(snapshot.profile, point)
     return point, msgspec.structs.replace(proposed, pending=point)
 

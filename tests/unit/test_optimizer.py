@@ -119,6 +119,61 @@ def test_the_next_round_carries_the_newest_observations() -> None:
     assert o.carried(grown(SEED, 3)) == ()
 
 
+KEPT = (
+    o.Observation((0.6, 2, 0.005, 0.002), -0.71),
+    o.Observation((0.2, 4, 0.001, 0.0001), -0.93),
+    o.Observation((0.3, 5, 0.002, 0.0004), -0.88),
+    o.Observation((0.25, 4, 0.0009, 0.0001), -0.93),  # as good as the second: not chosen
+    o.Observation((0.9, 1, 0.01, 0.01), 0.0),
+)
+
+
+def test_a_warm_round_first_measures_its_best_kept_point_again() -> None:
+    assert RTCEF.remeasure_best_kept
+    snapshot = o.start(RTCEF, "k", 3, KEPT)
+
+    point, proposed = strategy.propose(snapshot)
+
+    assert point == (0.2, 4, 0.001, 0.0001)  # the first lowest score, as best_i picks
+    assert proposed == msgspec.structs.replace(snapshot, pending=point)  # nothing else moved
+
+
+def test_after_the_kept_point_the_strategy_chooses_as_it_always_does() -> None:
+    from dataflow.domain import bayes
+
+    point, snapshot = strategy.propose(o.start(RTCEF, "k", 3, KEPT))
+    snapshot = o.learn(snapshot, -0.9)
+
+    second, proposed = strategy.propose(snapshot)
+
+    chosen, bookkept = bayes.propose(snapshot)
+    assert (second, proposed) == (chosen, msgspec.structs.replace(bookkept, pending=chosen))
+    assert second != point
+
+
+def test_without_the_setting_or_without_kept_points_the_strategy_chooses_the_first_step() -> None:
+    from dataflow.domain import bayes
+
+    plain = msgspec.structs.replace(RTCEF, remeasure_best_kept=False)
+    for snapshot in (o.start(plain, "k", 3, KEPT), o.start(RTCEF, "k", 3)):
+        assert o.best_kept(snapshot) is None
+        assert strategy.propose(snapshot)[0] == bayes.propose(snapshot)[0]
+    assert strategy.propose(o.start(plain, "k", 3, KEPT))[0] != KEPT[1].x
+
+
+def test_a_round_stored_before_the_setting_existed_restores_with_it_off() -> None:
+    cls, fields = RTCEF.__reduce__()
+    before = o.Profile.__struct_fields__.index("remeasure_best_kept")
+
+    class Stored:  # what a recovery store written by the previous version holds
+        def __reduce__(self) -> tuple[object, tuple[object, ...]]:
+            return cls, fields[:before]
+
+    restored = pickle.loads(pickle.dumps(Stored()))
+
+    assert restored == msgspec.structs.replace(RTCEF, remeasure_best_kept=False)
+
+
 def test_misuse_of_the_step_wise_api_is_a_snapshot_error() -> None:
     fresh = o.start(SEED, "k", 0)
     _, pending = strategy.propose(fresh)

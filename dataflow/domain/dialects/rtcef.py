@@ -58,6 +58,7 @@ PROFILE: Final = Profile(
     keep=5,
     n_local=500,
     exploit_last=1,
+    remeasure_best_kept=True,
 )
 
 _WORDS: Final = {InstructionKind.OPTIMIZE: "optimise", InstructionKind.RETRAIN: "train"}
