@@ -6,7 +6,8 @@ milliseconds. Three methods get exactly the same rounds, paired by seed:
 
 * ``ours``: this controller's optimiser (``dataflow.domain.strategy``), as a round runs it;
 * ``skopt``: scikit-optimize's ``gp_minimize`` with the profile's budget, initial
-  points and acquisition function, told the same kept observations;
+  points and acquisition function, told the same kept observations, and its own
+  defaults otherwise (LCB's kappa 1.96, as the original RTCEF controller ran it);
 * ``random``: uniform random search with the same budget.
 
 Surfaces (``dataflow.sim.surfaces``): a smooth bowl and a rugged Rastrigin in both
