@@ -64,7 +64,8 @@ class Profile(msgspec.Struct, frozen=True):
     #: posterior mean's, over the same candidates) instead of the acquisition function.
     exploit_last: int = 0
     #: A round that starts from carried-over observations spends its first evaluation
-    #: on the best of them (the first lowest score), measured again on today's data.
+    #: on the best of them (the first lowest score), measured again on today's data;
+    #: before the random start and ``exploit_last`` (a one-step round is only that).
     remeasure_best_kept: bool = False
 
     @property
@@ -174,16 +175,17 @@ def best_kept(snapshot: OptimiserSnapshot) -> Point | None:
     """The point a warm round measures first (``Profile.remeasure_best_kept``), or None.
 
     The best carried-over observation, when the profile asks for it and the round
-    has no observation of its own yet. Its factory model is a RETRAIN of the best
-    configuration known, on the current data: the round then never finalises worse
-    than that (up to the factory's own noise), and the surrogate learns how far the
-    scores have moved since. A model alone does not go back there: it proposes near
-    the kept optimum, rarely on it, and on a rugged surface near is not as good.
+    has no observation of its own yet, clipped to today's space (a history kept
+    under other bounds must not reach the factory outside them). Its factory model
+    is the best kept configuration retrained on the current data: the round then
+    never finalises worse than that (up to the factory's own noise). A model alone
+    does not go back there: it proposes near the kept optimum, rarely on it, and on
+    a rugged surface near is not as good.
     """
     if not (snapshot.profile.remeasure_best_kept and snapshot.prior) or snapshot.observations:
         return None
     ys = [observation.y for observation in snapshot.prior]
-    return snapshot.prior[ys.index(min(ys))].x
+    return to_point(snapshot.profile, snapshot.prior[ys.index(min(ys))].x)
 
 
 def carried(snapshot: OptimiserSnapshot) -> tuple[Observation, ...]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import msgspec
@@ -648,6 +649,10 @@ def test_counters_carry_on_across_rounds_and_optimise_rounds_keep_observations()
     assert state.round.optimiser is not None
     assert [o.y for o in state.round.optimiser.prior] == [-0.2, -0.30000000000000004]
     assert (state.next_command, state.optimisations, state.rounds) == (7, 2, 2)
+    # The round's first step measures the best kept point again (remeasure_best_kept).
+    first_step = [e.command for e in effects if isinstance(e, m.SendCommand)][1]
+    assert first_step.type == "opt_step"
+    assert json.loads(first_step.params) == {"params": list(state.round.optimiser.prior[1].x)}
 
 
 # --------------------------------------------------------------------------- multi-model mode

@@ -138,6 +138,14 @@ def test_a_warm_round_first_measures_its_best_kept_point_again() -> None:
     assert proposed == msgspec.structs.replace(snapshot, pending=point)  # nothing else moved
 
 
+def test_a_kept_point_outside_todays_space_is_measured_at_its_nearest_point_inside() -> None:
+    kept = (*KEPT, o.Observation((1.4, 7, 0.02, 0.00005), -0.95))  # under wider bounds
+
+    point, _ = strategy.propose(o.start(RTCEF, "k", 3, kept))
+
+    assert point == (1.0, 5, 0.01, 0.0001)
+
+
 def test_after_the_kept_point_the_strategy_chooses_as_it_always_does() -> None:
     from dataflow.domain import bayes
 
@@ -157,8 +165,9 @@ def test_without_the_setting_or_without_kept_points_the_strategy_chooses_the_fir
     plain = msgspec.structs.replace(RTCEF, remeasure_best_kept=False)
     for snapshot in (o.start(plain, "k", 3, KEPT), o.start(RTCEF, "k", 3)):
         assert o.best_kept(snapshot) is None
-        assert strategy.propose(snapshot)[0] == bayes.propose(snapshot)[0]
-    assert strategy.propose(o.start(plain, "k", 3, KEPT))[0] != KEPT[1].x
+        chosen, bookkept = bayes.propose(snapshot)
+        pending = msgspec.structs.replace(bookkept, pending=chosen)
+        assert strategy.propose(snapshot) == (chosen, pending)
 
 
 def test_a_round_stored_before_the_setting_existed_restores_with_it_off() -> None:

@@ -61,7 +61,7 @@ PROFILE: Final = Profile(
     remeasure_best_kept=True,
     # gp_hedge's LCB at scikit-optimize's 1.96 spent a quarter of a round's model-based
     # evaluations mostly on the box's edges and corners, scoring worst of the three
-    # members; the hedge cannot learn that within ten steps (benchmark section 3).
+    # members; the hedge cannot learn that within ten steps (README, "The optimiser").
     kappa=1.0,
 )
 
