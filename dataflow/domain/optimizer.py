@@ -161,7 +161,12 @@ def best_index(snapshot: OptimiserSnapshot) -> int:
     """0-based index, within this round, of the first lowest score (the ``best_i``)."""
     if not snapshot.observations:
         raise SnapshotError("best_index: the round has no observations")
-    ys = [o.y for o in snapshot.observations]
+    return _first_lowest(snapshot.observations)
+
+
+def _first_lowest(observations: Sequence[Observation]) -> int:
+    """Index of the first observation with the lowest score (ties: the earliest)."""
+    ys = [observation.y for observation in observations]
     return ys.index(min(ys))
 
 
@@ -184,8 +189,7 @@ def best_kept(snapshot: OptimiserSnapshot) -> Point | None:
     """
     if not (snapshot.profile.remeasure_best_kept and snapshot.prior) or snapshot.observations:
         return None
-    ys = [observation.y for observation in snapshot.prior]
-    return to_point(snapshot.profile, snapshot.prior[ys.index(min(ys))].x)
+    return to_point(snapshot.profile, snapshot.prior[_first_lowest(snapshot.prior)].x)
 
 
 def carried(snapshot: OptimiserSnapshot) -> tuple[Observation, ...]:
