@@ -16,6 +16,21 @@ DEFAULT_KEY: Final = "controller"
 NO_MODEL: Final = -1
 
 
+class Baseline(msgspec.Struct, frozen=True):
+    """Where a new session's counters start: after everything already on the output topics.
+
+    A controller started without recovery state on topics that earlier controllers
+    used (a lost volume, a second deployment) continues their numbering, so that no
+    new command reuses an id an old report answers. ``dataflow.adapters.origin``
+    reads it off the topics once, when the recovery directory is first used.
+    """
+
+    next_command: int = 0
+    trains: int = 0
+    optimisations: int = 0
+    rounds: int = 0
+
+
 class MachineConfig(msgspec.Struct, frozen=True):
     """The controller's own settings, as the domain sees them (validated by ``validate``)."""
 
@@ -41,6 +56,8 @@ class MachineConfig(msgspec.Struct, frozen=True):
     max_queued: int = 1000
     #: Reports for commands not sent yet (replay) held at most; also how far ahead they may be.
     max_held: int = 1024
+    #: Where new sessions' counters start (``Baseline``).
+    baseline: Baseline = Baseline()
 
     def validate(self) -> None:
         """Raise ``ConfigError`` listing every inconsistency."""
@@ -60,6 +77,8 @@ class MachineConfig(msgspec.Struct, frozen=True):
             problems.append("report_timeout_ms must be > 0 and max_retries >= 0")
         if self.instruction_min_gap < 0 or self.max_queued < 1 or self.max_held < 1:
             problems.append("instruction_min_gap must be >= 0, max_queued and max_held >= 1")
+        if min(msgspec.structs.astuple(self.baseline)) < 0:
+            problems.append(f"baseline counters must be >= 0, got {self.baseline}")
         if problems:
             raise ConfigError("; ".join(problems))
 

@@ -6,7 +6,7 @@ from typing import Literal, TypeAlias
 
 import msgspec
 
-from dataflow.domain.messages import FactoryCommand, SyncMessage
+from dataflow.domain.messages import Deadline, FactoryCommand, SyncMessage
 
 
 class SendCommand(msgspec.Struct, frozen=True, tag="command"):
@@ -25,6 +25,17 @@ class SendSync(msgspec.Struct, frozen=True, tag="sync"):
     sync: SyncMessage
 
 
+class MarkDeadline(msgspec.Struct, frozen=True, tag="deadline"):
+    """Write a deadline marker to the report topic; ``message_id`` is stable across replays.
+
+    Read back, it becomes a ``DeadlinePassed`` event: the timeout is decided then.
+    """
+
+    key: str
+    message_id: str
+    deadline: Deadline
+
+
 class Reject(msgspec.Struct, frozen=True, tag="reject"):
     """The event was not used; ``reason`` says why (for the dead-letter topic)."""
 
@@ -34,7 +45,7 @@ class Reject(msgspec.Struct, frozen=True, tag="reject"):
 
 NoteKind: TypeAlias = Literal[
     "round_started", "round_completed", "round_aborted", "step", "score",
-    "retry", "timeout", "queued", "held", "params_updated",
+    "retry", "overdue", "timeout", "queued", "held", "params_updated",
 ]  # fmt: skip
 
 
@@ -49,12 +60,17 @@ class Note(msgspec.Struct, frozen=True, tag="note"):
     value: float | None = None
 
 
-Effect: TypeAlias = SendCommand | SendSync | Reject | Note
+Effect: TypeAlias = SendCommand | SendSync | MarkDeadline | Reject | Note
 
 
 def send_command(key: str, command: FactoryCommand, attempt: int) -> SendCommand:
     """The effect sending ``command`` (its ``attempt``-th resend; 0 the first time)."""
     return SendCommand(key, f"{key}/cmd/{command.id}/{attempt}", command)
+
+
+def mark_deadline(key: str, command_id: int | str) -> MarkDeadline:
+    """The effect asking for the deadline marker of command ``command_id``."""
+    return MarkDeadline(key, f"{key}/deadline/{command_id}", Deadline(command_id))
 
 
 def send_sync(key: str, round_number: int, sync: SyncMessage) -> SendSync:

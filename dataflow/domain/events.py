@@ -1,4 +1,4 @@
-"""What happens to a session: the three events ``advance`` accepts."""
+"""What happens to a session: the four events ``advance`` accepts."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import TypeAlias
 
 import msgspec
 
-from dataflow.domain.messages import Instruction, Report
+from dataflow.domain.messages import Deadline, Instruction, Report
 
 
 class InstructionArrived(msgspec.Struct, frozen=True, tag="instruction"):
@@ -23,8 +23,18 @@ class ReportArrived(msgspec.Struct, frozen=True, tag="report"):
     at_ms: int
 
 
+class DeadlinePassed(msgspec.Struct, frozen=True, tag="deadline"):
+    """A deadline marker read back from the report topic (the controller wrote it)."""
+
+    deadline: Deadline
+    at_ms: int
+
+
 class Tick(msgspec.Struct, frozen=True, tag="tick"):
-    """Time passed: lets a session notice a deadline when nothing else arrives."""
+    """Time passed: a session whose command is overdue asks for a deadline marker.
+
+    A tick decides nothing: the timeout is decided when the marker is read back.
+    """
 
     at_ms: int
     #: When the running process began delivering events: no deadline is due before
@@ -32,4 +42,4 @@ class Tick(msgspec.Struct, frozen=True, tag="tick"):
     since_ms: int = 0
 
 
-Event: TypeAlias = InstructionArrived | ReportArrived | Tick
+Event: TypeAlias = InstructionArrived | ReportArrived | DeadlinePassed | Tick

@@ -8,17 +8,25 @@ None performs I/O or reads a clock: time comes in the events.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Final, TypeAlias
+from typing import Any, Final, TypeAlias
 
 import msgspec
 
 from dataflow.domain import optimizer, strategy
 from dataflow.domain.config import NO_MODEL, MachineConfig
-from dataflow.domain.effects import Effect, Note, Reject, send_command, send_sync
+from dataflow.domain.effects import (
+    Effect,
+    Note,
+    Reject,
+    mark_deadline,
+    send_command,
+    send_sync,
+)
 from dataflow.domain.errors import IllegalTransitionError
-from dataflow.domain.events import InstructionArrived, ReportArrived, Tick
+from dataflow.domain.events import DeadlinePassed, InstructionArrived, ReportArrived, Tick
 from dataflow.domain.messages import (
     CommandType,
+    Deadline,
     FactoryCommand,
     Instruction,
     InstructionKind,
@@ -212,16 +220,24 @@ def _screened(
 
     Usable: the outstanding command's answer, successful, carrying ``needed``. A
     refusal of the round's ``opt_initialise`` ends the round; a report for another
-    command is dead-lettered; an error (or a reply without ``needed``) is a failure.
+    command is dead-lettered; an error (or a reply without ``needed``) to the latest
+    attempt is a failure, and a late one without ``needed`` to an earlier attempt is
+    dead-lettered (the latest attempt may still succeed).
     """
     report = event.report
     if _answers_initialise(state, report, config):
         return _on_initialise_report(state, event, config)
-    if not _matches(state, report, config):
+    if not _answers(state, report, config):
         return state, [Reject(state.key, _unmatched(state, report, config, state.key))]
-    if not report.ok or needed is None:
-        return _failed(state, report.error or missing, event.at_ms, config)
-    return None
+    if report.ok and needed is not None:
+        return None
+    if (
+        state.outstanding
+        and _counter(report.reply_id, config, state.key) in state.outstanding.earlier
+    ):
+        return state, [Reject(state.key, f"report {report.reply_id!r:.40}: stale (an earlier "
+                              f"attempt's answer, {missing})")]  # fmt: skip
+    return _failed(state, report.error or missing, event.at_ms, config)
 
 
 def reject_idle_report(state: Session, event: ReportArrived, config: MachineConfig) -> Result:
@@ -253,7 +269,7 @@ def _answers_initialise(state: Session, report: Report, config: MachineConfig) -
     return (
         round_ is not None
         and round_.kind == "optimise"
-        and _counter(report, config, state.key) == round_.first_command
+        and _counter(report.reply_id, config, state.key) == round_.first_command
     )
 
 
@@ -265,59 +281,102 @@ def _winning_params(reported: Params | None, snapshot: OptimiserSnapshot) -> Par
     return optimizer.finalise(snapshot)[1]
 
 
-ReportHandler: TypeAlias = Callable[[Session, ReportArrived, MachineConfig], Result]
+Answer: TypeAlias = ReportArrived | DeadlinePassed
+AnswerHandler: TypeAlias = Callable[[Session, Any, MachineConfig], Result]
 
 
-def or_hold(handler: ReportHandler) -> ReportHandler:
-    """``handler`` for reports whose command was sent; a report for a later one is held.
+def held_item(event: Answer) -> Report | Deadline:
+    """What a report or a deadline event holds: the item a session keeps until it is ripe."""
+    return event.report if isinstance(event, ReportArrived) else event.deadline
 
-    A replay may read a report before the instruction whose round sends its
-    command; it waits in ``Session.held`` until that command is sent.
+
+def _named(item: Report | Deadline) -> int | str:
+    """The wire id of the command a report answers or a deadline marker names."""
+    return item.reply_id if isinstance(item, Report) else item.command_id
+
+
+def or_hold(handler: AnswerHandler) -> AnswerHandler:
+    """``handler`` for a report or deadline whose command was sent; one for a later command is held.
+
+    A replay may read a report, or a deadline marker, before the instruction whose
+    round sends its command; it waits in ``Session.held`` until that command is sent.
     """
 
-    def hold_early(state: Session, event: ReportArrived, config: MachineConfig) -> Result:
-        counter = _counter(event.report, config, state.key)
+    def hold_early(state: Session, event: Answer, config: MachineConfig) -> Result:
+        item = held_item(event)
+        counter = _counter(_named(item), config, state.key)
         if counter is None or counter < state.next_command:
             return handler(state, event, config)
-        return _hold(state, event.report, counter, config)
+        return _hold(state, item, counter, config)
 
     hold_early.__name__ = handler.__name__
     hold_early.__doc__ = handler.__doc__
     return hold_early
 
 
-def _hold(state: Session, report: Report, counter: int, config: MachineConfig) -> Result:
-    reply = f"report {report.reply_id!r:.40}: foreign reply_id (no such command was sent"
+def _hold(state: Session, item: Report | Deadline, counter: int, config: MachineConfig) -> Result:
+    what, field = ("report", "reply_id") if isinstance(item, Report) else ("deadline marker", "id")
+    reply = f"{what} {_named(item)!r:.40}: foreign {field} (no such command was sent"
     if counter - state.next_command >= config.max_held:
         return state, [Reject(state.key, f"{reply}, nor within {config.max_held} of the next)")]
     if len(state.held) >= config.max_held:
-        return state, [Reject(state.key, f"{reply}; {config.max_held} reports held already)")]
+        return state, [Reject(state.key, f"{reply}; {config.max_held} held already)")]
     number = state.round.number if state.round else state.rounds
-    detail = f"report {report.reply_id!r:.40} held until its command is sent"
-    held = msgspec.structs.replace(state, held=(*state.held, report))
+    detail = f"{what} {_named(item)!r:.40} held until its command is sent"
+    held = msgspec.structs.replace(state, held=(*state.held, item))
     return held, [Note(state.key, "held", number, detail=detail)]
 
 
-def is_ripe(state: Session, report: Report, config: MachineConfig) -> bool:
-    """Whether a held report's command has been sent by now."""
-    return (_counter(report, config, state.key) or 0) < state.next_command
+def is_ripe(state: Session, item: Report | Deadline, config: MachineConfig) -> bool:
+    """Whether a held report's or deadline marker's command has been sent by now."""
+    return (_counter(_named(item), config, state.key) or 0) < state.next_command
 
 
 # --------------------------------------------------------------------------- ticks
 
 
 def on_tick(state: Session, event: Tick, config: MachineConfig) -> Result:
-    """A deadline passed without a report: resend, or abort the round."""
+    """The outstanding command is overdue: ask, once, for its deadline marker.
+
+    The tick decides nothing. The marker goes to the report topic, and the timeout
+    is decided when it is read back (``on_deadline``): a report ahead of it in the
+    topic answers the command, whatever the clock did during a replay.
+    """
     outstanding = state.outstanding
-    if outstanding is None or event.at_ms < outstanding.deadline_ms:
+    if outstanding is None or outstanding.marked or event.at_ms < outstanding.deadline_ms:
         return state, []
     if event.at_ms < event.since_ms + config.report_timeout_ms:
         return state, []  # the process restarted meanwhile: give the factory its full time
+    command = outstanding.command
+    detail = f"no report for {command.type} {command.id!r}: deadline marker sent"
+    note = Note(state.key, "overdue", _round_of(state).number, step=_step_of(state), detail=detail)
+    marked = msgspec.structs.replace(outstanding, marked=True)
+    return msgspec.structs.replace(state, outstanding=marked), [
+        note,
+        mark_deadline(state.key, command.id),
+    ]
+
+
+def on_deadline(state: Session, event: DeadlinePassed, config: MachineConfig) -> Result:
+    """A deadline marker read back: if its command is still awaited, resend it or abort.
+
+    A marker for an attempt already answered (its report came first in the topic)
+    or resent changes nothing.
+    """
+    outstanding = state.outstanding
+    counter = _counter(event.deadline.command_id, config, state.key)
+    if outstanding is None or counter != outstanding.number:
+        return state, []
     command = outstanding.command
     note = Note(state.key, "timeout", _round_of(state).number, step=_step_of(state),
                 detail=f"no report for {command.type} {command.id!r}")  # fmt: skip
     state, effects = _failed(state, "deadline passed without a report", event.at_ms, config)
     return state, [note, *effects]
+
+
+def stale_deadline(state: Session, event: DeadlinePassed, config: MachineConfig) -> Result:
+    """No round is running: the marker's command was answered (or its round ended) before it."""
+    return state, []
 
 
 def nothing(state: Session, event: Tick, config: MachineConfig) -> Result:
@@ -360,24 +419,34 @@ def _issue(
 
 def _send(
     state: Session, command: FactoryCommand, number: int, attempt: int, at_ms: int,
-    config: MachineConfig,
+    config: MachineConfig, earlier: tuple[int, ...] = (),
 ) -> Result:  # fmt: skip
-    outstanding = Outstanding(command, number, attempt, at_ms + config.report_timeout_ms)
+    deadline = at_ms + config.report_timeout_ms
+    outstanding = Outstanding(command, number, attempt, deadline, earlier=earlier)
     state = msgspec.structs.replace(state, outstanding=outstanding)
     return state, [send_command(state.key, command, attempt)]
 
 
 def _failed(state: Session, reason: str, at_ms: int, config: MachineConfig) -> Result:
-    """The outstanding command failed: resend it (bounded), then abort the round."""
+    """The outstanding command failed: resend it under a new id (bounded), then abort the round.
+
+    Every attempt has an id of its own, so no id reaches the factory twice; a late
+    success of an earlier attempt still answers the command (``_answers``).
+    """
     outstanding, number = state.outstanding, _round_of(state).number
     if outstanding is None:
         raise IllegalTransitionError(f"session {state.key!r} in {state.phase} awaits nothing")
     kind, step = outstanding.command.type, _step_of(state)
     if outstanding.attempt < config.max_retries:
-        attempt = outstanding.attempt + 1
-        detail = f"attempt {attempt + 1} of {kind}: {reason}"
+        attempt, counter = outstanding.attempt + 1, state.next_command
+        command = msgspec.structs.replace(
+            outstanding.command, id=config.command_id(state.key, counter)
+        )
+        detail = f"attempt {attempt + 1} of {kind}, as {command.id!r}: {reason}"
         retry = Note(state.key, "retry", number, step=step, detail=detail)
-        state, sent = _send(state, outstanding.command, outstanding.number, attempt, at_ms, config)
+        state = msgspec.structs.replace(state, next_command=counter + 1)
+        earlier = (*outstanding.earlier, outstanding.number)
+        state, sent = _send(state, command, counter, attempt, at_ms, config, earlier)
         return state, [retry, *sent]
     detail = f"{kind} failed {outstanding.attempt + 1} times: {reason}"
     note = Note(state.key, "round_aborted", number, step=step, detail=detail)
@@ -394,14 +463,22 @@ def _end_round(state: Session, model_id: int | str, note: Note) -> Result:
     return state, [note, send_sync(state.key, round_.number, play)]
 
 
-def _matches(state: Session, report: Report, config: MachineConfig) -> bool:
+def _answers(state: Session, report: Report, config: MachineConfig) -> bool:
+    """Whether ``report`` answers the outstanding command.
+
+    It does if it names the latest attempt, or is a success of an earlier one (resent
+    after a timeout, then answered late).
+    """
     outstanding = state.outstanding
-    return outstanding is not None and _counter(report, config, state.key) == outstanding.number
+    if outstanding is None:
+        return False
+    counter = _counter(report.reply_id, config, state.key)
+    return counter == outstanding.number or (report.ok and counter in outstanding.earlier)
 
 
-def _counter(report: Report, config: MachineConfig, key: str) -> int | None:
-    """The session-local command counter a reply id names, or None if not this key's."""
-    number = command_number(report.reply_id)
+def _counter(command_id: int | str, config: MachineConfig, key: str) -> int | None:
+    """The session-local command counter a wire id names, or None if not this key's."""
+    number = command_number(command_id)
     if number is None or config.keys[number % len(config.keys)] != key:
         return None
     return number // len(config.keys)
@@ -409,13 +486,15 @@ def _counter(report: Report, config: MachineConfig, key: str) -> int | None:
 
 def _unmatched(state: Session | None, report: Report, config: MachineConfig, key: str) -> str:
     reply = f"report {report.reply_id!r:.40}"
-    counter = _counter(report, config, key)
+    counter = _counter(report.reply_id, config, key)
     if counter is None:
         return f"{reply}: foreign reply_id (not a command of session {key!r})"
     if state is None or counter >= state.next_command:
         return f"{reply}: foreign reply_id (no such command was sent)"
+    awaited = state.outstanding.command.id if state.outstanding else None
+    if state.outstanding is not None and counter in state.outstanding.earlier:
+        return f"{reply}: stale (a failed attempt, already resent as {awaited!r})"
     if state.round is not None and counter >= state.round.first_command:
-        awaited = state.outstanding.command.id if state.outstanding else None
         return f"{reply}: duplicate (already answered; awaiting {awaited!r})"
     return f"{reply}: stale (its round is over)"
 

@@ -4,8 +4,10 @@ Role: the entry point of the pure core, and its public API (``__all__``). The
 Bytewax step calls ``advance`` and turns the returned effects into Kafka
 messages, log lines and metrics. The pieces, one concept per module:
 
-* ``events``: what happens (``InstructionArrived``, ``ReportArrived``, ``Tick``);
-* ``effects``: what a session asks for (``SendCommand``, ``SendSync``, ``Reject``, ``Note``);
+* ``events``: what happens (``InstructionArrived``, ``ReportArrived``, ``DeadlinePassed``,
+  ``Tick``);
+* ``effects``: what a session asks for (``SendCommand``, ``SendSync``, ``MarkDeadline``,
+  ``Reject``, ``Note``);
 * ``state``: what it remembers (``Session``, ``Round``, ``Phase``) and its versions;
 * ``config``: what no message tells it (``MachineConfig``);
 * ``table``: (phase, event type) -> handler and the phases it may lead to;
@@ -26,9 +28,9 @@ A *session* (one per key) turns each Observer instruction into a conversation:
 
 Instructions are *admitted* into a FIFO queue and executed one at a time, in the
 instruction topic's order: a round starts when the one before it has played.
-A factory error report, or a ``Tick`` past the outstanding command's deadline,
-resends the command up to ``max_retries`` times, then aborts the round; a
-refused ``opt_initialise`` aborts it at once. An aborted round plays the engine
+A factory error report, or the outstanding command's deadline marker read back,
+resends the command (under a new id) up to ``max_retries`` times, then aborts the
+round; a refused ``opt_initialise`` aborts it at once. An aborted round plays the engine
 with the model it had. So every round that
 pauses the engine ends with exactly one play.
 
@@ -63,20 +65,21 @@ sequence; the commands are a function of (I, R) alone because every row is:
   depends on nothing else. (Also outside
   the guarantee: a hold that is full, ``max_held``, 1,024 reports; a replay
   holds at most the reports read since the last snapshot.)
-* **Tick rows.** Only a silent factory makes a deadline pass; a resend carries the
-  same payload under the same id, so it is harmless to the property. A restart
-  cannot make one fire: a deadline is not due until ``report_timeout_ms`` after
-  the running process began (``Tick.since_ms``), so the downtime and the
-  replay's catch-up never count against the factory. What stays outside the
-  guarantee is the wall clock itself: a factory silent for ``max_retries + 1``
-  timeouts aborts the round; if the process then crashes before the next
-  snapshot and the factory's late report is in R, the replay reads it in time
-  and completes the round the first run aborted.
+* **Deadline rows.** A deadline is a message too. A tick (wall clock) only asks
+  for a *deadline marker* of an overdue command (``MarkDeadline``), written to the
+  report topic; the timeout is decided when the marker is read back
+  (``DeadlinePassed``), in R's order: a report ahead of it answers the command,
+  one behind it is late. Markers are held like early reports. So a timeout, the
+  resend under a new id and an abort are functions of R too, whatever the clock
+  did in a replay. A restart makes no marker due: none is asked for until
+  ``report_timeout_ms`` after the running process began (``Tick.since_ms``).
 
 Every output therefore depends only on the key's own (I, R): reports are
 matched by id, proposals are seeded by key, round and observation count. Times
-(``at_ms``) only decide deadlines and never appear in an output, so a replay
-re-emits byte-identical commands, and duplicates are harmless.
+(``at_ms``) only decide when a marker is asked for and never appear in an output,
+so a replay re-emits byte-identical messages under the same message ids, which
+the output sink (``dataflow.adapters.outbox``) finds on their topics and does not
+write again. Every command attempt has an id of its own: no id is sent twice.
 
 State versions: see ``dataflow.domain.state``. Recovery stores written before
 the split pickled ``Session``, ``Round``, ``Outstanding`` and ``Phase`` under this
@@ -90,12 +93,20 @@ from collections.abc import Mapping
 import msgspec
 
 from dataflow.domain import table
-from dataflow.domain.config import DEFAULT_KEY, NO_MODEL, MachineConfig
-from dataflow.domain.effects import Effect, Note, NoteKind, Reject, SendCommand, SendSync
+from dataflow.domain.config import DEFAULT_KEY, NO_MODEL, Baseline, MachineConfig
+from dataflow.domain.effects import (
+    Effect,
+    MarkDeadline,
+    Note,
+    NoteKind,
+    Reject,
+    SendCommand,
+    SendSync,
+)
 from dataflow.domain.errors import ConfigError, IllegalTransitionError
-from dataflow.domain.events import Event, InstructionArrived, ReportArrived, Tick
+from dataflow.domain.events import DeadlinePassed, Event, InstructionArrived, ReportArrived, Tick
 from dataflow.domain.handlers import Result, is_ripe
-from dataflow.domain.messages import Instruction, Rejection, Report, command_number
+from dataflow.domain.messages import Deadline, Instruction, Rejection, Report, command_number
 from dataflow.domain.state import (
     STATE_VERSION,
     Outstanding,
@@ -107,10 +118,11 @@ from dataflow.domain.state import (
 )
 
 __all__ = [
-    "DEFAULT_KEY", "NO_MODEL", "STATE_VERSION", "Effect", "Event", "InstructionArrived",
-    "MachineConfig", "Note", "NoteKind", "Outstanding", "Phase", "Reject", "ReportArrived",
-    "Round", "SendCommand", "SendSync", "Session", "Tick", "advance", "new_session",
-    "route_instruction", "route_report", "upgrade",
+    "DEFAULT_KEY", "NO_MODEL", "STATE_VERSION", "Baseline", "Deadline", "DeadlinePassed",
+    "Effect", "Event", "InstructionArrived", "MachineConfig", "MarkDeadline", "Note", "NoteKind",
+    "Outstanding", "Phase", "Reject", "ReportArrived", "Round", "SendCommand", "SendSync",
+    "Session", "Tick", "advance", "new_session", "route_deadline", "route_instruction",
+    "route_report", "upgrade",
 ]  # fmt: skip
 
 # --------------------------------------------------------------------------- routing
@@ -130,9 +142,18 @@ def route_instruction(instruction: Instruction, config: MachineConfig) -> str | 
 
 def route_report(report: Report, config: MachineConfig) -> str | Rejection:
     """The session key of a report, read back from its ``reply_id``."""
-    number = command_number(report.reply_id)
+    return _route(report.reply_id, "report: `$.reply_id`", config)
+
+
+def route_deadline(deadline: Deadline, config: MachineConfig) -> str | Rejection:
+    """The session key of a deadline marker, read back from the command id it names."""
+    return _route(deadline.command_id, "deadline marker: command id", config)
+
+
+def _route(command_id: int | str, what: str, config: MachineConfig) -> str | Rejection:
+    number = command_number(command_id)
     if number is None:
-        return Rejection(f"report: `$.reply_id` {report.reply_id!r:.40} is not a command id")
+        return Rejection(f"{what} {command_id!r:.40} is not a command id")
     return config.keys[number % len(config.keys)]
 
 
@@ -169,6 +190,8 @@ def _step(state: Session, event: Event, config: MachineConfig) -> Result:
         state, effects = _row(table.ON_INSTRUCTION, state, event, config)
     elif isinstance(event, ReportArrived):
         state, effects = _row(table.ON_REPORT, state, event, config)
+    elif isinstance(event, DeadlinePassed):
+        state, effects = _row(table.ON_DEADLINE, state, event, config)
     else:
         state, effects = _row(table.ON_TICK, state, event, config)
     return _start_queued(state, effects, event.at_ms, config)
@@ -205,18 +228,21 @@ def _start_queued(
 
 
 def _settle(state: Session, effects: list[Effect], at_ms: int, config: MachineConfig) -> Result:
-    """Feed in held reports whose command has now been sent, oldest first.
+    """Feed in held reports and deadline markers whose command has now been sent, oldest first.
 
-    A held report was read before its command was (re-)sent. Once the command is
-    sent, it goes through the same row as if it had arrived just now: the answer
-    to the outstanding command, or a duplicate or stale one.
+    A held item was read before its command was (re-)sent. Once the command is
+    sent, it goes through the same row as if it had arrived just now: a report is
+    the answer to the outstanding command, or a duplicate or stale one; a marker
+    times the command out if it is still awaited.
     """
     while True:
-        ripe = next((i for i, report in enumerate(state.held) if is_ripe(state, report, config)),
+        ripe = next((i for i, item in enumerate(state.held) if is_ripe(state, item, config)),
                     None)  # fmt: skip
         if ripe is None:
             return state, effects
-        report = state.held[ripe]
+        item = state.held[ripe]
         state = msgspec.structs.replace(state, held=state.held[:ripe] + state.held[ripe + 1 :])
-        state, more = _step(state, ReportArrived(report, at_ms), config)
+        event: Event = (ReportArrived(item, at_ms) if isinstance(item, Report)
+                        else DeadlinePassed(item, at_ms))  # fmt: skip
+        state, more = _step(state, event, config)
         effects = [*effects, *more]

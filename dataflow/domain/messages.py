@@ -95,6 +95,19 @@ class Report(msgspec.Struct, frozen=True):
     error: str | None = None
 
 
+class Deadline(msgspec.Struct, frozen=True):
+    """A deadline marker read back from the report topic: ``command_id`` went unanswered.
+
+    The controller writes one when a command's report timeout passes (a wall-clock
+    matter) and decides the timeout only when it reads the marker back, in the
+    report topic's own order: a report read before it answers the command, one read
+    after it is late. So the decision is a function of the topic, not of the clock.
+    """
+
+    #: The wire id of the command whose deadline passed (the attempt, not the round).
+    command_id: int | str
+
+
 class ReportWire(Protocol):
     """What every dialect's report struct has (a seed one adds ``status`` and ``error``)."""
 

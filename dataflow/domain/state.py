@@ -2,9 +2,10 @@
 
 State versions
 --------------
-``Session.version`` is 2, and every state is read through ``upgrade``: version
-1 (one ``pending`` instruction, UPDATE_PARAMS at once) is migrated on first
-touch; a newer one is refused with ``StateVersionError``, naming both versions.
+``Session.version`` is 3, and every state is read through ``upgrade``: version
+1 (one ``pending`` instruction, UPDATE_PARAMS at once) and version 2 (a resend
+under the same id, deadlines decided by the clock) are migrated on first touch;
+a newer one is refused with ``StateVersionError``, naming both versions.
 States are pickled by Bytewax, positionally and by class path: new fields go
 last with defaults, and ``dataflow.domain.machine`` keeps the classes importable
 under the path that stores written before this module existed name.
@@ -19,10 +20,17 @@ import msgspec
 
 from dataflow.domain.config import MachineConfig
 from dataflow.domain.errors import StateVersionError
-from dataflow.domain.messages import FactoryCommand, Instruction, InstructionKind, Params, Report
+from dataflow.domain.messages import (
+    Deadline,
+    FactoryCommand,
+    Instruction,
+    InstructionKind,
+    Params,
+    Report,
+)
 from dataflow.domain.optimizer import Observation, OptimiserSnapshot
 
-STATE_VERSION: Final = 2
+STATE_VERSION: Final = 3
 
 
 class Phase(StrEnum):
@@ -37,12 +45,20 @@ class Phase(StrEnum):
 
 
 class Outstanding(msgspec.Struct, frozen=True):
-    """The one command awaiting a report."""
+    """The one command awaiting a report: its latest attempt, and the earlier ones."""
 
     command: FactoryCommand
+    #: The attempt's command counter (every attempt is sent under an id of its own).
     number: int
+    #: Resends so far (0: the first attempt).
     attempt: int
+    #: Wall-clock time after which a tick asks for a deadline marker.
     deadline_ms: int
+    # Version 3. New fields go last, with defaults: states are pickled positionally.
+    #: Whether this attempt's deadline marker was asked for (once per attempt).
+    marked: bool = False
+    #: Counters of the earlier attempts: a late success of one of them answers the command.
+    earlier: tuple[int, ...] = ()
 
 
 class Round(msgspec.Struct, frozen=True):
@@ -82,22 +98,28 @@ class Session(msgspec.Struct, frozen=True):
     # Version 2. New fields go last, with defaults: states are pickled positionally.
     #: Admitted instructions not started yet, oldest first.
     queue: tuple[Instruction, ...] = ()
-    #: Reports whose command is not sent yet (a replay read them early), in arrival order.
-    held: tuple[Report, ...] = ()
+    #: Reports and deadline markers whose command is not sent yet (a replay read them
+    #: early), in arrival order.
+    held: tuple[Report | Deadline, ...] = ()
     #: Timestamps of the last admitted OPTIMIZE or RETRAIN, and of the last OPTIMIZE.
     last_admitted: int | None = None
     last_optimize: int | None = None
 
 
 def new_session(key: str, config: MachineConfig) -> Session:
-    """The state of a key that has seen nothing yet."""
+    """The state of a key that has seen nothing yet; its counters start at the baseline."""
     keep = config.profile.keep
+    base = config.baseline
     return Session(
         key=key,
         phase=Phase.IDLE,
         best_params=config.initial_params,
         model_id=config.initial_model_id,
         history=config.warm_start[-keep:] if keep else (),
+        next_command=base.next_command,
+        trains=base.trains,
+        optimisations=base.optimisations,
+        rounds=base.rounds,
     )
 
 
@@ -105,6 +127,10 @@ def upgrade(state: Session) -> Session:
     """The state in the current version: version 1 is migrated, a newer one refused."""
     if state.version == STATE_VERSION:
         return state
+    if state.version == 2:
+        # v3 added fields with defaults (read as they are) and changed what a resend is
+        # (a new id) and when a timeout is decided (its marker read back): nothing to move.
+        return msgspec.structs.replace(state, version=STATE_VERSION)
     if state.version == 1:
         # v1 queued at most one instruction (``pending``) and never coalesced: the running
         # round and the pending instruction are what was admitted last.
@@ -115,10 +141,10 @@ def upgrade(state: Session) -> Session:
             admitted.append(state.round.timestamp)
             if state.round.kind == "optimise":
                 optimised.append(state.round.timestamp)
-        return msgspec.structs.replace(
-            state, pending=None, queue=queue, version=STATE_VERSION,
+        return upgrade(msgspec.structs.replace(
+            state, pending=None, queue=queue, version=2,
             last_admitted=max(admitted, default=None), last_optimize=max(optimised, default=None),
-        )  # fmt: skip
+        ))  # fmt: skip
     raise StateVersionError(
         f"session {state.key!r} was saved by a controller with state version {state.version}; "
         f"this controller reads versions 1 to {STATE_VERSION}. Run a release that writes "

@@ -7,10 +7,12 @@ comes (the queue's head, once the session is IDLE). ``mermaid`` draws both: the
 diagram in the README is generated from here and checked by a test.
 
 Every instruction is admitted (or coalesced) the same way in every phase. A
-report for a command not sent yet is held (``or_hold``); otherwise it is only
-ever the answer to the outstanding command of the phase it arrives in (or a
-duplicate, stale or foreign one). INITIALIZING and OPTIMIZING have no rows: a
-session passes through them within one ``advance`` and never rests there.
+report or deadline marker for a command not sent yet is held (``or_hold``);
+otherwise a report is only ever the answer to the outstanding command of the
+phase it arrives in (or a duplicate, stale or foreign one), and a deadline
+marker times that command out if it is still awaited. A tick never changes the
+phase: it only asks for a deadline marker. INITIALIZING and OPTIMIZING have no
+rows: a session passes through them within one ``advance`` and never rests there.
 """
 
 from __future__ import annotations
@@ -21,11 +23,11 @@ from typing import Any, Final, Generic, TypeVar
 
 from dataflow.domain import handlers as h
 from dataflow.domain.config import MachineConfig
-from dataflow.domain.events import InstructionArrived, ReportArrived, Tick
+from dataflow.domain.events import DeadlinePassed, InstructionArrived, ReportArrived, Tick
 from dataflow.domain.messages import Instruction, InstructionKind
 from dataflow.domain.state import Phase, Session
 
-E = TypeVar("E", InstructionArrived, ReportArrived, Tick)
+E = TypeVar("E", InstructionArrived, ReportArrived, DeadlinePassed, Tick)
 
 
 @dataclass(frozen=True)
@@ -60,9 +62,13 @@ ON_REPORT: Final[Mapping[Phase, Row[ReportArrived]]] = {
     WAITING: Row(h.or_hold(h.on_step_report), frozenset({WAITING, FINALIZING, IDLE})),
     FINALIZING: Row(h.or_hold(h.on_final_report), frozenset({FINALIZING, IDLE})),
 }
+ON_DEADLINE: Final[Mapping[Phase, Row[DeadlinePassed]]] = {
+    IDLE: Row(h.or_hold(h.stale_deadline), frozenset({IDLE})),
+    **{phase: Row(h.or_hold(h.on_deadline), frozenset({phase, IDLE})) for phase in _ROUND},
+}
 ON_TICK: Final[Mapping[Phase, Row[Tick]]] = {
     IDLE: Row(h.nothing, frozenset({IDLE})),
-    **{phase: Row(h.on_tick, frozenset({phase, IDLE})) for phase in _ROUND},
+    **{phase: Row(h.on_tick, frozenset({phase})) for phase in _ROUND},
 }
 STARTS: Final[Mapping[InstructionKind, Start]] = {
     InstructionKind.RETRAIN: Start(h.begin_train, TRAINING),
@@ -76,6 +82,7 @@ def transitions() -> dict[tuple[Phase, type], Row[Any]]:
     return {
         **{(phase, InstructionArrived): row for phase, row in ON_INSTRUCTION.items()},
         **{(phase, ReportArrived): row for phase, row in ON_REPORT.items()},
+        **{(phase, DeadlinePassed): row for phase, row in ON_DEADLINE.items()},
         **{(phase, Tick): row for phase, row in ON_TICK.items()},
     }
 

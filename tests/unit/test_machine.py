@@ -92,7 +92,7 @@ FINALIZING = idle(
 
 def test_the_table_has_a_row_for_every_event_type_in_every_resting_phase_and_no_other() -> None:
     resting = {m.Phase.IDLE, m.Phase.TRAINING, m.Phase.WAITING_FOR_REPORT, m.Phase.FINALIZING}
-    events = {m.InstructionArrived, m.ReportArrived, m.Tick}
+    events = {m.InstructionArrived, m.ReportArrived, m.DeadlinePassed, m.Tick}
     assert set(table.transitions()) == {(phase, event) for phase in resting for event in events}
     assert set(table.STARTS) == set(InstructionKind)
     assert all(row.to <= resting for row in table.transitions().values())
@@ -231,7 +231,7 @@ def test_a_report_that_finds_the_hold_full_is_rejected() -> None:
     same, effects = step(state, report("cmd-0", model_id=2), config)
 
     assert same == state
-    reason = "report 'cmd-0': foreign reply_id (no such command was sent; 1 reports held already)"
+    reason = "report 'cmd-0': foreign reply_id (no such command was sent; 1 held already)"
     assert effects == [m.Reject(KEY, reason)]
 
 
@@ -284,6 +284,14 @@ def test_training_update_params_waits_its_turn_in_the_queue() -> None:
     assert effects[-1] == m.Note(KEY, "params_updated", 1, detail=params_text(new, named=True))
 
 
+def deadline(command_id: int | str, at_ms: int = 0) -> m.DeadlinePassed:
+    return m.DeadlinePassed(m.Deadline(command_id), at_ms)
+
+
+def marked(outstanding: m.Outstanding) -> m.Outstanding:
+    return msgspec.structs.replace(outstanding, marked=True)
+
+
 def test_training_tick_before_the_deadline_does_nothing() -> None:
     assert step(TRAINING, m.Tick(999)) == (TRAINING, [])
 
@@ -293,30 +301,98 @@ def test_a_deadline_is_not_due_until_the_timeout_has_passed_since_the_process_st
     # full timeout (CONFIG: 1000 ms) is not; the replay must be able to deliver its report.
     assert step(TRAINING, m.Tick(1899, since_ms=900)) == (TRAINING, [])
     state, _ = step(TRAINING, m.Tick(1900, since_ms=900))
-    assert state.outstanding == m.Outstanding(TRAIN_0, 0, 1, 2900)
+    assert state.outstanding == marked(TRAINING.outstanding)
 
 
-def test_training_tick_past_the_deadline_resends_the_same_command() -> None:
+def test_training_tick_past_the_deadline_asks_once_for_a_deadline_marker_and_decides_nothing() -> (
+    None
+):
     state, effects = step(TRAINING, m.Tick(1000))
+    again = step(state, m.Tick(5000))
 
+    assert state == msgspec.structs.replace(TRAINING, outstanding=marked(TRAINING.outstanding))
+    assert effects == [
+        m.Note(KEY, "overdue", 1, detail="no report for train 'cmd-0': deadline marker sent"),
+        m.MarkDeadline(KEY, f"{KEY}/deadline/cmd-0", m.Deadline("cmd-0")),
+    ]
+    assert again == (state, [])
+
+
+def test_training_deadline_marker_resends_the_command_under_a_new_id() -> None:
+    state, effects = step(TRAINING, deadline("cmd-0", at_ms=1500))
+
+    resent = msgspec.structs.replace(TRAIN_0, id="cmd-1")
     assert state == msgspec.structs.replace(
-        TRAINING, outstanding=m.Outstanding(TRAIN_0, 0, 1, 2000)
+        TRAINING, next_command=2, outstanding=m.Outstanding(resent, 1, 1, 2500, earlier=(0,))
     )
     assert effects == [
         m.Note(KEY, "timeout", 1, detail="no report for train 'cmd-0'"),
-        m.Note(KEY, "retry", 1, detail="attempt 2 of train: deadline passed without a report"),
-        send(TRAIN_0, attempt=1),
+        m.Note(KEY, "retry", 1,
+               detail="attempt 2 of train, as 'cmd-1': deadline passed without a report"),
+        send(resent, attempt=1),
+    ]  # fmt: skip
+
+
+def test_a_deadline_marker_read_after_the_report_changes_nothing() -> None:
+    answered, _ = step(TRAINING, report("cmd-0", model_id=7))
+
+    assert step(answered, deadline("cmd-0")) == (answered, [])
+
+
+def test_a_deadline_marker_of_an_attempt_already_resent_changes_nothing() -> None:
+    resent, _ = step(TRAINING, deadline("cmd-0"))
+
+    assert step(resent, deadline("cmd-0")) == (resent, [])
+
+
+def test_a_late_success_of_an_earlier_attempt_answers_the_command() -> None:
+    resent, _ = step(TRAINING, deadline("cmd-0"))
+
+    state, effects = step(resent, report("cmd-0", model_id=7))
+    duplicate = step(state, report("cmd-1", model_id=8))
+
+    assert state == idle(next_command=2, trains=1, rounds=1, model_id=7, last_admitted=1000)
+    assert effects == [m.Note(KEY, "round_completed", 1, detail="7"), play(1, 7)]
+    assert duplicate == (state, [m.Reject(KEY, "report 'cmd-1': stale (its round is over)")])
+
+
+def test_a_late_error_of_an_earlier_attempt_is_stale_and_the_resend_still_awaited() -> None:
+    resent, _ = step(TRAINING, deadline("cmd-0"))
+
+    state, effects = step(resent, report("cmd-0", ok=False, error="boom"))
+
+    assert state == resent
+    assert effects == [
+        m.Reject(KEY, "report 'cmd-0': stale (a failed attempt, already resent as 'cmd-1')")
     ]
 
 
-def test_training_timeout_after_the_last_retry_aborts_and_plays_the_old_model() -> None:
-    retried = msgspec.structs.replace(TRAINING, outstanding=m.Outstanding(TRAIN_0, 0, 1, 2000))
+def test_a_deadline_marker_read_before_its_command_is_held_until_the_command_is_sent() -> None:
+    state, effects = step(idle(), deadline("cmd-0"))
 
-    state, effects = step(retried, m.Tick(2000))
-
-    assert state == idle(next_command=1, trains=1, rounds=1, last_admitted=1000)
+    assert state == idle(held=(m.Deadline("cmd-0"),))
     assert effects == [
-        m.Note(KEY, "timeout", 1, detail="no report for train 'cmd-0'"),
+        m.Note(KEY, "held", 0, detail="deadline marker 'cmd-0' held until its command is sent")
+    ]
+    state, effects = step(state, instruction(RETRAIN))
+    assert state.outstanding == m.Outstanding(
+        msgspec.structs.replace(TRAIN_0, id="cmd-1"), 1, 1, 1000, earlier=(0,)
+    )
+    assert effects[-1] == send(msgspec.structs.replace(TRAIN_0, id="cmd-1"), attempt=1)
+
+
+def test_training_timeout_after_the_last_retry_aborts_and_plays_the_old_model() -> None:
+    retried = msgspec.structs.replace(
+        TRAINING, next_command=2,
+        outstanding=m.Outstanding(msgspec.structs.replace(TRAIN_0, id="cmd-1"), 1, 1, 2000,
+                                  earlier=(0,)),
+    )  # fmt: skip
+
+    state, effects = step(retried, deadline("cmd-1", at_ms=2000))
+
+    assert state == idle(next_command=2, trains=1, rounds=1, last_admitted=1000)
+    assert effects == [
+        m.Note(KEY, "timeout", 1, detail="no report for train 'cmd-1'"),
         m.Note(
             KEY, "round_aborted", 1, detail="train failed 2 times: deadline passed without a report"
         ),
@@ -324,20 +400,19 @@ def test_training_timeout_after_the_last_retry_aborts_and_plays_the_old_model() 
     ]
 
 
-def test_a_factory_error_report_resends_then_aborts() -> None:
-    error = report("cmd-0", ok=False, error="No dataset available")
+def test_a_factory_error_report_resends_under_a_new_id_then_aborts() -> None:
+    retried, first = step(TRAINING, report("cmd-0", ok=False, error="No dataset available"))
+    aborted, second = step(retried, report("cmd-1", ok=False, error="No dataset available"))
 
-    retried, first = step(TRAINING, error)
-    aborted, second = step(retried, error)
-
+    resent = msgspec.structs.replace(TRAIN_0, id="cmd-1")
     assert retried == msgspec.structs.replace(
-        TRAINING, outstanding=m.Outstanding(TRAIN_0, 0, 1, 1000)
+        TRAINING, next_command=2, outstanding=m.Outstanding(resent, 1, 1, 1000, earlier=(0,))
     )
     assert first == [
-        m.Note(KEY, "retry", 1, detail="attempt 2 of train: No dataset available"),
-        send(TRAIN_0, attempt=1),
+        m.Note(KEY, "retry", 1, detail="attempt 2 of train, as 'cmd-1': No dataset available"),
+        send(resent, attempt=1),
     ]
-    assert aborted == idle(next_command=1, trains=1, rounds=1, last_admitted=1000)
+    assert aborted == idle(next_command=2, trains=1, rounds=1, last_admitted=1000)
     assert second == [
         m.Note(KEY, "round_aborted", 1, detail="train failed 2 times: No dataset available"),
         play(1, -1),
@@ -375,17 +450,15 @@ def test_the_report_of_the_last_step_sends_finalise_with_the_first_best_index() 
 def test_a_step_report_without_f_val_counts_as_a_factory_error() -> None:
     state, effects = step(WAITING, report("cmd-1", model_id=3))
 
-    assert state == msgspec.structs.replace(WAITING, outstanding=m.Outstanding(STEP_0, 1, 1, 1000))
+    resent = msgspec.structs.replace(STEP_0, id="cmd-2")
+    assert state == msgspec.structs.replace(
+        WAITING, next_command=3, outstanding=m.Outstanding(resent, 2, 1, 1000, earlier=(1,))
+    )
     assert effects == [
-        m.Note(
-            KEY,
-            "retry",
-            1,
-            step=0,
-            detail="attempt 2 of opt_step: step report carries no metrics.f_val",
-        ),
-        send(STEP_0, attempt=1),
-    ]
+        m.Note(KEY, "retry", 1, step=0,
+               detail="attempt 2 of opt_step, as 'cmd-2': step report carries no metrics.f_val"),
+        send(resent, attempt=1),
+    ]  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -485,11 +558,14 @@ def test_waiting_update_params_is_queued() -> None:
     assert state == msgspec.structs.replace(WAITING, queue=(update,))
 
 
-def test_waiting_tick_past_the_deadline_resends_the_step() -> None:
-    state, effects = step(WAITING, m.Tick(1500))
+def test_waiting_deadline_marker_resends_the_step_under_a_new_id() -> None:
+    state, effects = step(WAITING, deadline("cmd-1", at_ms=1500))
 
-    assert state == msgspec.structs.replace(WAITING, outstanding=m.Outstanding(STEP_0, 1, 1, 2500))
-    assert effects[-1] == send(STEP_0, attempt=1)
+    resent = msgspec.structs.replace(STEP_0, id="cmd-2")
+    assert state == msgspec.structs.replace(
+        WAITING, next_command=3, outstanding=m.Outstanding(resent, 2, 1, 2500, earlier=(1,))
+    )
+    assert effects[-1] == send(resent, attempt=1)
 
 
 # --------------------------------------------------------------------------- FINALIZING
@@ -529,10 +605,10 @@ def test_finalizing_update_params_is_queued() -> None:
 
 def test_finalizing_timeout_after_the_last_retry_plays_the_model_the_engine_had() -> None:
     had_model = msgspec.structs.replace(
-        FINALIZING, model_id=4, outstanding=m.Outstanding(FINALISE, 3, 1, 1000)
+        FINALIZING, model_id=4, outstanding=m.Outstanding(FINALISE, 3, 1, 1000, marked=True)
     )
 
-    state, effects = step(had_model, m.Tick(1000))
+    state, effects = step(had_model, deadline("cmd-3", at_ms=1000))
 
     assert state == idle(
         next_command=4,
@@ -700,6 +776,16 @@ def test_a_version_1_state_is_migrated_its_pending_instruction_heading_the_queue
     )
 
 
+def test_a_version_2_state_is_read_as_version_3_with_its_attempt_unmarked() -> None:
+    # A version-2 Outstanding was pickled with its first four fields: the rest default.
+    v2 = msgspec.structs.replace(
+        TRAINING, version=2, outstanding=m.Outstanding(*msgspec.structs.astuple(
+            TRAINING.outstanding)[:4]),
+    )  # fmt: skip
+
+    assert m.upgrade(v2) == TRAINING
+
+
 def test_the_version_1_recovery_fixture_unpickles_and_migrates() -> None:
     from dataflow.tools.inspection import sessions
 
@@ -711,8 +797,8 @@ def test_the_version_1_recovery_fixture_unpickles_and_migrates() -> None:
 
 
 def test_a_state_from_a_newer_controller_is_refused_naming_both_versions() -> None:
-    newer = msgspec.structs.replace(TRAINING, version=3)
+    newer = msgspec.structs.replace(TRAINING, version=4)
 
     with pytest.raises(StateVersionError) as refused:
         step(newer, m.Tick(0))
-    assert "with state version 3; this controller reads versions 1 to 2." in str(refused.value)
+    assert "with state version 4; this controller reads versions 1 to 3." in str(refused.value)

@@ -52,7 +52,8 @@ instructions = st.builds(
     st.sampled_from(InstructionKind), st.integers(0, 10**13), params,
 )  # fmt: skip
 ticks = st.integers(0, 5000).map(m.Tick)
-events = st.lists(st.one_of(instructions, reports, ticks, reports), max_size=40)
+deadlines = reply_ids.map(lambda reply: m.DeadlinePassed(m.Deadline(reply), 0))
+events = st.lists(st.one_of(instructions, reports, ticks, reports, deadlines), max_size=40)
 
 
 def with_time(sequence: list[m.Event]) -> list[m.Event]:
@@ -136,14 +137,14 @@ def test_resuming_from_a_snapshot_after_any_prefix_gives_the_same_effects(
 
 @FAST
 @given(events)
-def test_a_command_id_always_carries_the_same_payload(sequence) -> None:
+def test_a_command_id_is_sent_once_and_a_deadline_marker_asked_for_once(sequence) -> None:
     _, effects = run(RANDOM, with_time(sequence))
-    payloads: dict[object, bytes] = {}
-    for out in effects:
-        for effect in out:
-            if isinstance(effect, m.SendCommand):
-                encoded = encode_command(effect.command)
-                assert payloads.setdefault(effect.command.id, encoded) == encoded
+    sent = [encode_command(e.command) for out in effects for e in out
+            if isinstance(e, m.SendCommand)]  # fmt: skip
+    marked = [e.message_id for out in effects for e in out if isinstance(e, m.MarkDeadline)]
+
+    assert len({json.loads(c)["id"] for c in sent}) == len(sent)  # a resend has its own id
+    assert len(set(marked)) == len(marked)
 
 
 @settings(max_examples=400, deadline=None)

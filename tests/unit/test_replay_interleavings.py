@@ -7,9 +7,12 @@ arbitrary interleaving. Everything sent after the snapshot is sent again.
 
 For each of the 21 recorded runs in ``shared/``, Hypothesis draws the
 interleavings (random, all reports first, all instructions first), up to three
-crashes, their snapshot points and restart delays (up to the report timeout,
+crashes, their snapshot points and restart delays (up to three report timeouts,
 with a tick after every event); every command and sync sent by every
-incarnation is collected, as a factory and an engine would receive them.
+incarnation is collected, as a factory and an engine would receive them. A
+messier factory (errors, duplicates, silence, late answers) adds deadline
+markers to the report topic: the timeouts, resends and aborts they cause must
+replay too.
 """
 
 from __future__ import annotations
@@ -84,6 +87,7 @@ class Outputs:
     def __init__(self) -> None:
         self.commands: list[msg.FactoryCommand] = []
         self.syncs: list[tuple[str, msg.SyncMessage]] = []
+        self.markers: list[m.MarkDeadline] = []
         self.rejects: list[str] = []
         self.timeouts: list[m.Note] = []
 
@@ -93,6 +97,8 @@ class Outputs:
                 self.commands.append(effect.command)
             elif isinstance(effect, m.SendSync):
                 self.syncs.append((effect.message_id, effect.sync))
+            elif isinstance(effect, m.MarkDeadline):
+                self.markers.append(effect)
             elif isinstance(effect, m.Reject):
                 self.rejects.append(effect.reason)
             elif effect.kind == "timeout":  # a deadline passed (error retries are data)
@@ -108,6 +114,8 @@ def feed(config: m.MachineConfig, sessions: Sessions, event: m.Event) -> list[m.
         return [e for key in config.keys for e in _advance(config, sessions, key, event)]
     if isinstance(event, m.InstructionArrived):
         key = m.route_instruction(event.instruction, config)
+    elif isinstance(event, m.DeadlinePassed):
+        key = m.route_deadline(event.deadline, config)
     else:
         key = m.route_report(event.report, config)
     if isinstance(key, msg.Rejection):
@@ -143,15 +151,16 @@ def run_with_crashes(
             for each in (_at(event, clock), m.Tick(clock, since)):
                 outputs.take(feed(config, sessions, each))
             done_i += isinstance(event, m.InstructionArrived)
-            done_r += isinstance(event, m.ReportArrived)
+            done_r += not isinstance(event, m.InstructionArrived)
             if position == snap_at:
                 snapshot = (pickle.dumps(sessions), done_i, done_r)
         if not last:  # the crash: state and offsets roll back to the snapshot
             blob, done_i, done_r = snapshot
             sessions = pickle.loads(blob)  # our own state, pickled as Bytewax stores it
-            # The restart takes a while, up to the report timeout: no deadline may pass for it.
+            # The restart takes a while, even longer than the report timeout: a deadline is
+            # decided by its marker in the report topic, never by the clock.
             timeout = config.report_timeout_ms
-            delays = st.one_of(st.just(timeout), st.integers(0, timeout))
+            delays = st.one_of(st.just(timeout), st.integers(0, 3 * timeout))
             clock += data.draw(delays, label="downtime")
     return outputs, sessions
 
@@ -161,6 +170,8 @@ def _at(event: m.Event, at_ms: int) -> m.Event:
         return m.InstructionArrived(event.instruction, at_ms)
     if isinstance(event, m.ReportArrived):
         return m.ReportArrived(event.report, at_ms)
+    if isinstance(event, m.DeadlinePassed):
+        return m.DeadlinePassed(event.deadline, at_ms)
     return event
 
 
@@ -250,35 +261,54 @@ def live_run(
 ) -> tuple[Outputs, list[m.Event]]:
     """The first run: a factory answers each command as it is sent, and misbehaves.
 
-    It fails some commands (error reports, so resends), answers some twice, and
-    acknowledges or refuses some ``opt_initialise`` (a refusal ends the round). Its
-    answers, in order, are the report topic.
+    It fails some commands (error reports, so resends), answers some twice, some
+    never, and some only after their deadline marker, and acknowledges or refuses
+    some ``opt_initialise`` (a refusal ends the round). When nothing is left to read,
+    time passes: a tick past the deadlines makes the overdue sessions write their
+    markers. The report topic is the factory's answers and those markers, in the
+    order they were written.
     """
     outputs, sessions = Outputs(), {}
     reports: list[m.Event] = []
-    outbox: list[msg.Report] = []
+    outbox: list[m.Event] = []  # written to the report topic, not read yet
+    late: list[m.Event] = []  # answers the factory writes after the next deadline marker
     pending = list(instructions)
-    model = 100
-    while pending or outbox:
+    model, clock = 100, 0
+    while pending or outbox or late or overdue(sessions):
         if pending and (not outbox or data.draw(st.booleans(), label="instruction next")):
-            event: m.Event = m.InstructionArrived(pending.pop(0), 0)
-        else:
-            event = m.ReportArrived(outbox.pop(0), 0)
+            event: m.Event = m.InstructionArrived(pending.pop(0), clock)
+        elif outbox:
+            event = outbox.pop(0)
             reports.append(event)
+        else:  # nothing to read: the deadlines pass, and then the late answers come
+            clock += config.report_timeout_ms
+            event = m.Tick(clock)
         effects = feed(config, sessions, event)
         outputs.take(effects)
+        outbox += [m.DeadlinePassed(e.deadline, 0) for e in effects
+                   if isinstance(e, m.MarkDeadline)]  # fmt: skip
+        if isinstance(event, m.Tick):
+            outbox, late = outbox + late, []
         for command in (e.command for e in effects if isinstance(e, m.SendCommand)):
-            answer = data.draw(st.sampled_from(["ok", "ok", "error", "twice", "none"]))
-            if command.type == "opt_initialise" and answer == "ok":
+            answer = data.draw(st.sampled_from(["ok", "ok", "error", "twice", "none", "late"]))
+            if command.type == "opt_initialise" and answer in ("ok", "late"):
                 continue  # the factory normally says nothing to it (the seed's may refuse it)
             model += 1
             if answer == "error":
-                outbox.append(msg.Report(command.id, ok=False, error="boom"))
+                outbox.append(m.ReportArrived(msg.Report(command.id, ok=False, error="boom"), 0))
             elif answer != "none" or command.type != "opt_initialise":
-                outbox.append(msg.Report(command.id, ok=True, model_id=model, f_val=-model / 1000))
+                report = msg.Report(command.id, ok=True, model_id=model, f_val=-model / 1000)
+                (late if answer == "late" else outbox).append(m.ReportArrived(report, 0))
             if answer == "twice":
-                outbox.append(msg.Report(command.id, ok=True, model_id=model + 1, f_val=-0.1))
+                again = msg.Report(command.id, ok=True, model_id=model + 1, f_val=-0.1)
+                outbox.append(m.ReportArrived(again, 0))
     return outputs, reports
+
+
+def overdue(sessions: Sessions) -> bool:
+    """Whether a session awaits a report and has not asked for its deadline marker yet."""
+    return any(s is not None and s.outstanding is not None and not s.outstanding.marked
+               for s in sessions.values())  # fmt: skip
 
 
 @pytest.mark.parametrize("keys", [("controller",), ("a", "b", "c")], ids=["one key", "three keys"])
@@ -303,4 +333,9 @@ def test_a_misbehaving_factory_and_any_instructions_replay_to_the_same_commands(
     by_sync = distinct(outputs.syncs, lambda s: s[0])
     assert {i: p for i, p in by_sync.items() if len(p) > 1} == {}
     assert by_sync == distinct(first.syncs, lambda s: s[0])
-    assert outputs.timeouts == []
+    # The same timeouts (replayed ones logged again), decided by the same markers.
+    assert set(outputs.timeouts) == set(first.timeouts)
+    markers = distinct(outputs.markers, lambda e: e.message_id)
+    assert {i: p for i, p in markers.items() if len(p) > 1} == {}
+    # A replay asks for no marker the first run did not write: no clock decides anything.
+    assert set(markers) <= set(distinct(first.markers, lambda e: e.message_id))
