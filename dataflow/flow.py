@@ -27,7 +27,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial
-from typing import Any, Final, TypeAlias
+from pathlib import Path
+from typing import Any, TypeAlias
 
 import bytewax.operators as op
 from bytewax.connectors.kafka import KafkaError, KafkaSourceMessage
@@ -38,26 +39,29 @@ from threadpoolctl import threadpool_limits
 
 from dataflow.adapters import observability
 from dataflow.adapters.clock import now_ms
-from dataflow.adapters.config import Settings, SettingsError, Topics
+from dataflow.adapters.config import Settings, SettingsError
 from dataflow.adapters.kafka import (
-    MESSAGE_ID_HEADER,
+    DEADLINE_MARKER,
+    MARKER_HEADER,
     SESSION_HEADER,
     OutMessage,
-    SafeKafkaSink,
     StartupError,
     dead_letter,
     preflight,
     source_config,
 )
+from dataflow.adapters.origin import Origin as RecordedOrigin
+from dataflow.adapters.origin import establish
+from dataflow.adapters.outbox import PARTITION, kafka_outbox
 from dataflow.adapters.recovery import (
     FLOW_ID,
     INSTRUCTIONS_STEP,
+    OUTPUTS_STEP,
     REPORTS_STEP,
     SESSION_STEP,
     TICKS_STEP,
 )
 from dataflow.adapters.sources import EpochClock, PacedKafkaSource, TickSource
-from dataflow.adapters.wire import Codec
 from dataflow.domain import machine
 from dataflow.domain import messages as msg
 
@@ -65,6 +69,8 @@ log = logging.getLogger(__name__)
 
 
 RawInput: TypeAlias = KafkaSourceMessage[bytes | None, bytes | None] | KafkaError[Any, Any]
+#: What the outbox receives: its partition key (one partition) and a message.
+Keyed: TypeAlias = tuple[str, OutMessage]
 
 
 @dataclass(frozen=True)
@@ -97,27 +103,22 @@ class Outcome:
 
 
 @dataclass(frozen=True)
-class Routed:
-    """An output message and the sink it goes to."""
-
-    sink: str
-    message: OutMessage
-
-
-@dataclass(frozen=True)
 class FlowIO:
-    """The flow's sources and sinks: Kafka in production, testing ones in the flow tier."""
+    """The flow's sources and its sink: Kafka in production, testing ones in the flow tier."""
 
     instructions: Source[Any]
     reports: Source[Any]
     ticks: Source[int]
-    #: Commands and syncs, in the order the sessions produced them, each naming its topic.
-    conversation: Sink[OutMessage]
-    dead_letters: Sink[OutMessage]
+    #: Every output (commands, syncs, deadline markers, dead letters), each naming its
+    #: topic, in the order the sessions produced them (``dataflow.adapters.outbox``).
+    outputs: Sink[Keyed]
 
 
-def kafka_io(settings: Settings) -> FlowIO:
-    """Kafka sources (errors kept as values, not raised) and safe sinks for every topic."""
+def kafka_io(settings: Settings, origin: RecordedOrigin) -> FlowIO:
+    """Kafka sources (errors kept as values, not raised) and the outbox for every topic.
+
+    ``origin``: where inputs and the outbox start without recovery state.
+    """
     brokers = [settings.brokers]
     extra = source_config(settings)
 
@@ -127,7 +128,7 @@ def kafka_io(settings: Settings) -> FlowIO:
     def source(topic: str) -> PacedKafkaSource:
         return PacedKafkaSource(
             brokers, [topic], tail=True, add_config=extra, raise_on_errors=False,
-            batch_size=100, idle_wait=idle_wait, clock=clock,
+            batch_size=100, idle_wait=idle_wait, clock=clock, start=origin.input_offsets(topic),
         )  # fmt: skip
 
     return FlowIO(
@@ -136,8 +137,7 @@ def kafka_io(settings: Settings) -> FlowIO:
         # The tick input only has to keep epochs moving, and the clock wakes it at each
         # epoch's end: it can sleep five times longer than the Kafka inputs.
         ticks=TickSource(timedelta(seconds=settings.tick_interval_s), idle_wait * 5, clock),
-        conversation=SafeKafkaSink(settings, settings.topics.commands),
-        dead_letters=SafeKafkaSink(settings, settings.topics.dead_letters),
+        outputs=kafka_outbox(settings, origin.output_offsets()),
     )
 
 
@@ -150,30 +150,42 @@ def _origin(item: RawInput) -> Origin:
                   tuple(message.headers or ()))  # fmt: skip
 
 
-def decode_input(kind: str, settings: Settings, item: RawInput) -> Envelope | Routed:
-    """Bytes from an input topic (``kind``: instruction or report) to an event, or a dead letter."""
+def decode_instruction(settings: Settings, item: RawInput) -> Envelope | OutMessage:
+    """Bytes from the instruction topic to an event for its session, or a dead letter."""
     origin = _origin(item)
     if isinstance(item, KafkaError):
-        return _dead(origin, f"kafka: {item.err}", "consume")
-    decode, route, arrived = _INPUTS[kind]
-    decoded = decode(settings.codec, item.value or b"", settings.max_message_bytes)
+        return _dead(settings, origin, f"kafka: {item.err}", "consume")
+    decoded = settings.codec.decode_instruction(item.value or b"", settings.max_message_bytes)
     if isinstance(decoded, msg.Rejection):
-        return _dead(origin, decoded.reason, "decode")
-    key = route(decoded, settings.machine)
+        return _dead(settings, origin, decoded.reason, "decode")
+    key = machine.route_instruction(decoded, settings.machine)
     if isinstance(key, msg.Rejection):
-        return _dead(origin, key.reason, "route")
-    return Envelope(key, arrived(decoded, now_ms()), origin)
+        return _dead(settings, origin, key.reason, "route")
+    return Envelope(key, machine.InstructionArrived(decoded, now_ms()), origin)
 
 
-#: Per input: its decoder, its router, and the event it becomes.
-_INPUTS: Final[dict[str, tuple[Any, Any, Any]]] = {
-    "instruction": (
-        Codec.decode_instruction,
-        machine.route_instruction,
-        machine.InstructionArrived,
-    ),
-    "report": (Codec.decode_report, machine.route_report, machine.ReportArrived),
-}
+def decode_report(settings: Settings, item: RawInput) -> Envelope | OutMessage:
+    """Bytes from the report topic to an event (a report, or one of our deadline markers)."""
+    origin = _origin(item)
+    if isinstance(item, KafkaError):
+        return _dead(settings, origin, f"kafka: {item.err}", "consume")
+    data, codec = item.value or b"", settings.codec
+    event: machine.Event
+    if dict(origin.headers).get(MARKER_HEADER) == DEADLINE_MARKER:
+        deadline = codec.decode_deadline(data, settings.max_message_bytes)
+        if isinstance(deadline, msg.Rejection):
+            return _dead(settings, origin, deadline.reason, "decode")
+        key = machine.route_deadline(deadline, settings.machine)
+        event = machine.DeadlinePassed(deadline, now_ms())
+    else:
+        report = codec.decode_report(data, settings.max_message_bytes)
+        if isinstance(report, msg.Rejection):
+            return _dead(settings, origin, report.reason, "decode")
+        key = machine.route_report(report, settings.machine)
+        event = machine.ReportArrived(report, now_ms())
+    if isinstance(key, msg.Rejection):
+        return _dead(settings, origin, key.reason, "route")
+    return Envelope(key, event, origin)
 
 
 def fan_out_tick(keys: tuple[str, ...], since_ms: int, now_ms: int) -> list[Envelope]:
@@ -189,70 +201,70 @@ def session_step(
     return state, Outcome(envelope.origin, effects)
 
 
-def to_outputs(codec: Codec, keyed: tuple[str, Outcome]) -> Iterable[Routed]:
+def to_outputs(settings: Settings, keyed: tuple[str, Outcome]) -> Iterable[OutMessage]:
     """Effects to output messages; notes become log lines and metrics on the way.
 
-    JSON messages are keyed by session; Avro ones as the originals key them.
+    JSON messages are keyed by session; Avro ones as the originals key them. A sync
+    is a barrier: the round's first command waits until the engine's topic has its
+    pause. Every message but a dead letter carries its effect's stable message id.
     """
     key, outcome = keyed
+    codec, topics = settings.codec, settings.topics
     session = [(SESSION_HEADER, key.encode())]
     for effect in outcome.effects:
         if isinstance(effect, machine.SendCommand):
-            headers = [(MESSAGE_ID_HEADER, effect.message_id.encode()), *session]
             record_key, value = codec.encode_command(effect.command)
-            yield Routed("commands", OutMessage(record_key or key.encode(), value, headers))
+            yield OutMessage(record_key or key.encode(), value, session, topics.commands,
+                             message_id=effect.message_id)  # fmt: skip
         elif isinstance(effect, machine.SendSync):
-            headers = [(MESSAGE_ID_HEADER, effect.message_id.encode()), *session]
             record_key, value = codec.encode_sync(effect.sync)
-            yield Routed("syncs", OutMessage(record_key or key.encode(), value, headers))
+            yield OutMessage(record_key or key.encode(), value, session, topics.sync,
+                             barrier=True, message_id=effect.message_id)  # fmt: skip
+        elif isinstance(effect, machine.MarkDeadline):
+            record_key, value = codec.encode_deadline(effect.deadline)
+            marker = [(MARKER_HEADER, DEADLINE_MARKER), *session]
+            yield OutMessage(record_key or key.encode(), value, marker, topics.reports,
+                             message_id=effect.message_id)  # fmt: skip
         elif isinstance(effect, machine.Reject):
             origin = outcome.origin or Origin(None, None, None, None, None)
-            yield _dead(origin, effect.reason, "session", key)
+            yield _dead(settings, origin, effect.reason, "session", key)
         else:
             observability.record_note(effect)
 
 
-def _dead(origin: Origin, reason: str, stage: str, key: str | None = None) -> Routed:
+def _dead(
+    settings: Settings, origin: Origin, reason: str, stage: str, key: str | None = None
+) -> OutMessage:
     fields = {"topic": origin.topic, "partition": origin.partition, "offset": origin.offset}
     if key is not None:
         fields["key"] = key
     observability.record_dead_letter(stage, reason, fields)
     letter = dead_letter(origin.value, origin.key, reason, stage, origin.topic, origin.partition,
                          origin.offset, origin.headers)  # fmt: skip
-    return Routed("dead_letters", letter)
+    return dataclasses.replace(letter, topic=settings.topics.dead_letters)
 
 
-def _only(sink: str, routed: Routed) -> OutMessage | None:
-    return routed.message if routed.sink == sink else None
-
-
-def _addressed(topics: Topics, routed: Routed) -> OutMessage | None:
-    """A command or sync message for the one ordered sink, with its topic; a sync is a barrier."""
-    if routed.sink == "commands":
-        return dataclasses.replace(routed.message, topic=topics.commands)
-    if routed.sink == "syncs":
-        return dataclasses.replace(routed.message, topic=topics.sync, barrier=True)
-    return None
+def _keyed(message: OutMessage | Envelope) -> Keyed:
+    """Every message to the outbox's one partition (its dead letters arrive typed as either)."""
+    if not isinstance(message, OutMessage):
+        raise TypeError(f"not an output message: {message!r}")
+    return PARTITION, message
 
 
 # --------------------------------------------------------------------------- the flow
 
 
-def build_flow(settings: Settings, io: FlowIO | None = None) -> Dataflow:
-    """Wire the controller. ``io`` defaults to Kafka; the flow tier passes testing IO."""
-    io = io or kafka_io(settings)
-    started = now_ms()  # deadlines are never due sooner than the report timeout after this
+def build_flow(settings: Settings, io: FlowIO) -> Dataflow:
+    """Wire the controller to ``io``: Kafka (``kafka_io``), or the flow tier's testing IO."""
+    started = now_ms()  # no deadline marker is asked for sooner than the timeout after this
     flow = Dataflow(FLOW_ID)
-    instructions = op.input(INSTRUCTIONS_STEP, flow, io.instructions)
-    reports = op.input(REPORTS_STEP, flow, io.reports)
-    ticks = op.input(TICKS_STEP, flow, io.ticks)
-
-    decoded = op.merge(
-        "merge_inputs",
-        op.map("decode_instructions", instructions, partial(decode_input, "instruction", settings)),
-        op.map("decode_reports", reports, partial(decode_input, "report", settings)),
-    )
+    instructions = op.map("decode_instructions", op.input(INSTRUCTIONS_STEP, flow, io.instructions),
+                          partial(decode_instruction, settings))  # fmt: skip
+    reports = op.map("decode_reports", op.input(REPORTS_STEP, flow, io.reports),
+                     partial(decode_report, settings))  # fmt: skip
+    decoded = op.merge("merge_inputs", instructions, reports)
     accepted = op.branch("accepted", decoded, lambda x: isinstance(x, Envelope))
+    ticks = op.input(TICKS_STEP, flow, io.ticks)
     events: Stream[Envelope] = op.merge(
         "merge_ticks",
         accepted.trues,
@@ -260,34 +272,49 @@ def build_flow(settings: Settings, io: FlowIO | None = None) -> Dataflow:
     )
     keyed = op.key_on("key_by_session", events, lambda envelope: envelope.key)
     outcomes = op.stateful_map(SESSION_STEP, keyed, partial(session_step, settings.machine))
-    routed = op.merge(
+    messages = op.merge(
         "merge_outputs",
-        op.flat_map("effects_to_messages", outcomes, partial(to_outputs, settings.codec)),
+        op.flat_map("effects_to_messages", outcomes, partial(to_outputs, settings)),
         accepted.falses,
     )
-    op.output("conversation_out",
-              op.filter_map("conversation", routed, partial(_addressed, settings.topics)),
-              io.conversation)  # fmt: skip
-    op.output("dead_letters_out",
-              op.filter_map("dead_letters", routed, partial(_only, "dead_letters")),
-              io.dead_letters)  # fmt: skip
+    op.output(OUTPUTS_STEP, op.map("to_outbox", messages, _keyed), io.outputs)
     return flow
 
 
-def bytewax_epoch_interval() -> timedelta | None:
-    """The epoch interval of the ``python -m bytewax.run`` this process is, if it is one.
+def _bytewax_run_kwargs() -> dict[str, Any] | None:
+    """What ``python -m bytewax.run`` parsed from its command line, if this process is one.
 
-    ``bytewax.run`` works it out (``-s`` or ``BYTEWAX_SNAPSHOT_INTERVAL``; 10 s without
-    recovery) into its module's ``kwargs`` before it imports the flow; ``python -m
-    bytewax.testing -p N`` runs N of those. Elsewhere (``bytewax.testing.run_main``,
-    ``cluster_main``) ``None``: the inputs' epochs are left unaligned.
+    ``bytewax.run`` works its options out into its module's ``kwargs`` before it
+    imports the flow; ``python -m bytewax.testing -p N`` runs N of those. Elsewhere
+    (``bytewax.testing.run_main``, ``cluster_main``) ``None``. Bytewax offers no API
+    for it: this reads a private module global, checked by ``tests/flow``.
     """
     main = sys.modules.get("__main__")
     spec = getattr(main, "__spec__", None)
     if spec is None or spec.name != "bytewax.run":
         return None
-    interval = getattr(main, "kwargs", {}).get("epoch_interval")
+    kwargs = getattr(main, "kwargs", None)
+    return kwargs if isinstance(kwargs, dict) else None
+
+
+def bytewax_epoch_interval() -> timedelta | None:
+    """The epoch interval of the ``python -m bytewax.run`` this process is, if it is one.
+
+    ``-s``, or 10 s without recovery; ``None`` elsewhere: the inputs' epochs are left
+    unaligned.
+    """
+    interval = (_bytewax_run_kwargs() or {}).get("epoch_interval")
     return interval if isinstance(interval, timedelta) and interval > timedelta(0) else None
+
+
+def bytewax_recovery() -> tuple[Path | None, int]:
+    """The recovery directory (``-r``) of this ``bytewax.run`` process, and its process id."""
+    kwargs = _bytewax_run_kwargs() or {}
+    config = kwargs.get("recovery_config")
+    directory = getattr(config, "db_dir", None)
+    process = kwargs.get("process_id")
+    return (None if directory is None else Path(directory),
+            process if isinstance(process, int) else 0)  # fmt: skip
 
 
 def single_threaded_numerics() -> threadpool_limits:
@@ -322,15 +349,19 @@ def get_flow() -> Dataflow:
         print(f"controller: {error}", file=sys.stderr)
         raise SystemExit(2) from None
     observability.configure_logging(settings.log_level, settings.log_format)
+    directory, process = bytewax_recovery()
     try:
         preflight(settings)
+        origin = establish(settings, directory, process)
     except StartupError as error:
         log.error(f"controller cannot start: {error}")
         raise SystemExit(3) from None
+    settings = settings.with_baseline(origin.baseline)
     log.info("controller starting", extra={"fields": {
         "brokers": settings.brokers, "dialect": settings.dialect,
         "profile": settings.machine.profile.name, "keys": list(settings.machine.keys),
-        "topics": list(settings.topics.all()),
+        "topics": list(settings.topics.all()), "transactional_id": settings.transactional_id,
+        "recovery_directory": str(directory), "process": process,
         "epoch_interval_s": (interval := bytewax_epoch_interval()) and interval.total_seconds(),
     }})  # fmt: skip
-    return build_flow(settings)
+    return build_flow(settings, kafka_io(settings, origin))

@@ -12,10 +12,12 @@ is checked against it by a test.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Final
@@ -24,6 +26,7 @@ import msgspec
 
 from dataflow.adapters.wire import ENCODINGS, Codec, Encoding
 from dataflow.domain import dialects, machine, optimizer
+from dataflow.domain.config import Baseline
 from dataflow.domain.errors import ConfigError
 from dataflow.domain.messages import DEFAULT_MAX_MESSAGE_BYTES, Params
 from dataflow.domain.strategy import STRATEGIES
@@ -112,6 +115,14 @@ VARIABLES: Final[tuple[Variable, ...]] = (
              "Engine pause/play messages (output)."),
     Variable("DEAD_LETTER_TOPIC", "controller_dead_letters",
              "Undecodable or rejected input, with the reason in headers (output)."),
+    Variable("INPUT_START", "end",
+             "Where a controller without recovery state starts reading its two input topics: "
+             "`end` (only what is sent from now on, as a new production consumer), "
+             "`beginning`, or a time (ISO 8601, or milliseconds since the epoch). Recorded "
+             "in the recovery directory at its first start; ignored once it holds state."),
+    Variable("KAFKA_TRANSACTIONAL_ID", "rtcef-controller.<COMMAND_TOPIC>.<SYNC_TOPIC>",
+             "Transactional id of the output producer: a controller started with it fences "
+             "every earlier process that had it (one per deployment; ACLs name it)."),
     Variable("OPTIMISER_PROFILE", "the dialect's profile (of the same name)",
              "Search space, budget and acquisition: "
              + "; ".join(f"`{p.name}` ({', '.join(p.names)}; {p.budget} steps, {p.acquisition}"
@@ -217,6 +228,9 @@ class Settings:
     log_level: str
     log_format: str
     security: Mapping[str, str | Secret] = field(default_factory=dict)
+    #: ``"end"``, ``"beginning"`` or a time in milliseconds since the epoch.
+    input_start: str | int = "end"
+    transactional_id: str = ""
 
     @property
     def dialect(self) -> str:
@@ -227,6 +241,11 @@ class Settings:
     def codec(self) -> Codec:
         """Encoder and decoder of every topic's messages (built once)."""
         return Codec(self.dialect, self.encoding)
+
+    def with_baseline(self, baseline: Baseline) -> Settings:
+        """These settings, new sessions' counters starting at ``baseline``."""
+        config = msgspec.structs.replace(self.machine, baseline=baseline)
+        return dataclasses.replace(self, machine=config)
 
     def kafka_config(self) -> dict[str, str]:
         """Librdkafka settings shared by every client: brokers and security, secrets revealed."""
@@ -423,10 +442,32 @@ class _Reader:
             log_level=self.choice("LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
             log_format=self.choice("LOG_FORMAT", "json", ("json", "text")),
             security=self.security(),
+            input_start=self.input_start(),
+            transactional_id=self.text(
+                "KAFKA_TRANSACTIONAL_ID", f"rtcef-controller.{topics.commands}.{topics.sync}"
+            ),
         )
         if self.problems:
             raise SettingsError(self.problems)
         return settings
+
+    def input_start(self) -> str | int:
+        raw = self.text("INPUT_START", "end")
+        if raw in ("end", "beginning"):
+            return raw
+        try:
+            return int(raw)
+        except ValueError:
+            pass
+        try:
+            when = datetime.fromisoformat(raw)
+        except ValueError:
+            self.problems.append(f"INPUT_START: {raw!r} is not `end`, `beginning`, an ISO 8601 "
+                                 "time or milliseconds since the epoch")  # fmt: skip
+            return "end"
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        return int(when.timestamp() * 1000)
 
 
 def _middle(dimension: optimizer.Dimension) -> float | int:

@@ -1,4 +1,4 @@
-"""Kafka at the edges: broker preflight, topic set-up, a sink that cannot lose messages.
+"""Kafka at the edges: broker preflight, topic set-up, client settings, output messages.
 
 Role: the I/O adapters of the flow. Each works around a Bytewax 0.21.1 Kafka
 connector behaviour (see ``shared/docs/bytewax-notes.md``):
@@ -6,10 +6,10 @@ connector behaviour (see ``shared/docs/bytewax-notes.md``):
 * ``KafkaSource`` hangs forever in ``list_topics()`` when the brokers are
   unreachable: ``preflight`` checks reachability first, with a deadline.
 * The stock ``KafkaSink`` flushes without delivery callbacks and so loses
-  messages (and exits 0) when delivery fails: ``SafeKafkaSink`` registers a
-  callback per message, uses the idempotent producer with ``acks=all``, flushes
-  with a timeout and raises on any failure, so Bytewax crashes and replays from
-  the last snapshot instead of forgetting.
+  messages (and exits 0) when delivery fails, and repeats itself after a crash:
+  the flow writes through ``dataflow.adapters.outbox`` instead, which checks every
+  delivery (a failure crashes the flow, to replay) and never writes a message id
+  twice.
 * Offsets live only in Bytewax's recovery store; ``auto.offset.reset`` is set
   explicitly so that an offset removed by retention does not skip data silently.
 """
@@ -22,9 +22,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from confluent_kafka import KafkaError as ConfluentKafkaError
-from confluent_kafka import KafkaException, Message, Producer
+from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
@@ -32,9 +31,14 @@ from dataflow.adapters.config import Settings
 
 log = logging.getLogger(__name__)
 
-#: Header names on every output message.
+#: Header names on output messages: a stable id and a digest of the payload (on everything
+#: but dead letters, see ``dataflow.adapters.outbox``), and the session that sent it.
 MESSAGE_ID_HEADER: Final = "message-id"
+DIGEST_HEADER: Final = "message-digest"
 SESSION_HEADER: Final = "session-key"
+#: On the deadline markers the controller writes to the report topic (``Codec.encode_deadline``).
+MARKER_HEADER: Final = "controller-marker"
+DEADLINE_MARKER: Final = b"deadline"
 #: Headers on dead letters (besides the original message's own headers).
 DLQ_REASON: Final = "dlq-reason"
 DLQ_SOURCE_TOPIC: Final = "dlq-source-topic"
@@ -61,6 +65,9 @@ class OutMessage:
     topic: str | None = None
     #: Everything after this message waits until the broker has acknowledged it.
     barrier: bool = False
+    #: Stable across replays: a message whose id is on its topic already is not written
+    #: again (``dataflow.adapters.outbox``). ``None``: not deduplicated (dead letters).
+    message_id: str | None = None
 
 
 #: librdkafka's own log lines (connection failures, broker errors) go through this logger,
@@ -84,6 +91,9 @@ def source_config(settings: Settings) -> dict[str, Any]:
     # Bytewax keeps offsets in its recovery store; if one was removed by retention,
     # read what is left rather than jumping to the end (librdkafka's default).
     config["auto.offset.reset"] = "earliest"
+    # As the services read (Java's and kafka-python's default): a deadline marker whose
+    # transaction a crash left open is read like the copy the outbox reads back.
+    config["isolation.level"] = "read_uncommitted"
     config["fetch.message.max.bytes"] = str(max(1_048_576, settings.max_message_bytes * 2))
     return config
 
@@ -126,76 +136,6 @@ def preflight(settings: Settings) -> None:
         except KafkaException as error:
             if error.args[0].code() != ConfluentKafkaError.TOPIC_ALREADY_EXISTS:
                 raise StartupError(f"cannot create topic {topic!r}: {error}") from error
-
-
-class SafeKafkaSink(DynamicSink[OutMessage]):
-    """Writes ``OutMessage`` values in order and raises unless every one is acknowledged.
-
-    Messages go to their own ``topic``, else to the sink's. After a ``barrier``
-    message the partition waits for the broker's acknowledgement before it
-    produces the next one: a ``pause`` is on the engine's topic before the
-    round's first command is on the factory's, as the original controller did.
-    """
-
-    def __init__(self, settings: Settings, topic: str) -> None:
-        self._config = {
-            **client_config(settings),
-            "enable.idempotence": "true",
-            "acks": "all",
-            "linger.ms": "0",
-            "message.max.bytes": str(max(1_048_576, settings.max_message_bytes * 2)),
-        }
-        self._topic = topic
-        self._timeout = settings.delivery_timeout_s
-
-    def build(
-        self, step_id: str, worker_index: int, worker_count: int
-    ) -> StatelessSinkPartition[OutMessage]:
-        """One idempotent producer per worker."""
-        return _SafePartition(Producer(self._config), self._topic, self._timeout)
-
-
-class _SafePartition(StatelessSinkPartition[OutMessage]):
-    def __init__(self, producer: Producer, topic: str, timeout: float) -> None:
-        self._producer = producer
-        self._topic = topic
-        self._timeout = timeout
-
-    def write_batch(self, items: list[OutMessage]) -> None:
-        failures: list[str] = []
-
-        def on_delivery(error: ConfluentKafkaError | None, message: Message) -> None:
-            if error is not None:
-                failures.append(f"{message.topic()}: {error.name()}: {error.str()}")
-
-        for index, item in enumerate(items):
-            self._produce(item, on_delivery)
-            if item.barrier and index + 1 < len(items):
-                self._acknowledged(failures)
-        self._acknowledged(failures)
-
-    def _acknowledged(self, failures: list[str]) -> None:
-        remaining = self._producer.flush(self._timeout)
-        if remaining or failures:
-            raise DeliveryError(
-                f"{self._topic}: {remaining} message(s) unacknowledged after {self._timeout:g}s,"
-                f" {len(failures)} failed ({'; '.join(failures[:3])}); crashing to replay"
-            )
-
-    def _produce(self, item: OutMessage, on_delivery: Any) -> None:
-        while True:
-            try:
-                headers: list[tuple[str, str | bytes | None]] = list(item.headers)
-                self._producer.produce(item.topic or self._topic, value=item.value, key=item.key,
-                                       headers=headers, on_delivery=on_delivery)  # fmt: skip
-                return
-            except BufferError:
-                self._producer.poll(0.1)  # local queue full: let deliveries drain
-
-    def close(self) -> None:
-        remaining = self._producer.flush(self._timeout)
-        if remaining:
-            raise DeliveryError(f"{self._topic}: {remaining} message(s) unacknowledged at close")
 
 
 def dead_letter(

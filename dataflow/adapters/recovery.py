@@ -36,12 +36,15 @@ from typing import Final
 
 #: Persisted names: Bytewax's recovery store keys state and input offsets by
 #: ``<flow id>.<step id>``. Renaming the session step drops every session;
-#: renaming an input re-reads its topic from the start. Frozen by a test.
+#: renaming an input re-reads its topic from the start; renaming the output step
+#: drops the outbox's offsets (it then reads back from the directory's origin). Frozen
+#: by a test.
 FLOW_ID: Final = "rtcef_controller"
 INSTRUCTIONS_STEP: Final = "instructions"
 REPORTS_STEP: Final = "reports"
 TICKS_STEP: Final = "ticks"
 SESSION_STEP: Final = "session"
+OUTPUTS_STEP: Final = "outputs"
 
 #: Left in a directory whose partitions were created: none is ever created there again.
 CREATED_MARKER = ".partitions-created"

@@ -37,11 +37,13 @@ behaviours (``shared/docs/bytewax-notes.md``) decide their shape:
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 from bytewax.connectors.kafka import KafkaSource, _list_parts
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+from confluent_kafka import OFFSET_BEGINNING
 from confluent_kafka.admin import AdminClient
 from typing_extensions import override
 
@@ -258,7 +260,9 @@ class _PacedPartition(StatefulSourcePartition[Any, Any]):
 
 
 #: librdkafka properties only a consumer understands: any other client warns (CONFWARN).
-CONSUMER_ONLY: Final = frozenset({"auto.offset.reset", "fetch.message.max.bytes"})
+CONSUMER_ONLY: Final = frozenset(
+    {"auto.offset.reset", "fetch.message.max.bytes", "isolation.level"}
+)
 #: Not given to the partition lister: nothing polls it, so its log lines would be lost;
 #: without a logger librdkafka writes them to stderr itself.
 _NOT_FOR_LISTER: Final = CONSUMER_ONLY | {"logger"}
@@ -268,14 +272,19 @@ class PacedKafkaSource(KafkaSource):
     """Bytewax's ``KafkaSource`` (same partitions and resume state), paced when idle.
 
     ``clock``: the process's ``EpochClock``, shared with the flow's other sources.
+    ``start``: where a partition without recovery state starts, by partition index (the
+    recovery directory's origin, ``dataflow.adapters.origin``); one not named starts at
+    the topic's beginning (it was added after the origin was recorded).
     """
 
     def __init__(
-        self, *args: Any, idle_wait: timedelta, clock: EpochClock | None = None, **kwargs: Any
-    ) -> None:
+        self, *args: Any, idle_wait: timedelta, clock: EpochClock | None = None,
+        start: Mapping[int, int] | None = None, **kwargs: Any,
+    ) -> None:  # fmt: skip
         super().__init__(*args, **kwargs)
         self.idle_wait = idle_wait
         self.clock = clock or EpochClock()
+        self.start = dict(start or {})
 
     def admin_config(self) -> dict[str, str | int | float | bool]:
         """The partition lister's settings: the consumers' minus what only a consumer reads.
@@ -295,5 +304,7 @@ class PacedKafkaSource(KafkaSource):
     def build_part(  # type: ignore[override]
         self, step_id: str, for_part: str, resume_state: int | None
     ) -> _PacedPartition:
+        if resume_state is None:
+            resume_state = self.start.get(int(for_part.split("-", 1)[0]), OFFSET_BEGINNING)
         inner = super().build_part(step_id, for_part, resume_state)
         return _PacedPartition(inner, self.idle_wait, self.clock)

@@ -33,6 +33,8 @@ ENCODINGS: Final = ("json", "avro")
 #: Each Avro-speaking dialect's schemas are in ``schemas/<dialect>/`` (its record names them).
 SCHEMAS: Final = Path(__file__).resolve().parent / "schemas"
 _INT32: Final = (-(2**31), 2**31 - 1)
+#: The ``metrics`` field of a deadline marker that names its command.
+DEADLINE_FIELD: Final = "deadline_passed"
 
 
 def _topic(dialect: str, role: dialects.TopicRole) -> dialects.AvroTopic:
@@ -147,6 +149,23 @@ class Codec:
             )
         return report
 
+    def decode_deadline(
+        self, data: bytes, max_bytes: int = msg.DEFAULT_MAX_MESSAGE_BYTES
+    ) -> msg.Deadline | msg.Rejection:
+        """A deadline marker the controller wrote to the report topic (``encode_deadline``)."""
+        text = self._json_of("reports", data, "deadline marker", max_bytes)
+        if isinstance(text, msg.Rejection):
+            return text
+        try:
+            named = json.loads(json.loads(text)["metrics"])[DEADLINE_FIELD]
+        except (ValueError, KeyError, TypeError) as error:
+            return msg.Rejection(f"deadline marker: `$.metrics.{DEADLINE_FIELD}` unreadable "
+                                 f"({type(error).__name__}: {error})")  # fmt: skip
+        if isinstance(named, bool) or not isinstance(named, int | str):
+            return msg.Rejection(f"deadline marker: `$.metrics.{DEADLINE_FIELD}` must be a "
+                                 f"command id, got {named!r:.40}")  # fmt: skip
+        return msg.Deadline(named)
+
     def decode_command(self, data: bytes) -> msg.FactoryCommand | msg.Rejection:
         """A factory command (read by the factory stand-in and the tests)."""
         text = self._json_of("commands", data, "command", msg.DEFAULT_MAX_MESSAGE_BYTES)
@@ -174,6 +193,23 @@ class Codec:
         if not self.avro:
             return None, msg.encode_sync(sync)
         return self._avro("sync", msgspec.structs.asdict(sync))
+
+    def encode_deadline(self, deadline: msg.Deadline) -> tuple[bytes | None, bytes]:
+        """A deadline marker for the report topic, in the shape of the topic's reports.
+
+        Every reader of the topic can decode it, and none would take it for an answer:
+        its ``reply_id`` is -1 (no command has it), its ``model_id`` -1, and it names its
+        command in ``metrics`` only. In Avro its key is the one the factory's report to
+        that command has, so that on a topic of several partitions both land in the same
+        one (the timeout is decided by which is read first).
+        """
+        metrics = json.dumps({DEADLINE_FIELD: deadline.command_id})
+        record = {"reply_id": -1, "params_dict": "", "model_id": -1, "metrics": metrics}
+        if not self.avro:
+            return None, msgspec.json.encode(record)
+        key = {"reply_id": deadline.command_id}
+        return (avro_write(self.dialect, "reports", "key", key),
+                avro_write(self.dialect, "reports", "value", record))  # fmt: skip
 
     def encode_report(self, report: msgspec.Struct) -> tuple[bytes | None, bytes]:
         """A factory report's key and value (the factory stand-in writes these)."""

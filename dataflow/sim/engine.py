@@ -1,8 +1,10 @@
 """An Engine stand-in: follows pause/play and complains about what a real engine would not survive.
 
 Pure core (``EngineSimulator.apply``); the demo and tests feed it the sync topic.
-Replayed messages (same ``message-id`` header) are dropped first, as a careful
-consumer of an at-least-once stream does.
+Like the real engines it acts on every message it reads and reads no header: a
+repeated ``pause`` pauses again (and is a complaint). It also counts the
+deliveries of each ``message-id`` it sees, for tests: a second one is a copy
+the controller should never have written (``duplicates``).
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ class EngineSimulator:
     model_id: int | str = -1
     paused: bool = False
     paused_since_ms: int | None = None
-    seen: set[bytes] = field(default_factory=set)
+    #: Deliveries of each message id (only counted: the engine acts on every copy).
+    deliveries: dict[bytes, int] = field(default_factory=dict)
     complaints: list[str] = field(default_factory=list)
     switches: list[int | str] = field(default_factory=list)
     #: Model ids the factory reported (when the engine also follows the reports).
@@ -38,10 +41,15 @@ class EngineSimulator:
     codec: Codec = field(default_factory=lambda: Codec(dialects.DIALECTS[0]))
 
     def follow(self, message: Message, now_ms: int) -> None:
-        """Apply a sync message as read from Kafka (its ``message-id`` header drops replays)."""
+        """Apply a sync message as read from Kafka (its ``message-id`` header only counted)."""
         found = dict(message.headers() or []).get(MESSAGE_ID_HEADER)
         message_id = found.encode() if isinstance(found, str) else found
         self.apply(message.value() or b"", message_id, now_ms)
+
+    @property
+    def duplicates(self) -> dict[bytes, int]:
+        """Message ids delivered more than once, with how many deliveries."""
+        return {mid: n for mid, n in self.deliveries.items() if n > 1}
 
     def learn_report(self, value: bytes) -> None:
         """Remember a model the factory built (a play may only name one of these)."""
@@ -51,11 +59,9 @@ class EngineSimulator:
             self.known_models.add(report.model_id)
 
     def apply(self, value: bytes, message_id: bytes | None = None, now_ms: int = 0) -> None:
-        """Handle one sync message."""
+        """Handle one sync message, as a real engine does: whatever copy of what it is."""
         if message_id is not None:
-            if message_id in self.seen:
-                return
-            self.seen.add(message_id)
+            self.deliveries[message_id] = self.deliveries.get(message_id, 0) + 1
         sync = self.codec.decode_sync(value)
         if isinstance(sync, msg.Rejection):
             self.complaints.append(f"unknown message: {sync.reason}")
@@ -104,7 +110,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     sync_topic = args.sync_topic or dialects.get(args.dialect).topics["sync"]
     reports_topic = args.reports_topic or dialects.get(args.dialect).topics["reports"]
-    consumer = Consumer({"bootstrap.servers": args.bootstrap, "group.id": "engine-stand-in"})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": args.bootstrap,
+            "group.id": "engine-stand-in",
+            "isolation.level": "read_uncommitted",
+        }
+    )  # as the real engines read
     start = OFFSET_BEGINNING if args.from_start else OFFSET_END
     consumer.assign([TopicPartition(sync_topic, 0, start), TopicPartition(reports_topic, 0, start)])
     engine = EngineSimulator(codec=Codec(args.dialect, args.encoding), follows_reports=True)
@@ -128,7 +140,9 @@ def main(argv: list[str] | None = None) -> int:
         pass
     finally:
         consumer.close()
-    return 1 if engine.complaints else 0
+    if engine.duplicates:
+        print(f"ENGINE COMPLAINT: messages delivered twice: {engine.duplicates}", file=sys.stderr)
+    return 1 if engine.complaints or engine.duplicates else 0
 
 
 if __name__ == "__main__":

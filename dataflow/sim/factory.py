@@ -5,7 +5,15 @@ plus a Kafka loop (``serve``). Faithful to both dialects: no report for
 ``opt_initialise``; ``f_val`` inside the ``metrics`` JSON text; ``params_dict``
 keeps the ``{"params": ...}`` wrapper for rtcef train reports; a global model id
 counter; seed adds ``status``, ``model_path`` and ``creation_method``. Optional
-misbehaviour for tests and demos: latency, errors, silence and duplicate replies.
+misbehaviour for tests and demos: errors, silence and duplicate replies.
+
+Like the real factories it acts on every command it reads, copies too, and reads
+no header: a repeated ``train`` builds another model, a repeated ``opt_step`` is
+another step of the optimisation (its ``best_i`` then counts it), and an
+``opt_finalise`` after its optimisation ended finds none: the seed's factory
+answers "No optimization session active", the original RTCEF factory raises in
+its main loop and never answers anything again (``dead``). It counts the
+deliveries of each command id (``duplicates``): a copy is the controller's bug.
 """
 
 from __future__ import annotations
@@ -37,7 +45,6 @@ class Behaviour:
     error_rate: float = 0.0
     silence_rate: float = 0.0
     duplicate_rate: float = 0.0
-    latency_s: float = 0.0
     #: Command ids (wire form) never to answer, whatever the rates.
     silent_ids: frozenset[int | str] = frozenset()
     #: Command ids to answer with an error report the first time they arrive.
@@ -56,21 +63,38 @@ class FactorySimulator:
     #: Wire encoding of the reports (JSON, or Avro for the rtcef dialect).
     encoding: Encoding = "json"
     next_model: int = 0
-    steps: dict[int, list[tuple[msg.Params, int]]] = field(default_factory=dict)
+    #: The optimisation in progress of each model served (the session key, in multi-model
+    #: mode: one real factory per model): its steps, for the finalise.
+    steps: dict[tuple[str | None, int], list[tuple[msg.Params, int]]] = field(default_factory=dict)
     failed: set[int | str] = field(default_factory=set)
+    #: Deliveries of each command id (a second one is a copy the factory acted on again).
+    deliveries: dict[int | str, int] = field(default_factory=dict)
+    #: Why its loop died (the original factory, on an ``opt_finalise`` without a round).
+    dead: str | None = None
 
     def __post_init__(self) -> None:
         self._random = random.Random(self.seed)  # noqa: S311 - simulation, not security
         self.codec = Codec(self.dialect, self.encoding)
         self._dialect = dialects.get(self.dialect)
 
-    def respond(self, command: msg.FactoryCommand) -> list[Reply]:
-        """The reports for ``command`` (none, one, or a duplicated one), as (key, value)."""
+    @property
+    def duplicates(self) -> dict[int | str, int]:
+        """Command ids delivered more than once, with how many deliveries."""
+        return {cid: n for cid, n in self.deliveries.items() if n > 1}
+
+    def respond(self, command: msg.FactoryCommand, model: str | None = None) -> list[Reply]:
+        """The reports for ``command`` (none, one, or a duplicated one), as (key, value).
+
+        ``model``: which model's factory answers (the session key of multi-model mode).
+        """
+        self.deliveries[command.id] = self.deliveries.get(command.id, 0) + 1
         b = self.behaviour
+        if self.dead is not None:
+            return []
         if command.id in b.silent_ids or self._random.random() < b.silence_rate:
             return []
         if command.type == msg.CommandType.OPT_INITIALISE:
-            self.steps[command.optimisation_id] = []
+            self.steps[model, command.optimisation_id] = []
             return []
         if (command.id in b.failing_once and command.id not in self.failed) or (
             self._random.random() < b.error_rate
@@ -78,13 +102,15 @@ class FactorySimulator:
             self.failed.add(command.id)
             error = self._error(command, "simulated factory failure")
             return [error] if error else []
-        report = self._report(command)
+        report = self._report(command, (model, command.optimisation_id))
         if report is None:
             return []
         copies = 2 if self._random.random() < b.duplicate_rate else 1
         return [report] * copies
 
-    def _report(self, command: msg.FactoryCommand) -> Reply | None:
+    def _report(
+        self, command: msg.FactoryCommand, optimisation: tuple[str | None, int]
+    ) -> Reply | None:
         body = json.loads(command.params)["params"]
         model = self.next_model
         self.next_model += 1
@@ -92,19 +118,31 @@ class FactorySimulator:
             params_dict = self._dialect.train_params_dict(command)
             return self._encode(command, model, params_dict, "", "retrain")
         if command.type == msg.CommandType.OPT_STEP:
+            if optimisation not in self.steps:  # finalised already, or a copy
+                return self._no_optimisation(command)
             named = tuple(zip(self.profile.names, body, strict=True))
             f_val = self.surface(named)
-            self.steps.setdefault(command.optimisation_id, []).append((named, model))
+            self.steps[optimisation].append((named, model))
             metrics = json.dumps({"mcc": -f_val, "f_val": f_val})
             return self._encode(command, model, json.dumps(dict(named)), metrics, None)
         # opt_finalise: the factory builds the best step's model anew, under a new id
-        # (as in the recordings: steps 1..15, finalise 16).
-        steps = self.steps.get(command.optimisation_id, [])
+        # (as in the recordings: steps 1..15, finalise 16), and ends the optimisation.
+        steps = self.steps.pop(optimisation, None)
+        if steps is None:  # finalised already (a copy), or never initialised
+            return self._no_optimisation(command)
         if not 0 <= command.best_i < len(steps):
             self.next_model -= 1
             return self._error(command, f"no step {command.best_i} in this optimisation")
         named, _ = steps[command.best_i]
         return self._encode(command, model, json.dumps(dict(named)), "", "optimisation")
+
+    def _no_optimisation(self, command: msg.FactoryCommand) -> Reply | None:
+        """A step or finalise with no optimisation in progress, as each real factory takes it."""
+        self.next_model -= 1
+        if self._dialect.error_report(command, "") is None:  # the original factory: it raises
+            self.dead = f"{command.type} {command.id!r} without an optimisation in progress"
+            return None
+        return self._error(command, "No optimization session active")
 
     def _encode(
         self,
@@ -178,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         surface = recorded(profile, args.recordings)
     else:
         surface = SYNTHETIC[args.surface](profile)
-    behaviour = Behaviour(args.error_rate, args.silence_rate, args.duplicate_rate, args.latency)
+    behaviour = Behaviour(args.error_rate, args.silence_rate, args.duplicate_rate)
     simulator = FactorySimulator(args.dialect, profile, surface, behaviour, seed=args.seed,
                                  encoding=args.encoding)  # fmt: skip
 

@@ -18,6 +18,7 @@ from typing import Protocol
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, Message, Producer
 from confluent_kafka.cimpl import TopicPartition
 
+from dataflow.adapters.kafka import SESSION_HEADER
 from dataflow.adapters.wire import ENCODINGS, Codec
 from dataflow.domain import messages as msg
 from dataflow.domain.dialects import DIALECTS, REGISTRY
@@ -91,7 +92,9 @@ def serve(
 ) -> None:
     """Call ``handler(value, headers)`` per message; produce the (topic, key, value) it yields."""
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "stand-in",
-                         "enable.auto.commit": False})  # fmt: skip
+                         "enable.auto.commit": False,
+                         # as the real services read: what a crash's transaction left too
+                         "isolation.level": "read_uncommitted"})  # fmt: skip
     start = OFFSET_BEGINNING if from_start else OFFSET_END
     consumer.assign([TopicPartition(topic, p, start) for p in range(partitions)])
     producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
@@ -117,8 +120,10 @@ class Factory(Protocol):
         """The codec of its dialect and encoding."""
         ...
 
-    def respond(self, command: msg.FactoryCommand) -> Sequence[tuple[bytes | None, bytes]]:
-        """The (key, value) reports answering ``command``."""
+    def respond(
+        self, command: msg.FactoryCommand, model: str | None = None
+    ) -> Sequence[tuple[bytes | None, bytes]]:
+        """The (key, value) reports answering ``command`` (for ``model``'s factory)."""
         ...
 
 
@@ -145,7 +150,8 @@ def answering(
             return []
         if before is not None:
             before(command)
-        reports = factory.respond(command)
+        session = dict(headers).get(SESSION_HEADER)  # one factory per model in multi-model mode
+        reports = factory.respond(command, None if session is None else session.decode())
         if answered is not None:
             answered(command, len(reports))
         return [(reports_topic, key, report) for key, report in reports]

@@ -165,7 +165,13 @@ class Demo:
         """Follow the sync topic with the engine stand-in from a thread."""
 
         def follow() -> None:
-            consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": "demo-engine"})
+            consumer = Consumer(
+                {
+                    "bootstrap.servers": self.bootstrap,
+                    "group.id": "demo-engine",
+                    "isolation.level": "read_uncommitted",
+                }
+            )  # as engines read
             consumer.assign([TopicPartition(self.topics["SYNC_TOPIC"], 0, 0)])
             for message in messages(consumer, self.stop.is_set, poll_s=0.2, strict=False):
                 self.engine.follow(message, now_ms())
@@ -304,7 +310,8 @@ class Demo:
 
     def _count(self, topic: str) -> int:
         consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": "demo-count",
-                             "enable.partition.eof": True})  # fmt: skip
+                             "enable.partition.eof": True,
+                             "isolation.level": "read_uncommitted"})  # fmt: skip
         consumer.assign([TopicPartition(topic, 0, 0)])
         deadline = time.monotonic() + 5
         read = messages(consumer, lambda: time.monotonic() >= deadline, poll_s=0.2,

@@ -78,6 +78,12 @@ Rows = list[tuple[str, ...]]
 SNAPSHOT_S = int(os.environ.get("BENCH_SNAPSHOT_S", "5"))
 
 
+#: How the benchmark's factory and engine read the controller's topics: as the real
+#: services do (Java's and kafka-python's default). ``BENCH_ISOLATION=read_committed``
+#: measures what a consumer that waits for each transaction's commit would see.
+ISOLATION = os.environ.get("BENCH_ISOLATION", "read_uncommitted")
+
+
 def timed(function: Callable[[], Any], repeat: int = 5) -> float:
     """Best-of-``repeat`` wall time of ``function`` in seconds."""
     best = float("inf")
@@ -268,7 +274,12 @@ class Factory:
         self.delay_s = delay_s
         self.topics = topics
         self.consumer = Consumer(
-            {"bootstrap.servers": bootstrap, "group.id": "bench", "fetch.wait.max.ms": 1}
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": "bench",
+                "fetch.wait.max.ms": 1,
+                "isolation.level": ISOLATION,
+            }
         )
         self.consumer.assign([TopicPartition(topics["COMMAND_TOPIC"], 0, 0)])
         self.producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 0})
@@ -455,7 +466,12 @@ class SyncWatcher:
         from confluent_kafka.cimpl import TopicPartition
 
         self.consumer = Consumer(
-            {"bootstrap.servers": bootstrap, "group.id": "bench", "fetch.wait.max.ms": 1}
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": "bench",
+                "fetch.wait.max.ms": 1,
+                "isolation.level": ISOLATION,
+            }
         )
         self.consumer.assign([TopicPartition(topic, 0, 0)])
         self.seen: list[tuple[float, msg.SyncMessage]] = []

@@ -25,6 +25,7 @@ from bytewax.inputs import StatefulSourcePartition
 from bytewax.testing import TestingSink, run_main
 
 from dataflow.adapters.config import Settings
+from dataflow.adapters.origin import Origin
 from dataflow.adapters.sources import EpochClock, TickSource
 from dataflow.flow import bytewax_epoch_interval, kafka_io
 
@@ -129,7 +130,7 @@ def test_the_flow_aligns_its_inputs_on_the_interval_bytewax_run_was_given(
     monkeypatch.setitem(sys.modules, "__main__", run)
     settings = Settings.from_env({"KAFKA_BOOTSTRAP_SERVERS": "unused:9092"})
 
-    io = kafka_io(settings)
+    io = kafka_io(settings, Origin(0, True, {}, {}))
 
     assert bytewax_epoch_interval() == timedelta(seconds=5)
     sources = [io.instructions, io.reports, io.ticks]

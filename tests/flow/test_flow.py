@@ -3,21 +3,24 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
 from bytewax.connectors.kafka import KafkaError, KafkaSourceMessage
 from bytewax.recovery import RecoveryConfig
-from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
+from bytewax.testing import TestingSource, cluster_main, run_main
 from bytewax.visualize import to_json
 from confluent_kafka import KafkaError as ConfluentKafkaError
 
 from dataflow.adapters import recovery
 from dataflow.adapters.config import Settings
 from dataflow.adapters.kafka import OutMessage
+from dataflow.adapters.outbox import OutboxState, digest
 from dataflow.domain import machine, optimizer
 from dataflow.domain import messages as msg
 from dataflow.flow import FlowIO, build_flow
+from tests.flow.memory import Topics
 
 ENV = {"KAFKA_BOOTSTRAP_SERVERS": "unused:9092", "REPORT_TIMEOUT_S": "1", "MAX_RETRIES": "1"}
 
@@ -28,6 +31,7 @@ PERSISTED_STEP_IDS = [
     "rtcef_controller.reports",
     "rtcef_controller.ticks",
     "rtcef_controller.session.stateful_flat_map.stateful.stateful_batch",
+    "rtcef_controller.outputs",
 ]
 
 
@@ -36,24 +40,21 @@ def kafka_message(topic: str, offset: int, value: bytes) -> KafkaSourceMessage:
 
 
 class Harness:
-    """Sources and sinks a test fills and reads, reusable across executions."""
+    """Sources a test fills, and topics in memory the outbox writes (kept across executions)."""
 
     def __init__(self, settings: Settings, instructions, reports, ticks) -> None:
         self.settings = settings
-        self.conversation: list[OutMessage] = []
-        self.dead: list[OutMessage] = []
+        self.topics = Topics()
+        t = settings.topics
         self.io = FlowIO(
             instructions=TestingSource(instructions),
             reports=TestingSource(reports),
             ticks=TestingSource(ticks),
-            conversation=TestingSink(self.conversation),
-            dead_letters=TestingSink(self.dead),
+            outputs=self.topics.outbox(t.commands, (t.commands, t.sync, t.reports)),
         )
 
     def _to(self, topic: str) -> list[OutMessage]:
-        return [
-            OutMessage(m.key, m.value, m.headers) for m in self.conversation if m.topic == topic
-        ]
+        return [OutMessage(m.key, m.value, m.headers) for m in self.topics.of(topic)]
 
     @property
     def commands(self) -> list[OutMessage]:
@@ -63,9 +64,24 @@ class Harness:
     def syncs(self) -> list[OutMessage]:
         return self._to(self.settings.topics.sync)
 
+    @property
+    def dead(self) -> list[OutMessage]:
+        return self._to(self.settings.topics.dead_letters)
+
+    @property
+    def markers(self) -> list[OutMessage]:
+        return self._to(self.settings.topics.reports)
+
     def run(self, recovery_dir: Path | None = None) -> None:
         config = RecoveryConfig(recovery_dir) if recovery_dir else None
         run_main(build_flow(self.settings, self.io), recovery_config=config)
+
+
+def sent(topic: str, key: bytes, value: bytes, message_id: bytes) -> OutMessage:
+    """A message as the outbox writes it: the session, its id and its payload's digest."""
+    headers = [("session-key", key), ("message-id", message_id),
+               ("message-digest", digest(OutMessage(key, value), topic))]  # fmt: skip
+    return OutMessage(key, value, headers)
 
 
 def walk_step_ids(node: dict) -> list[str]:
@@ -90,7 +106,8 @@ def test_the_persisted_step_ids_are_frozen() -> None:
                msg.FactoryCommand: "messages"}  # fmt: skip
     assert {c: c.__module__.removeprefix("dataflow.domain.") for c in pickled} == pickled
     assert all(getattr(machine, c.__name__) is c for c in pickled if pickled[c] == "state")
-    assert machine.STATE_VERSION == 2
+    assert machine.STATE_VERSION == 3
+    assert OutboxState.__module__ == "dataflow.adapters.outbox"  # the outbox's state, pickled
 
 
 def test_a_retrain_round_spans_two_executions_and_resumes_from_recovery(tmp_path: Path) -> None:
@@ -107,24 +124,25 @@ def test_a_retrain_round_spans_two_executions_and_resumes_from_recovery(tmp_path
     )  # fmt: skip
 
     harness.run(tmp_path)  # execution 1: the instruction only
-    assert harness.syncs == [
-        OutMessage(b"controller", b'{"type":"pause","timestamp":42,"model_id":-1}',
-                   [("message-id", b"controller/sync/1/pause"), ("session-key", b"controller")]),
-    ]  # fmt: skip
+    pause = sent("enginesync", b"controller", b'{"type":"pause","timestamp":42,"model_id":-1}',
+                 b"controller/sync/1/pause")  # fmt: skip
+    assert harness.syncs == [pause]
     assert harness.commands == [
-        OutMessage(b"controller",
-                   b'{"train_id":0,"optimisation_id":-1,"id":"cmd-0","timestamp":42,'
-                   b'"type":"train","params":"{\\"params\\": {\\"pMin\\": 0.05, '
-                   b'\\"gamma\\": 0.001}}","best_i":-1}',
-                   [("message-id", b"controller/cmd/cmd-0/0"), ("session-key", b"controller")]),
+        sent("factory_commands", b"controller",
+             b'{"train_id":0,"optimisation_id":-1,"id":"cmd-0","timestamp":42,'
+             b'"type":"train","params":"{\\"params\\": {\\"pMin\\": 0.05, '
+             b'\\"gamma\\": 0.001}}","best_i":-1}',
+             b"controller/cmd/cmd-0/0"),
     ]  # fmt: skip
 
     harness.run(tmp_path)  # execution 2: the session resumes from the store, the report ends it
-    assert harness.syncs[-1] == OutMessage(
-        b"controller", b'{"type":"play","timestamp":42,"model_id":3}',
-        [("message-id", b"controller/sync/1/play"), ("session-key", b"controller")],
-    )  # fmt: skip
+    assert harness.syncs == [
+        pause,
+        sent("enginesync", b"controller", b'{"type":"play","timestamp":42,"model_id":3}',
+             b"controller/sync/1/play"),
+    ]  # fmt: skip
     assert harness.dead == []
+    assert harness.topics.duplicates() == {}
 
 
 def test_bad_input_and_kafka_errors_become_dead_letters_with_their_origin() -> None:
@@ -152,28 +170,69 @@ def test_bad_input_and_kafka_errors_become_dead_letters_with_their_origin() -> N
     assert harness.syncs == []
 
 
-def test_ticks_reach_the_session_and_a_silent_factory_ends_with_a_play(tmp_path: Path) -> None:
+def test_a_silent_factory_is_timed_out_by_the_deadline_markers_the_flow_reads_back(
+    tmp_path: Path,
+) -> None:
     recovery.ensure(tmp_path, 1)
+    settings = Settings.from_env(ENV)
+    codec = settings.codec
     future = 10**15  # far past any deadline
+    markers = [codec.encode_deadline(msg.Deadline(c))[1] for c in ("cmd-0", "cmd-1")]
+    on_topic = [
+        KafkaSourceMessage(key=b"controller", value=value, topic="factory_reports", partition=0,
+                           offset=i, headers=[("controller-marker", b"deadline")])
+        for i, value in enumerate(markers)
+    ]  # fmt: skip
+    eof = TestingSource.EOF()
+    # One execution per line of the three lists: the instruction; a tick past the deadline
+    # (the marker of cmd-0 is written); that marker read (cmd-0 resent as cmd-1); a tick
+    # (cmd-1's marker); that marker read (the last attempt: the round is aborted).
     harness = Harness(
-        Settings.from_env(ENV),
+        settings,
         [kafka_message("instructions", 0, b'{"instruction_type": "retrain", "timestamp": 7}'),
-         TestingSource.EOF()],
-        [],
-        [TestingSource.EOF(), future, future + 10_000],
+         eof],
+        [eof, eof, on_topic[0], eof, eof, on_topic[1]],
+        [eof, future, eof, eof, future + 10_000, eof],
     )  # fmt: skip
 
-    harness.run(tmp_path)
-    harness.run(tmp_path)
+    for _ in range(5):
+        harness.run(tmp_path)
 
-    assert [json.loads(c.value)["id"] for c in harness.commands] == ["cmd-0", "cmd-0"]
-    assert [dict(c.headers)["message-id"] for c in harness.commands] == [
-        b"controller/cmd/cmd-0/0", b"controller/cmd/cmd-0/1"
+    assert [m.value for m in harness.markers] == markers  # what the flow then read back
+    assert [dict(m.headers)["message-id"] for m in harness.markers] == [
+        b"controller/deadline/cmd-0", b"controller/deadline/cmd-1"
     ]  # fmt: skip
+    assert [json.loads(c.value)["id"] for c in harness.commands] == ["cmd-0", "cmd-1"]
     assert [json.loads(s.value) for s in harness.syncs] == [
         {"type": "pause", "timestamp": 7, "model_id": -1},
         {"type": "play", "timestamp": 7, "model_id": -1},
     ]
+    assert harness.topics.duplicates() == {}
+
+
+def test_a_resumed_flow_writes_nothing_the_first_execution_wrote_after_its_snapshot(
+    tmp_path: Path,
+) -> None:
+    """The outbox reads back what was written since its snapshot and writes none of it again."""
+    recovery.ensure(tmp_path, 1)
+    harness = Harness(
+        Settings.from_env(ENV),
+        [kafka_message("instructions", 0, b'{"instruction_type": "optimize", "timestamp": 5}'),
+         TestingSource.ABORT()],
+        [], [],
+    )  # fmt: skip
+
+    harness.run(tmp_path)  # aborted (a crash) after the outputs, before any snapshot
+    written = harness.commands + harness.syncs
+    assert len(written) == 3
+    harness.run(tmp_path)  # the instruction is read again, and its outputs emitted again
+
+    assert harness.commands + harness.syncs == written
+    assert [json.loads(c.value)["type"] for c in harness.commands] == ["opt_initialise",
+                                                                      "opt_step"]  # fmt: skip
+    assert harness.topics.duplicates() == {}
+    assert harness.topics.fenced == 2  # each execution's outbox fenced the one before
+    assert harness.topics.read_back == [0, 3]  # the second found the three it then skipped
 
 
 @pytest.mark.parametrize("workers", [1, 2])
@@ -200,6 +259,33 @@ def test_sessions_give_the_same_outputs_on_one_or_two_workers(workers: int) -> N
         b'{"type":"pause","timestamp":1,"model_id":-1}',
         b'{"type":"pause","timestamp":2,"model_id":-1}',
     ]
+
+
+CAPTURED: dict[str, object] = {}
+
+
+def capture_bytewax_run() -> None:
+    """A flow factory that records what the flow reads of ``bytewax.run``, then stops."""
+    from dataflow import flow
+
+    CAPTURED.update(recovery=flow.bytewax_recovery(), interval=flow.bytewax_epoch_interval())
+    raise SystemExit(0)
+
+
+def test_the_flow_reads_its_recovery_directory_and_epoch_from_bytewax_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``bytewax.run`` has no API for them: this fails loudly if its private globals change."""
+    import runpy
+    from datetime import timedelta
+
+    monkeypatch.setattr(sys, "argv", ["bytewax.run", f"{__name__}:capture_bytewax_run()",
+                                      "-r", str(tmp_path), "-s", "5", "-b", "30"])  # fmt: skip
+    monkeypatch.delitem(sys.modules, "bytewax.run", raising=False)  # run it as a script
+    with pytest.raises(SystemExit):
+        runpy.run_module("bytewax.run", run_name="__main__", alter_sys=True)
+
+    assert {"recovery": (tmp_path, 0), "interval": timedelta(seconds=5)} == CAPTURED
 
 
 def test_the_controller_runs_its_numerics_on_one_thread(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -51,6 +52,9 @@ class Wiring:
             "DEAD_LETTER_TOPIC": self.dead_letters,
             "TICK_INTERVAL_S": "0.2",
             "LOG_FORMAT": "json",
+            # The test's topics are new: everything on them is the test's, also what it
+            # sends before the controller has looked where their end is.
+            "INPUT_START": "beginning",
             **self.extra,
         }
 
@@ -79,30 +83,27 @@ class Wiring:
             out.append(command)
         return out
 
-    def syncs_sent(self, *, unique: bool = False, **kwargs: Any) -> list[msg.SyncMessage]:
-        """Sync messages in order; ``unique`` drops replayed ones by their message id."""
-        out, seen = [], set()
+    def syncs_sent(self, **kwargs: Any) -> list[msg.SyncMessage]:
+        """Every sync message on the topic, in order (a copy would be there twice)."""
+        out = []
         for message in self.read(self.sync, **kwargs):
-            message_id = dict(message.headers() or []).get("message-id")
-            if unique and message_id in seen:
-                continue
-            seen.add(message_id)
             sync = self.codec.decode_sync(message.value())
             assert isinstance(sync, msg.SyncMessage), sync
             out.append(sync)
         return out
 
-    def wait_for_plays(
-        self, count: int, timeout: float = 120.0, *, unique: bool = False
-    ) -> list[msg.SyncMessage]:
-        """Poll the sync topic until ``count`` plays were sent; return every sync message.
+    def duplicates(self, topic: str) -> dict[bytes, int]:
+        """Message ids on ``topic`` more than once, with how many times (must stay empty)."""
+        counts = Counter(dict(m.headers() or []).get("message-id")
+                         for m in self.read(topic, idle=1.0, timeout=30))  # fmt: skip
+        return {mid: n for mid, n in counts.items() if mid is not None and n > 1}
 
-        ``unique``: replayed copies (same message id) count once.
-        """
+    def wait_for_plays(self, count: int, timeout: float = 120.0) -> list[msg.SyncMessage]:
+        """Poll the sync topic until ``count`` plays were sent; return every sync message."""
         deadline = time.monotonic() + timeout
         syncs: list[msg.SyncMessage] = []
         while time.monotonic() < deadline:
-            syncs = self.syncs_sent(unique=unique, idle=1.0, timeout=10)
+            syncs = self.syncs_sent(idle=1.0, timeout=10)
             if sum(s.type == "play" for s in syncs) >= count:
                 return syncs
             time.sleep(0.5)

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import time
 
+import msgspec
 import pytest
 
 from dataflow.adapters.kafka import (
@@ -16,8 +17,10 @@ from dataflow.adapters.kafka import (
     DLQ_SOURCE_PARTITION,
     DLQ_SOURCE_TOPIC,
     DLQ_STAGE,
+    MARKER_HEADER,
     MESSAGE_ID_HEADER,
 )
+from dataflow.adapters.wire import Codec
 from dataflow.domain import dialects
 from dataflow.domain import messages as msg
 from dataflow.domain.messages import Instruction, InstructionKind
@@ -96,13 +99,22 @@ def test_a_silent_factory_gets_retries_then_the_engine_plays_its_old_model(
     controller.stop()
 
     assert syncs == [msg.SyncMessage("pause", 1000, -1), msg.SyncMessage("play", 1000, -1)]
-    sent = wiring.read(wiring.commands, count=3, timeout=10)
-    assert [m.value() for m in sent] == [sent[0].value()] * 3
-    assert [_headers(m)[MESSAGE_ID_HEADER] for m in sent] == [
-        b"controller/cmd/cmd-0/0", b"controller/cmd/cmd-0/1", b"controller/cmd/cmd-0/2",
+    # Three attempts of the same train, each under an id of its own: no id twice.
+    sent = wiring.commands_sent(idle=1.0, timeout=10)
+    assert sent == [msgspec.structs.replace(sent[0], id=f"cmd-{n}") for n in range(3)]
+    assert [_headers(m)[MESSAGE_ID_HEADER] for m in wiring.read(wiring.commands, count=3)] == [
+        b"controller/cmd/cmd-0/0", b"controller/cmd/cmd-1/1", b"controller/cmd/cmd-2/2",
     ]  # fmt: skip
+    # Each timeout was decided by a deadline marker read back from the report topic.
+    markers = wiring.read(wiring.reports, idle=1.0, timeout=10)
+    assert [(_headers(m)[MARKER_HEADER], _headers(m)[MESSAGE_ID_HEADER]) for m in markers] == [
+        (b"deadline", f"controller/deadline/cmd-{n}".encode()) for n in range(3)
+    ]
+    assert [Codec("seed").decode_deadline(m.value()) for m in markers] == [
+        msg.Deadline(f"cmd-{n}") for n in range(3)
+    ]
     events = [line.get("event") for line in controller.log_lines()]
-    assert events.count("timeout") == 3
+    assert (events.count("overdue"), events.count("timeout")) == (3, 3)
     assert events.count("round_aborted") == 1
 
 
@@ -111,21 +123,27 @@ def test_a_factory_error_is_retried_and_the_round_still_completes(
 ) -> None:
     wiring = wiring_factory("seed", OPTIMISER_BUDGET="2")
     controller = controller_factory(wiring)
-    with factory(wiring, Behaviour(failing_once=frozenset({"cmd-1", "cmd-3"}))):
+    # The first step and the finalise fail once; each is resent under the next id.
+    with factory(wiring, Behaviour(failing_once=frozenset({"cmd-1", "cmd-4"}))):
         controller.start()
         wiring.send_instruction(Instruction(InstructionKind.OPTIMIZE, 7, 1))
         syncs = wiring.wait_for_plays(1)
     controller.stop()
 
-    ids = [c.id for c in wiring.commands_sent(count=6, timeout=10)]
-    assert ids == ["cmd-0", "cmd-1", "cmd-1", "cmd-2", "cmd-3", "cmd-3"]
+    sent = wiring.commands_sent(count=6, timeout=10)
+    assert [(c.id, c.type) for c in sent] == [
+        ("cmd-0", "opt_initialise"), ("cmd-1", "opt_step"), ("cmd-2", "opt_step"),
+        ("cmd-3", "opt_step"), ("cmd-4", "opt_finalise"), ("cmd-5", "opt_finalise"),
+    ]  # fmt: skip
+    assert sent[2] == msgspec.structs.replace(sent[1], id="cmd-2")  # the same step again
     # The play names the model of the finalise's successful answer, not of its failed one.
     reports = [dialects.decode_report(m.value(), "seed")
                for m in wiring.read(wiring.reports, count=5, timeout=10)]  # fmt: skip
-    finalised = [r for r in reports if isinstance(r, msg.Report) and r.reply_id == "cmd-3"]
-    # Models: step cmd-1 0, step cmd-2 1, the finalise 2 (a failed answer takes no id).
-    assert [(r.ok, r.model_id, r.error) for r in finalised] == [
-        (False, None, "simulated factory failure"), (True, 2, None),
+    finalised = [(r.reply_id, r.ok, r.model_id, r.error) for r in reports
+                 if isinstance(r, msg.Report) and r.reply_id in ("cmd-4", "cmd-5")]  # fmt: skip
+    # Models: steps cmd-2 0 and cmd-3 1, the finalise 2 (a failed answer takes no id).
+    assert finalised == [
+        ("cmd-4", False, None, "simulated factory failure"), ("cmd-5", True, 2, None),
     ]  # fmt: skip
     assert syncs == [msg.SyncMessage("pause", 7, -1), msg.SyncMessage("play", 7, 2)]
 

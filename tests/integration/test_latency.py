@@ -36,7 +36,8 @@ def test_idle_hops_at_the_shipped_defaults_take_well_under_a_second(
     watch = {}
     for topic in (wiring.commands, wiring.sync):
         watch[topic] = Consumer({"bootstrap.servers": wiring.bootstrap, "group.id": "latency",
-                                 "fetch.wait.max.ms": 5})  # fmt: skip
+                                 "fetch.wait.max.ms": 5,
+                                 "isolation.level": "read_uncommitted"})  # fmt: skip
         watch[topic].assign([TopicPartition(topic, 0, 0)])
     hops: dict[str, list[float]] = {"instruction -> pause": [], "instruction -> train": [],
                                     "report -> play": []}  # fmt: skip

@@ -93,7 +93,9 @@ def read_messages(
     """
     consumer = Consumer(
         {"bootstrap.servers": bootstrap, "group.id": f"reader-{uuid.uuid4().hex}",
-         "enable.auto.commit": False, "auto.offset.reset": "earliest"}
+         "enable.auto.commit": False, "auto.offset.reset": "earliest",
+         # As the services read (Java's and kafka-python's default): every copy they see.
+         "isolation.level": "read_uncommitted"}
     )  # fmt: skip
     consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
     messages: list[Message] = []

@@ -128,6 +128,7 @@ class Tap:
         consumer = Consumer({
             "bootstrap.servers": self.bootstrap, "group.id": "rtcef-loop-tap",
             "enable.auto.commit": False, "enable.partition.eof": False,
+            "isolation.level": "read_uncommitted",  # what the services read
         })  # fmt: skip
         try:
             consumer.assign([TopicPartition(t, 0, 0) for t in self.topics])

@@ -127,6 +127,28 @@ def test_secrets_are_passed_to_kafka_but_never_shown() -> None:
     assert "hunter2" not in str(Secret("hunter2"))
 
 
+@pytest.mark.parametrize(("text", "start"), [
+    ("", "end"), ("end", "end"), ("beginning", "beginning"), ("1700000000000", 1700000000000),
+    ("2023-11-14T22:13:20+00:00", 1700000000000), ("2023-11-14T22:13:20", 1700000000000),
+])  # fmt: skip
+def test_input_start_is_the_end_by_default_or_the_beginning_or_a_time(
+    text: str, start: str | int
+) -> None:
+    settings = Settings.from_env({"INPUT_START": text})
+
+    assert settings.input_start == start
+
+
+def test_input_start_that_is_no_place_nor_time_is_refused() -> None:
+    with pytest.raises(SettingsError, match="INPUT_START: 'yesterday' is not `end`, `beginning`"):
+        Settings.from_env({"INPUT_START": "yesterday"})
+
+
+def test_the_transactional_id_defaults_to_one_per_pair_of_output_topics() -> None:
+    assert Settings.from_env({}).transactional_id == "rtcef-controller.factory_commands.enginesync"
+    assert Settings.from_env({"KAFKA_TRANSACTIONAL_ID": "prod-7"}).transactional_id == "prod-7"
+
+
 def test_the_readme_documents_every_variable_with_its_default() -> None:
     text = (ROOT / "README.md").read_text()
     readme = text[text.index("## Configuration") :].split("\n## ", 1)[0]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import statistics
 
+import msgspec
 import pytest
 
 from dataflow.adapters.wire import Codec
@@ -55,6 +56,7 @@ def test_the_seed_factory_reports_success_with_metadata_and_errors_as_status() -
     failing = msg.FactoryCommand(-1, 0, "cmd-2", 5, "opt_step", '{"params": [0.06, 0.001]}', -1)
     finalise = msg.FactoryCommand(-1, 0, "cmd-3", 5, "opt_finalise", '{"params": null}', 0)
 
+    assert factory.respond(msgspec.structs.replace(INIT, id="cmd-0")) == []
     ((_, report),) = factory.respond(step)
     ((_, error),) = factory.respond(failing)
     ((_, retried),) = factory.respond(failing)
@@ -73,6 +75,47 @@ def test_the_seed_factory_reports_success_with_metadata_and_errors_as_status() -
         "metrics": "", "status": "success", "model_path": "/models/wayeb_2.model",
         "creation_method": "optimisation",
     }  # fmt: skip
+
+
+STEP = msg.FactoryCommand(-1, 0, 1, 5, "opt_step", '{"params": [0.5, 3, 0.001, 0.001]}', -1)
+INIT = msg.FactoryCommand(-1, 0, 0, 5, "opt_initialise", '{"params": null}', -1)
+FINAL = msg.FactoryCommand(-1, 0, 2, 5, "opt_finalise", '{"params": null}', 0)
+
+
+def test_a_factory_acts_on_a_repeated_train_building_another_model_and_counts_it() -> None:
+    train = msg.FactoryCommand(0, -1, 0, 5, "train", '{"params": {"pmin": 0.1}}', -1)
+    factory = FactorySimulator("rtcef", RTCEF, bowl(RTCEF))
+
+    ((_, first),) = factory.respond(train)
+    ((_, second),) = factory.respond(train)
+
+    assert (loads(first)["model_id"], loads(second)["model_id"]) == (0, 1)
+    assert factory.duplicates == {0: 2}
+
+
+def test_a_repeated_opt_finalise_kills_the_original_factorys_loop() -> None:
+    factory = FactorySimulator("rtcef", RTCEF, bowl(RTCEF))
+    factory.respond(INIT)
+    factory.respond(STEP)
+    assert len(factory.respond(FINAL)) == 1
+
+    assert factory.respond(FINAL) == []  # the copy: no optimisation in progress, it raises
+    assert factory.dead == "opt_finalise 2 without an optimisation in progress"
+    assert factory.respond(msg.FactoryCommand(1, -1, 3, 5, "train", '{"params": {}}', -1)) == []
+
+
+def test_a_repeated_opt_finalise_is_refused_by_the_seed_factory() -> None:
+    profile = PROFILES["seed"]
+    factory = FactorySimulator("seed", profile, bowl(profile))
+    factory.respond(msgspec.structs.replace(INIT, id="cmd-0"))
+    factory.respond(msgspec.structs.replace(STEP, id="cmd-1", params='{"params": [0.05, 0.001]}'))
+    factory.respond(msgspec.structs.replace(FINAL, id="cmd-2"))
+
+    ((_, copy),) = factory.respond(msgspec.structs.replace(FINAL, id="cmd-2"))
+
+    assert loads(copy) == {"reply_id": "cmd-2", "status": "error",
+                           "error": "No optimization session active"}  # fmt: skip
+    assert (factory.dead, factory.duplicates) == (None, {"cmd-2": 2})
 
 
 def test_silence_and_duplicates_are_configurable() -> None:
@@ -137,15 +180,25 @@ PAUSE = b'{"type":"pause","timestamp":1,"model_id":-1}'
 PLAY = b'{"type":"play","timestamp":1,"model_id":7}'
 
 
-def test_the_engine_follows_pause_and_play_and_drops_replayed_messages() -> None:
+def test_the_engine_follows_pause_and_play() -> None:
     engine = EngineSimulator()
     engine.apply(PAUSE, b"k/sync/1/pause", now_ms=0)
-    engine.apply(PAUSE, b"k/sync/1/pause", now_ms=5)  # a replay: same message id
     engine.apply(PLAY, b"k/sync/1/play", now_ms=10)
 
     assert (engine.paused, engine.model_id, engine.switches, engine.complaints) == (
         False, 7, [7], [],
     )  # fmt: skip
+    assert engine.duplicates == {}
+
+
+def test_the_engine_acts_on_a_replayed_copy_as_the_real_ones_do_and_counts_it() -> None:
+    engine = EngineSimulator()
+    engine.apply(PAUSE, b"k/sync/1/pause", now_ms=0)
+    engine.apply(PLAY, b"k/sync/1/play", now_ms=10)
+    engine.apply(PAUSE, b"k/sync/1/pause", now_ms=20)  # a copy: same message id
+
+    assert (engine.paused, engine.complaints) == (True, [])  # paused again, as a real one is
+    assert engine.duplicates == {b"k/sync/1/pause": 2}
 
 
 def test_the_engine_complains_about_a_play_without_pause_and_unknown_words() -> None:
