@@ -23,6 +23,7 @@ import dataclasses
 import logging
 import signal
 import sys
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -44,6 +45,7 @@ from dataflow.adapters.kafka import (
     DEADLINE_MARKER,
     MARKER_HEADER,
     SESSION_HEADER,
+    DeliveryError,
     OutMessage,
     StartupError,
     dead_letter,
@@ -52,7 +54,7 @@ from dataflow.adapters.kafka import (
 )
 from dataflow.adapters.origin import Origin as RecordedOrigin
 from dataflow.adapters.origin import establish
-from dataflow.adapters.outbox import PARTITION, kafka_outbox
+from dataflow.adapters.outbox import PARTITION, KafkaLog, fenced_at_start, kafka_outbox
 from dataflow.adapters.recovery import (
     FLOW_ID,
     INSTRUCTIONS_STEP,
@@ -60,6 +62,7 @@ from dataflow.adapters.recovery import (
     REPORTS_STEP,
     SESSION_STEP,
     TICKS_STEP,
+    Claim,
 )
 from dataflow.adapters.sources import EpochClock, PacedKafkaSource, TickSource
 from dataflow.domain import machine
@@ -114,16 +117,24 @@ class FlowIO:
     outputs: Sink[Keyed]
 
 
-def kafka_io(settings: Settings, origin: RecordedOrigin) -> FlowIO:
+def kafka_io(
+    settings: Settings, origin: RecordedOrigin, claim: Claim | None = None,
+    fenced: KafkaLog | None = None,
+) -> FlowIO:  # fmt: skip
     """Kafka sources (errors kept as values, not raised) and the outbox for every topic.
 
-    ``origin``: where inputs and the outbox start without recovery state.
+    ``origin``: where inputs and the outbox start without recovery state; ``claim``:
+    checked at every epoch's end (a stale process stops before writing the epoch);
+    ``fenced``: the outbox's writer, if this process fenced at start.
     """
     brokers = [settings.brokers]
     extra = source_config(settings)
 
     idle_wait = timedelta(milliseconds=settings.input_idle_wait_ms)
-    clock = EpochClock(bytewax_epoch_interval())  # the inputs end each epoch together
+    # The inputs end each epoch together.
+    clock = EpochClock(
+        bytewax_epoch_interval(), on_epoch_end=None if claim is None else claim.check
+    )
 
     def source(topic: str) -> PacedKafkaSource:
         return PacedKafkaSource(
@@ -137,7 +148,7 @@ def kafka_io(settings: Settings, origin: RecordedOrigin) -> FlowIO:
         # The tick input only has to keep epochs moving, and the clock wakes it at each
         # epoch's end: it can sleep five times longer than the Kafka inputs.
         ticks=TickSource(timedelta(seconds=settings.tick_interval_s), idle_wait * 5, clock),
-        outputs=kafka_outbox(settings, origin.output_offsets()),
+        outputs=kafka_outbox(settings, origin.output_offsets(), fenced),
     )
 
 
@@ -353,15 +364,20 @@ def get_flow() -> Dataflow:
     try:
         preflight(settings)
         origin = establish(settings, directory, process)
-    except StartupError as error:
+        began = time.monotonic()
+        fenced = fenced_at_start(settings) if process == 0 else None
+        fenced_s = time.monotonic() - began
+    except (StartupError, DeliveryError) as error:
         log.error(f"controller cannot start: {error}")
         raise SystemExit(3) from None
     settings = settings.with_baseline(origin.baseline)
+    claim = None if directory is None else Claim(directory, process)
     log.info("controller starting", extra={"fields": {
         "brokers": settings.brokers, "dialect": settings.dialect,
         "profile": settings.machine.profile.name, "keys": list(settings.machine.keys),
         "topics": list(settings.topics.all()), "transactional_id": settings.transactional_id,
         "recovery_directory": str(directory), "process": process,
+        "fence_s": round(fenced_s, 3) if fenced else None,
         "epoch_interval_s": (interval := bytewax_epoch_interval()) and interval.total_seconds(),
     }})  # fmt: skip
-    return build_flow(settings, kafka_io(settings, origin))
+    return build_flow(settings, kafka_io(settings, origin, claim, fenced))

@@ -143,6 +143,7 @@ def _consumer(settings: Settings) -> Consumer:
         "isolation.level": "read_uncommitted",
         "enable.partition.eof": "true",
         "auto.offset.reset": "earliest",
+        "fetch.wait.max.ms": "10",  # the end is known only from an empty fetch
     })  # fmt: skip
 
 

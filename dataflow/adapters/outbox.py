@@ -140,14 +140,20 @@ class OutboxPartition(StatefulSinkPartition[OutMessage, OutboxState]):
     @override
     def write_batch(self, items: list[OutMessage]) -> None:
         todo: list[tuple[str, OutMessage]] = []
+        withheld: list[str] = []
         for item in items:
             topic = item.topic or self._default_topic
             if item.message_id is not None:
                 item = _stamped(item, topic)
                 if item.message_id in self._written:
                     _same_payload(item, self._written.pop(item.message_id))
+                    withheld.append(item.message_id)
                     continue  # on its topic already: the services have it
             todo.append((topic, item))
+        if withheld:
+            fields = {"withheld": len(withheld), "ids": withheld[:20]}
+            log.info("replayed messages already on their topics, not written again",
+                     extra={"fields": fields})  # fmt: skip
         if todo:
             self._offsets.update(self._log.write(todo))
 
@@ -236,6 +242,7 @@ class KafkaLog:
         self._config = dict(config)
         self._timeout = timeout_s
         self._transactional_id = transactional_id
+        self._fenced = False
         self._producer = Producer({
             **self._config,
             "transactional.id": transactional_id,
@@ -254,11 +261,14 @@ class KafkaLog:
         Their open transaction is aborted; its messages stay in the log, where ``read``
         finds them (the services may have read them already).
         """
+        if self._fenced:
+            return  # once per producer: it stays the newest until a newer one fences it
         try:
             self._producer.init_transactions(self._timeout)
         except KafkaException as error:
             raise DeliveryError(f"cannot start the transactional producer "
                                 f"{self._transactional_id!r}: {error}") from error  # fmt: skip
+        self._fenced = True
 
     def partitions(self, topic: str) -> list[int]:
         """Partitions of ``topic`` from the broker's metadata."""
@@ -277,6 +287,8 @@ class KafkaLog:
             "isolation.level": "read_uncommitted",
             "auto.offset.reset": "earliest",
             "enable.partition.eof": "true",
+            # The end is known only from an empty fetch: do not wait 500 ms for one.
+            "fetch.wait.max.ms": "10",
         })  # fmt: skip
         found: list[tuple[str, bytes | None]] = []
         try:
@@ -384,15 +396,35 @@ def _bytes(value: str | bytes | None) -> bytes | None:
     return value.encode() if isinstance(value, str) else value
 
 
-def kafka_outbox(settings: Settings, start: Mapping[tuple[str, int], int]) -> Outbox:
-    """The outbox on Kafka, one ``KafkaLog`` per built partition.
+def fenced_at_start(settings: Settings) -> KafkaLog:
+    """A writer that has fenced every earlier one, now, before the flow runs.
+
+    The outbox partition fences when Bytewax builds it: at resume, before any input is
+    read, or, without recovery state, lazily at its first write, which would then wait
+    for it (on a new broker, for the transaction coordinator's own start: ~3 s). One
+    process of a cluster does it here, before the cluster forms (no partition of this
+    run exists yet), and its partition takes this writer if Bytewax builds it there.
+    """
+    writer = KafkaLog(client_config(settings), settings.transactional_id,
+                      settings.delivery_timeout_s, settings.max_message_bytes)  # fmt: skip
+    writer.fence()
+    return writer
+
+
+def kafka_outbox(
+    settings: Settings, start: Mapping[tuple[str, int], int], fenced: KafkaLog | None = None
+) -> Outbox:
+    """The outbox on Kafka, one ``KafkaLog`` per built partition (``fenced`` first, if given).
 
     It writes and reads back the command, sync and report topics (deadline markers),
     and writes the dead-letter topic.
     """
     topics = settings.topics
+    ready = [fenced] if fenced is not None else []
 
     def make_log() -> KafkaLog:
+        if ready:
+            return ready.pop()
         return KafkaLog(client_config(settings), settings.transactional_id,
                         settings.delivery_timeout_s, settings.max_message_bytes)  # fmt: skip
 

@@ -57,6 +57,41 @@ class RebalanceError(ValueError):
     """The partitions cannot be moved as asked; nothing was moved."""
 
 
+class StaleProcessError(RuntimeError):
+    """Another controller process has taken over this recovery directory: this one must stop."""
+
+
+class Claim:
+    """This process's claim on its recovery directory, checked at every epoch's end.
+
+    A process thought dead (stopped, partitioned) may wake after its replacement
+    started on the same directory. The outbox fences it out of the topics; this
+    keeps it out of the recovery store: each start writes a new token to
+    ``controller-owner-<process>``, and the inputs check, at every epoch's end
+    (before Bytewax writes the epoch), that the token is still theirs. The process
+    that finds another one's raises ``StaleProcessError`` and writes nothing more.
+    """
+
+    def __init__(self, directory: Path, process: int) -> None:
+        self.path = directory / f"controller-owner-{process}"
+        self.token = f"{os.getpid()}-{os.urandom(8).hex()}"
+        partial = directory / f".{self.path.name}.partial"
+        partial.write_text(self.token)
+        os.replace(partial, self.path)
+
+    def check(self) -> None:
+        """Raise ``StaleProcessError`` unless the directory is still this process's."""
+        try:
+            current = self.path.read_text()
+        except OSError:
+            current = ""
+        if current != self.token:
+            raise StaleProcessError(
+                f"another controller process took over {self.path.parent} (owner {current!r},"
+                f" this one {self.token!r}): this process is stale and stops without writing"
+            )
+
+
 def partition_files(directory: Path) -> list[Path]:
     """The recovery partitions present in ``directory``."""
     return sorted(path for path in directory.glob("part-*.sqlite3") if _PART.fullmatch(path.name))

@@ -37,7 +37,7 @@ behaviours (``shared/docs/bytewax-notes.md``) decide their shape:
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
@@ -77,11 +77,16 @@ class EpochClock:
     built at its start, in the same epoch, so equal counts are the same epoch. One
     clock serves every source of a flow, in every worker thread of the process.
     Once every partition has begun an epoch, how far apart they did is ``lag`` and
-    the ``controller_input_epoch_lag_seconds`` gauge.
+    the ``controller_input_epoch_lag_seconds`` gauge. ``on_epoch_end`` runs in every
+    partition at every epoch's end, before Bytewax writes the epoch (the flow checks
+    there that the recovery directory is still this process's, ``recovery.Claim``).
     """
 
-    def __init__(self, interval: timedelta | None = None) -> None:
+    def __init__(
+        self, interval: timedelta | None = None, on_epoch_end: Callable[[], None] | None = None
+    ) -> None:
         self.interval = interval
+        self.on_epoch_end = on_epoch_end
         self._lock = threading.Lock()  # worker threads switch between any two bytecodes
         #: Per epoch count: the earliest and the latest time a partition began that
         #: epoch, and how many partitions have.
@@ -164,6 +169,8 @@ class _EpochTimer:
         Bytewax began the new epoch at the start of this wake-up: if the partition was
         polled in it (its ``wake`` came just now), the poll's start is the closer guess.
         """
+        if self._clock.on_epoch_end is not None:
+            self._clock.on_epoch_end()
         now = _now()
         self._began = self._poll_began if now - self._woken < _SAME_WAKE_UP else now
         self._epoch += 1
