@@ -20,7 +20,7 @@ from dataflow.adapters.outbox import OutboxState, digest
 from dataflow.domain import machine, optimizer
 from dataflow.domain import messages as msg
 from dataflow.flow import FlowIO, build_flow
-from tests.flow.memory import Topics
+from tests.memory_log import Topics
 
 ENV = {"KAFKA_BOOTSTRAP_SERVERS": "unused:9092", "REPORT_TIMEOUT_S": "1", "MAX_RETRIES": "1"}
 
