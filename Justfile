@@ -101,7 +101,7 @@ clean: kafka-down
 image-check *args: jars
     {{py}} -m tests.deploy.image "$@"
 
-# Kill-and-restart replays of the 21 recorded RTCEF runs through a real broker: one row per run
+# The 21 recorded RTCEF runs through a real broker, the controller SIGKILLed at its worst moments, every delivery counted: one row per run
 chaos *args: jars
     {{py}} -m tests.integration.chaos "$@"
 

@@ -165,10 +165,13 @@ def factory(
     behaviour: Behaviour | None = None,
     surface: Callable[[msg.Params], float] | None = None,
     before: Callable[[msg.FactoryCommand], None] | None = None,
+    *,
+    from_start: bool = True,
 ) -> Iterator[FactorySimulator]:
     """A simulated factory answering the test's command topic from a thread.
 
     ``before(command)`` runs before each answer: a test can hold one there.
+    ``from_start``: it answers the commands already on the topic too (else only new ones).
     """
     score = surface or bowl(wiring.profile)
     simulator = FactorySimulator(wiring.dialect, wiring.profile, score, behaviour or Behaviour(),
@@ -181,7 +184,7 @@ def factory(
     stop = threading.Event()
     thread = threading.Thread(
         target=serve, args=(wiring.bootstrap, wiring.commands, handle, stop),
-        kwargs={"from_start": True, "partitions": wiring.partitions}, daemon=True,
+        kwargs={"from_start": from_start, "partitions": wiring.partitions}, daemon=True,
     )  # fmt: skip
     thread.start()
     try:

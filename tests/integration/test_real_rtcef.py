@@ -1,5 +1,7 @@
 """The real loop, small: this controller drives the original factory, engine and collector.
 
+It also crashes at its worst moments without the services ever seeing a copy.
+
 The original RTCEF services (``../shared/vendor/rtcef``, their Python 3.9
 environment and Wayeb compiled by ``tests/rtcef``) run against a broker on
 ``localhost:9092``, the real maritime sample is replayed, and instructions are
@@ -14,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -148,3 +151,78 @@ def raw_keys(tap: Tap) -> dict[str, int]:
         messages = read_messages(BOOTSTRAP, topic, count=tap.count(topic), timeout=30)
         counted[topic] = sum(isinstance(decode(topic, m.key(), "key"), dict) for m in messages)
     return counted
+
+
+def crash_after(services: Stack, tap: Tap, topic_has: Callable[[], bool], what: str,
+                delay_s: float) -> None:  # fmt: skip
+    """SIGKILL the controller ``delay_s`` after ``topic_has()`` holds, and restart it."""
+    wait_until(topic_has, 300, what, check=lambda: healthy(services, tap))
+    time.sleep(delay_s)
+    services.crash_controller()
+
+
+def commands_of(tap: Tap, kind: str) -> int:
+    return sum(r.value["type"] == kind for r in tap.of("factory_commands"))
+
+
+@pytest.mark.timeout(1200)
+def test_our_controller_killed_mid_train_mid_optimize_and_after_a_finalise_acts_on_them_once(
+    tmp_path: Path,
+) -> None:
+    """Crashed right after a ``train``, after an ``opt_step`` and after the ``opt_finalise``.
+
+    At the shipped snapshot interval (``-s 5``), restarted each time on its store: the
+    real factory gets each command once and still answers the next round, it registers
+    one model per train and finalise, and the engine scores with each model a ``play``
+    named.
+    """
+    prepared = loop.prepare(tmp_path)
+    run_dir = tmp_path / "ours"
+
+    with loop.services(prepared, run_dir, "ours", BUDGET, observer=False) as (services, tap):
+        wait_until(lambda: tap.count("assembled_datasets") > 0, 240,
+                   "the factory's first data set", check=lambda: healthy(services, tap),
+        )  # fmt: skip
+        first_at = newest_dataset_end(run_dir, tap)
+        send_instruction(0, "train", first_at)
+        crash_after(services, tap, lambda: commands_of(tap, "train") == 1, "the train", 0.1)
+        plays = [play_for(tap, 1, services)]
+        scored_with(tap, plays[0].value["model_id"], services)
+
+        second_at = max(first_at + 1, newest_dataset_end(run_dir, tap))
+        send_instruction(1, "optimise", second_at)
+        crash_after(services, tap, lambda: commands_of(tap, "opt_step") == 2, "a step", 0.5)
+        crash_after(services, tap, lambda: commands_of(tap, "opt_finalise") == 1,
+                    "the finalise", 0.23)  # fmt: skip
+        plays.append(play_for(tap, 2, services))
+        scored_with(tap, plays[1].value["model_id"], services)
+
+        # The factory's loop is alive, not only its process: it answers the next round.
+        third_at = max(second_at + 1, newest_dataset_end(run_dir, tap))
+        send_instruction(2, "train", third_at)
+        plays.append(play_for(tap, 3, services))
+        scored_with(tap, plays[2].value["model_id"], services)
+        time.sleep(6)  # a late copy of anything would be on the topics by now
+        errors = loop.service_errors(services)
+
+    commands = [r.value for r in tap.of("factory_commands")]
+    assert [(c["id"], c["type"]) for c in commands] == [
+        (0, "train"), (1, "opt_initialise"),
+        *[(2 + i, "opt_step") for i in range(BUDGET)],
+        (2 + BUDGET, "opt_finalise"), (3 + BUDGET, "train"),
+    ]  # fmt: skip
+    syncs = [(r.value["type"], r.value["timestamp"]) for r in tap.of("engine_sync")]
+    assert syncs == [("pause", first_at), ("play", first_at), ("pause", second_at),
+                     ("play", second_at), ("pause", third_at), ("play", third_at)]  # fmt: skip
+    # One model registered per train and finalise, and those are the models played.
+    models = [r.value for r in tap.of("model_versions")]
+    assert [m["id"] for m in models] == [p.value["model_id"] for p in plays]
+    assert [m["creation_method"] for m in models] == ["retrain", "optimisation", "retrain"]
+    versions = [r.value["model_version"] for r in tap.of("model_runtime_scores")]
+    assert [v for i, v in enumerate(versions) if i == 0 or v != versions[i - 1]] == [
+        -1,
+        *[p.value["model_id"] for p in plays],
+    ]
+    assert tap.undecodable == []
+    assert tap.dead_letters == []
+    assert errors == []

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -153,3 +154,94 @@ def command(
 ) -> dict[str, Any]:
     return {"id": id_, "train_id": -1, "optimisation_id": optimisation_id, "type": type_,
             "timestamp": ts, "best_i": best_i}  # fmt: skip
+
+
+def test_this_controller_crashed_mid_train_mid_optimize_and_after_a_finalise_acts_once_on_them(
+    tmp_path: Path,
+) -> None:
+    """Their factory and engine, this controller SIGKILLed at the shipped ``-s 5``.
+
+    Right after a ``train``, after an ``opt_step`` and right after the ``opt_finalise``,
+    restarted each time on its recovery store: their factory answers each command once
+    (a repeated ``train`` would build another model, a repeated finalise would be
+    refused), the engine gets each sync once and swaps to the models the plays name.
+    """
+    prepared = loop.prepare(tmp_path)
+    options = loop.Options(budget=BUDGET, report_timeout_s=120.0, min_gap=0)
+    topics = {"INSTRUCTION_TOPIC": INSTRUCTIONS}
+    with loop.started(prepared, tmp_path / "run", "ours", options, None, topics) as running:
+        tap, logs = running.tap, running.jobs.folder.root / "logs"
+        controller = running.jobs.stack
+
+        def inference() -> str:
+            return (logs / "inference.out").read_text(errors="replace")
+
+        def count(topic: str, **fields: str) -> int:
+            return sum(all(r.value.get(k) == v for k, v in fields.items())
+                       for r in tap.of(topic))  # fmt: skip
+
+        def crash_after(condition: Callable[[], bool], what: str, delay_s: float) -> None:
+            wait_until(condition, 300, what, check=running.check)
+            time.sleep(delay_s)
+            controller.crash_controller()
+
+        def scored() -> int:
+            counts = [int(m[1]) for m in loop.HEARTBEAT.finditer(inference())]
+            return max(counts, default=0)
+
+        # As the smoke test: the same records scored before the rounds, the swap after them.
+        services.feed(running.bootstrap, prepared.data.infer, limit=BEFORE)
+        wait_until(lambda: tap.count(services.Topics.assembly) > 0 and scored() >= BEFORE - 10,
+                   180, "a data set, the records scored", check=running.check)  # fmt: skip
+        ts = prepared.data.infer_first_timestamp + 1
+        for number, kind in enumerate(("retrain", "optimize")):
+            instruction = {"id": number, "timestamp": ts, "instruction_type": kind,
+                           "model_id": "dynamic_v0", "instruction": kind}  # fmt: skip
+            produce(running.bootstrap, INSTRUCTIONS, [json.dumps(instruction).encode()])
+            if kind == "retrain":
+                crash_after(lambda: count(services.Topics.commands, type="train") == 1,
+                            "the train", 0.1)  # fmt: skip
+            else:
+                crash_after(lambda: count(services.Topics.commands, type="opt_step") == 1,
+                            "a step", 0.5)  # fmt: skip
+                crash_after(lambda: count(services.Topics.commands, type="opt_finalise") == 1,
+                            "the finalise", 0.23)  # fmt: skip
+            wait_until(lambda n=number: count(services.Topics.sync, type="play") == n + 1, 300,
+                       f"the play of round {number + 1}", check=running.check)  # fmt: skip
+        services.feed(running.bootstrap, prepared.data.infer, skip=BEFORE, limit=AFTER)
+        final = next(r.value for r in tap.of(services.Topics.reports)
+                     if r.value.get("reply_id") == "cmd-4")  # fmt: skip
+        wait_until(lambda: f"Scheduling model swap to {final['model_path']}" in inference()
+                   and scored() >= BEFORE + AFTER - 10, 120, "the engine to swap and score on",
+                   check=running.check)  # fmt: skip
+        time.sleep(6)  # a late copy of anything would be on the topics by now
+        running.check()
+        commands = [r.value for r in tap.of(services.Topics.commands)]
+        reports = [r.value for r in tap.of(services.Topics.reports)]
+        syncs = [r.value for r in tap.of(services.Topics.sync)]
+        dead = [r.value for r in tap.of(DEAD_LETTERS)] + list(tap.dead_letters)
+        engine_log = inference()
+
+    assert [(c["id"], c["type"]) for c in commands] == [
+        ("cmd-0", "train"), ("cmd-1", "opt_initialise"), ("cmd-2", "opt_step"),
+        ("cmd-3", "opt_step"), ("cmd-4", "opt_finalise"),
+    ]  # fmt: skip
+    # Their factory answered each command once, successfully: one model per train and
+    # finalise (and one per step), none built twice.
+    answered = [(r["reply_id"], r["status"]) for r in reports]
+    assert answered == [(f"cmd-{n}", "success") for n in (0, 2, 3, 4)], reports
+    built = {r["reply_id"]: (r["model_id"], r.get("model_path")) for r in reports}
+    assert [r["model_id"] for r in reports] == list(range(4))
+    assert syncs == [
+        {"type": "pause", "timestamp": ts, "model_id": -1},
+        {"type": "play", "timestamp": ts, "model_id": built["cmd-0"][0]},
+        {"type": "pause", "timestamp": ts, "model_id": -1},
+        {"type": "play", "timestamp": ts, "model_id": built["cmd-4"][0]},
+    ]
+    assert dead == []
+    # The engine read each sync once, and swapped to the finalised model.
+    plays = [line for line in engine_log.splitlines() if "Broadcast: PLAY received" in line]
+    assert [p.rsplit("model_id=", 1)[1] for p in plays] == [
+        str(built["cmd-0"][0]), str(built["cmd-4"][0])
+    ]  # fmt: skip
+    assert engine_log.count("Broadcast: PAUSE received") == 2

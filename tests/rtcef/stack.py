@@ -287,6 +287,19 @@ class Stack:
         return self.add(Service(name, controller.process, self.log_path(name),
                                 controller=controller))  # fmt: skip
 
+    def crash_controller(self, name: str = "controller", down_s: float = 0.0) -> None:
+        """SIGKILL the controller's whole process group (a crash), then start it again.
+
+        The same recovery store and log: it resumes from its last snapshot, as a pod does.
+        """
+        service = next(s for s in self.services if s.name == name)
+        assert service.controller is not None, f"{name} is no controller of ours"
+        service.controller.kill()
+        time.sleep(down_s)
+        service.controller.start()
+        assert service.controller.process is not None
+        service.process = service.controller.process
+
     def start_rtcef(self, name: str, python: str) -> Service:
         """An original service: ``python main.py -s NAME -c conf.ini`` from the vendored tree."""
         assert self.config is not None, "write the configuration first"
