@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import msgspec
-from confluent_kafka import OFFSET_BEGINNING, Consumer
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException
 from confluent_kafka import KafkaError as ConfluentKafkaError
 from confluent_kafka.cimpl import TopicPartition
 
@@ -148,12 +148,22 @@ def _consumer(settings: Settings) -> Consumer:
 
 
 def _ends(consumer: Consumer, topic: str, timeout: float) -> dict[int, int]:
-    metadata = consumer.list_topics(topic, timeout=timeout)
-    found = metadata.topics.get(topic)
-    if found is None or found.error is not None:
-        raise StartupError(f"cannot describe topic {topic!r}: {found and found.error}")
-    return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout, cached=False)[1]
-            for p in sorted(found.partitions)}  # fmt: skip
+    """The end of each partition of ``topic``, retried while a new topic elects its leaders."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            metadata = consumer.list_topics(topic, timeout=timeout)
+            found = metadata.topics.get(topic)
+            if found is None or found.error is not None:
+                raise StartupError(f"cannot describe topic {topic!r}: {found and found.error}")
+            return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout,
+                                                      cached=False)[1]
+                    for p in sorted(found.partitions)}  # fmt: skip
+        except (KafkaException, StartupError) as error:
+            if time.monotonic() > deadline:
+                text = f"cannot find the end of topic {topic!r} within {timeout:g}s"
+                raise StartupError(f"{text} (STARTUP_TIMEOUT_S): {error}") from error
+            time.sleep(0.2)  # a topic created a moment ago: its leader is being elected
 
 
 def _starts(

@@ -292,8 +292,7 @@ class KafkaLog:
         })  # fmt: skip
         found: list[tuple[str, bytes | None]] = []
         try:
-            ends = {tp: consumer.get_watermark_offsets(
-                TopicPartition(*tp), self._timeout, cached=False)[1] for tp in start}  # fmt: skip
+            ends = {tp: self._end(consumer, tp) for tp in start}
             todo = {tp for tp, end in ends.items() if start[tp] < end or start[tp] < 0}
             consumer.assign([TopicPartition(t, p, start[(t, p)]) for t, p in sorted(todo)])
             deadline = time.monotonic() + self._timeout
@@ -317,6 +316,18 @@ class KafkaLog:
         finally:
             consumer.close()
         return found, ends
+
+    def _end(self, consumer: Consumer, tp: tuple[str, int]) -> int:
+        """The high watermark of ``tp``, retried while its leader moves (for ``_timeout``)."""
+        deadline = time.monotonic() + self._timeout
+        while True:
+            try:
+                return int(consumer.get_watermark_offsets(TopicPartition(*tp), self._timeout,
+                                                          cached=False)[1])  # fmt: skip
+            except KafkaException as error:
+                if time.monotonic() > deadline:
+                    raise DeliveryError(f"cannot find the end of {tp}: {error}") from error
+                time.sleep(0.2)
 
     def write(self, messages: Sequence[tuple[str, OutMessage]]) -> Offsets:
         """One transaction: each message in order, a barrier acknowledged before the next."""

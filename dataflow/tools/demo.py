@@ -150,6 +150,8 @@ class Demo:
                "LOG_FORMAT": "json"}  # fmt: skip
         self.controller = ControllerProcess(self.folder / "recovery", env, log=self.log_path)
         self.controller.start()
+        # It reads from its topics' end as it found it (INPUT_START): instructions go after.
+        self.controller.wait_ready(self.args.timeout)
 
     def start_factory(self) -> FactorySimulator:
         """Answer the controller's commands from a thread."""

@@ -29,6 +29,7 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import IO, Any
 
+from dataflow.adapters import origin
 from dataflow.adapters import recovery as recovery_store
 
 #: The flow every controller process runs.
@@ -209,6 +210,24 @@ class ControllerProcess:
     def stop(self, sig: int = signal.SIGINT, grace_s: float = STOP_GRACE_S) -> None:
         """Send ``sig`` (Ctrl-C by default), wait up to ``grace_s``; kill it if it is still up."""
         stop_all([self], sig, grace_s)
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        """Wait until it has recorded where it reads from: what is sent now, it reads.
+
+        A controller without recovery state starts at its inputs' end (``INPUT_START``),
+        found and recorded in its recovery directory (``dataflow.adapters.origin``) before
+        it reads anything; what is sent before may be behind that end. Raises if the
+        process exits first, or after ``timeout`` seconds.
+        """
+        processes = [self.pod or 0] if self.pod is not None else range(self.processes)
+        wanted = [origin.path_for(self.recovery, k) for k in processes]
+        deadline = time.monotonic() + timeout
+        while not all(path.exists() for path in wanted):
+            if not self.running():
+                raise RuntimeError(f"controller exited ({self.returncode}) before it was ready")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"controller not ready after {timeout:g}s: no {wanted}")
+            time.sleep(POLL_S)
 
     def log_text(self) -> str:
         """Everything it wrote so far (empty without a log)."""

@@ -54,6 +54,7 @@ from typing import Any
 import msgspec
 import numpy as np
 
+from dataflow.adapters.kafka import SESSION_HEADER
 from dataflow.domain import bayes, dialects, strategy
 from dataflow.domain import machine as m
 from dataflow.domain import messages as msg
@@ -213,6 +214,12 @@ class Controller(ControllerProcess):
             cwd=ROOT,
         )
 
+    def start(self, workers: int | None = None, processes: int | None = None) -> Controller:
+        """Start it, and return once it reads what is sent (its inputs' end recorded)."""
+        super().start(workers, processes)
+        self.wait_ready()
+        return self
+
     def close(self) -> None:
         """Stop it; remove the recovery directory it made."""
         try:
@@ -290,19 +297,16 @@ class Factory:
         self.thread.start()
 
     def run(self) -> None:
-        seen: set[bytes] = set()
+        # It acts on every delivery, as a real factory does (the controller writes no copy).
         for message in messages(self.consumer, self.stop.is_set, poll_s=0.05, strict=False):
             now = time.perf_counter()
-            ident = dict(message.headers() or []).get("message-id", b"")
-            if ident in seen:
-                continue  # a replayed duplicate (recovery benchmark)
-            seen.add(ident)
             command = msg.decode_command(message.value())
             assert isinstance(command, msg.FactoryCommand)
             self.received.append((now, command))
             if self.delay_s(command):
                 time.sleep(self.delay_s(command))
-            for key, value in self.simulator.respond(command):
+            session = dict(message.headers() or []).get(SESSION_HEADER, b"").decode() or None
+            for key, value in self.simulator.respond(command, session):
                 self.producer.produce(self.topics["REPORT_TOPIC"], value, key)
                 self.producer.flush(5)
                 self.sent[command.id] = time.perf_counter()
@@ -430,10 +434,12 @@ def bench_recovery(bootstrap: str) -> Rows:
         controller = running.enter_context(Controller(bootstrap, topics, settings))
         original = factory.simulator.respond
 
-        def respond(command: msg.FactoryCommand) -> list[tuple[bytes | None, bytes]]:
+        def respond(
+            command: msg.FactoryCommand, model: str | None = None
+        ) -> list[tuple[bytes | None, bytes]]:
             if command.id == "cmd-6":
                 hold.wait(60)
-            return original(command)
+            return original(command, model)
 
         factory.simulator.respond = respond  # type: ignore[method-assign]
         controller.start()
