@@ -1,4 +1,4 @@
-"""The Bytewax dataflow: Kafka in, decode, merge, key, ``stateful_map(advance)``, branch, Kafka out.
+"""The Bytewax dataflow: Kafka in, decode, merge, key, ``stateful_map(advance)``, outbox out.
 
 Role: wiring only. Decisions are the domain's (``dataflow.domain.machine``); the
 ``session`` step is a few lines that call ``advance``. Run it with::
@@ -7,14 +7,20 @@ Role: wiring only. Decisions are the domain's (``dataflow.domain.machine``); the
 
 Shape::
 
-    instructions ─ decode ┐                      ┌ commands ─ factory_commands
-    reports ────── decode ┼ merge ─ key ─ session ┼ syncs ──── enginesync
-    ticks ──── fan out ───┘   (dead letters) ────┴ dead letters ─ controller_dead_letters
+    instructions ─ decode ┐                                ┌ commands ─ factory_commands
+    reports ────── decode ┼ merge ─ key ─ session ─ outbox ┼ syncs ──── enginesync
+    ticks ──── fan out ───┘  (dead letters) ──────┘        ├ deadline markers ─ factory_reports
+                                                           └ dead letters ─ controller_dead_letters
+
+The report topic carries the factory's reports and the controller's own deadline
+markers (``MARKER_HEADER``), read back to decide timeouts. The outbox
+(``dataflow.adapters.outbox``) writes every output once, whatever Bytewax replays.
 
 Step ids are a persisted schema (Bytewax recovery keys them as
 ``<flow>.<step>``): renaming the stateful step drops every session, renaming an
-input re-reads its topic from the start. They are named in ``dataflow.adapters.recovery``
-(``FLOW_ID``, ``*_STEP``) and frozen by ``test_the_persisted_step_ids_are_frozen``.
+input re-reads its topic from the start, renaming the outbox drops where it
+wrote. They are named in ``dataflow.adapters.recovery`` (``FLOW_ID``,
+``*_STEP``) and frozen by ``test_the_persisted_step_ids_are_frozen``.
 """
 
 from __future__ import annotations
@@ -133,7 +139,7 @@ def kafka_io(
     idle_wait = timedelta(milliseconds=settings.input_idle_wait_ms)
     # The inputs end each epoch together.
     clock = EpochClock(
-        bytewax_epoch_interval(), on_epoch_end=None if claim is None else claim.check
+        bytewax_epoch_interval(), on_epoch_end=None if claim is None else claim.stop_if_stale
     )
 
     def source(topic: str) -> PacedKafkaSource:
@@ -365,7 +371,7 @@ def get_flow() -> Dataflow:
         preflight(settings)
         origin = establish(settings, directory, process)
         began = time.monotonic()
-        fenced = fenced_at_start(settings) if process == 0 else None
+        fenced = fenced_at_start(settings, origin.output_offsets()) if process == 0 else None
         fenced_s = time.monotonic() - began
     except (StartupError, DeliveryError) as error:
         log.error(f"controller cannot start: {error}")

@@ -21,6 +21,7 @@ class Topics:
         self.logs: dict[str, list[OutMessage]] = defaultdict(list)
         self.generation = 0
         self.fenced = 0
+        self.closed = 0
         #: How many messages each writer found when it read back, in order.
         self.read_back: list[int] = []
 
@@ -65,6 +66,13 @@ class MemoryLog:
                     found.append((headers[MESSAGE_ID_HEADER].decode(), headers.get(DIGEST_HEADER)))
         self.topics.read_back.append(len(found))
         return found, {(t, p): len(self.topics.logs[t]) for t, p in start}
+
+    def settle(self) -> None:
+        if self.generation != self.topics.generation:
+            raise FencedError("a newer writer fenced this one")
+
+    def close(self) -> None:
+        self.topics.closed += 1
 
     def write(self, messages: Sequence[tuple[str, OutMessage]]) -> Offsets:
         if self.generation != self.topics.generation:

@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from confluent_kafka import Consumer, KafkaException, Message
 from confluent_kafka import KafkaError as ConfluentKafkaError
-from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
-from confluent_kafka.cimpl import NewTopic
+from confluent_kafka.cimpl import NewTopic, TopicPartition
 
 from dataflow.adapters.config import Settings
 
@@ -136,6 +136,58 @@ def preflight(settings: Settings) -> None:
         except KafkaException as error:
             if error.args[0].code() != ConfluentKafkaError.TOPIC_ALREADY_EXISTS:
                 raise StartupError(f"cannot create topic {topic!r}: {error}") from error
+
+
+def end_offset(
+    consumer: Consumer, tp: tuple[str, int], timeout: float, failure: type[Exception]
+) -> int:
+    """The high watermark of ``tp``.
+
+    Retried for ``timeout`` s while a new topic elects its leader, then ``failure`` is raised.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return int(consumer.get_watermark_offsets(TopicPartition(*tp), timeout,
+                                                      cached=False)[1])  # fmt: skip
+        except KafkaException as error:
+            if time.monotonic() > deadline:
+                raise failure(
+                    f"cannot find the end of {tp} within {timeout:g}s: {error}"
+                ) from error
+            time.sleep(0.2)
+
+
+def read_to_ends(
+    consumer: Consumer, start: Mapping[tuple[str, int], int], ends: Mapping[tuple[str, int], int],
+    timeout: float, failure: type[Exception],
+) -> Iterator[Message]:  # fmt: skip
+    """Every message of each partition from ``start`` up to its ``ends`` (exclusive).
+
+    ``consumer`` has ``enable.partition.eof``; it is assigned here. A partition is done at
+    its end; ``failure`` is raised on a consumer error or after ``timeout`` s.
+    """
+    todo = {tp for tp, end in ends.items() if start[tp] < end or start[tp] < 0}
+    consumer.assign([TopicPartition(t, p, start[(t, p)]) for t, p in sorted(todo)])
+    deadline = time.monotonic() + timeout
+    try:
+        while todo:
+            if time.monotonic() > deadline:
+                raise failure(f"reading {sorted(todo)} to the end took over {timeout:g}s")
+            message = consumer.poll(0.1)
+            if message is None:
+                continue
+            tp = (str(message.topic()), int(message.partition() or 0))
+            error = message.error()
+            if error is not None and error.code() != ConfluentKafkaError._PARTITION_EOF:
+                raise failure(f"reading {tp}: {error}")
+            offset = int(message.offset() or 0)
+            if error is None and offset < ends[tp]:
+                yield message
+            if offset + (error is None) >= ends[tp]:
+                todo.discard(tp)
+    finally:
+        consumer.unassign()
 
 
 def dead_letter(

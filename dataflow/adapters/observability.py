@@ -100,7 +100,8 @@ def record_note(note: Note) -> None:
         fields["detail"] = note.detail
     if note.value is not None:
         fields["value"] = note.value
-    level = logging.WARNING if note.kind in ("retry", "timeout", "round_aborted") else logging.INFO
+    warned = ("overdue", "retry", "timeout", "round_aborted")
+    level = logging.WARNING if note.kind in warned else logging.INFO
     log.log(level, note.kind.replace("_", " "), extra={"fields": fields})
     if note.kind == "round_started":
         ROUNDS_STARTED.labels(note.key, note.detail).inc()

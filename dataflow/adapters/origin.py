@@ -39,13 +39,18 @@ from pathlib import Path
 from typing import Any, Final
 
 import msgspec
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException
-from confluent_kafka import KafkaError as ConfluentKafkaError
+from confluent_kafka import OFFSET_BEGINNING, Consumer
 from confluent_kafka.cimpl import TopicPartition
 
 from dataflow.adapters import recovery
 from dataflow.adapters.config import Settings
-from dataflow.adapters.kafka import MESSAGE_ID_HEADER, StartupError, client_config
+from dataflow.adapters.kafka import (
+    MESSAGE_ID_HEADER,
+    StartupError,
+    client_config,
+    end_offset,
+    read_to_ends,
+)
 from dataflow.domain import messages as msg
 from dataflow.domain.config import Baseline
 
@@ -148,22 +153,13 @@ def _consumer(settings: Settings) -> Consumer:
 
 
 def _ends(consumer: Consumer, topic: str, timeout: float) -> dict[int, int]:
-    """The end of each partition of ``topic``, retried while a new topic elects its leaders."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            metadata = consumer.list_topics(topic, timeout=timeout)
-            found = metadata.topics.get(topic)
-            if found is None or found.error is not None:
-                raise StartupError(f"cannot describe topic {topic!r}: {found and found.error}")
-            return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout,
-                                                      cached=False)[1]
-                    for p in sorted(found.partitions)}  # fmt: skip
-        except (KafkaException, StartupError) as error:
-            if time.monotonic() > deadline:
-                text = f"cannot find the end of topic {topic!r} within {timeout:g}s"
-                raise StartupError(f"{text} (STARTUP_TIMEOUT_S): {error}") from error
-            time.sleep(0.2)  # a topic created a moment ago: its leader is being elected
+    """The end of each partition of ``topic`` (retried while a new topic elects leaders)."""
+    metadata = consumer.list_topics(topic, timeout=timeout)
+    found = metadata.topics.get(topic)
+    if found is None or found.error is not None:
+        raise StartupError(f"cannot describe topic {topic!r}: {found and found.error}")
+    return {p: end_offset(consumer, (topic, p), timeout, StartupError)
+            for p in sorted(found.partitions)}  # fmt: skip
 
 
 def _starts(
@@ -208,28 +204,9 @@ def _baseline(
 
 def _read(consumer: Consumer, topic: str, ends: dict[int, int], timeout: float) -> Iterable[Any]:
     """Every message of ``topic`` from its start up to ``ends``."""
-    todo = {p for p, end in ends.items() if end > 0}
-    if not todo:
-        return
-    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in sorted(todo)])
-    deadline = time.monotonic() + timeout
-    try:
-        while todo:
-            if time.monotonic() > deadline:
-                raise StartupError(f"reading {topic!r} to its end took over {timeout:g}s")
-            message = consumer.poll(0.1)
-            if message is None:
-                continue
-            error = message.error()
-            if error is not None and error.code() != ConfluentKafkaError._PARTITION_EOF:
-                raise StartupError(f"reading {topic!r}: {error}")
-            part, offset = int(message.partition() or 0), int(message.offset() or 0)
-            if error is None and offset < ends[part]:
-                yield message
-            if offset + (error is None) >= ends[part]:
-                todo.discard(part)
-    finally:
-        consumer.unassign()
+    start = {(topic, p): OFFSET_BEGINNING for p in ends}
+    return read_to_ends(consumer, start, {(topic, p): end for p, end in ends.items()}, timeout,
+                        StartupError)  # fmt: skip
 
 
 def _write(path: Path, origin: Origin) -> None:

@@ -21,10 +21,14 @@ sink does what can be done instead:
 * **A process thought dead writes nothing after that read.** Before reading, the
   partition fences earlier writers: its producer is transactional, with a stable
   ``transactional.id`` (``KAFKA_TRANSACTIONAL_ID``), and ``init_transactions``
-  aborts their open transaction and makes the broker refuse their writes. Each
-  ``write_batch`` is one transaction, committed before it returns (so that a
-  write is fenceable; the services read uncommitted messages anyway, and a
-  transaction a crash left open is read back like any other).
+  aborts their open transaction and makes the broker refuse their writes. Every
+  write is acknowledged before ``write_batch`` returns, inside a transaction (a
+  write must be in one to be fenceable) that a timer commits once it is
+  ``COMMIT_EVERY_S`` old, out of the flow's way: a commit in a hop would cost the
+  commit, and the next write's transaction would wait for the broker to finish it
+  (~30 ms measured) and to enrol each partition again. The services read
+  uncommitted messages anyway, and a transaction a crash left open is read back
+  like any other.
 
 Messages without a ``message_id`` (dead letters) are written in the same
 transactions but not deduplicated: a replay may repeat one.
@@ -40,15 +44,15 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Final, Protocol
 
 import msgspec
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, Producer
 from confluent_kafka import KafkaError as ConfluentKafkaError
-from confluent_kafka.cimpl import TopicPartition
 from typing_extensions import override
 
 from dataflow.adapters.config import Settings
@@ -58,10 +62,17 @@ from dataflow.adapters.kafka import (
     DeliveryError,
     OutMessage,
     client_config,
+    end_offset,
+    read_to_ends,
 )
+from dataflow.adapters.recovery import stop_stale
 
 log = logging.getLogger(__name__)
 
+#: How old the output transaction gets before a timer commits it (seconds); the broker
+#: aborts one older than ``TRANSACTION_TIMEOUT_MS``, which fences its producer.
+COMMIT_EVERY_S: Final = 10.0
+TRANSACTION_TIMEOUT_MS: Final = 60_000
 #: The sink's one partition: a persisted name (its state is keyed by it).
 PARTITION: Final = "outputs"
 
@@ -110,23 +121,30 @@ class Log(Protocol):
         """``(message id, digest)`` of every message from ``start`` to the end, and the ends."""
 
     def write(self, messages: Sequence[tuple[str, OutMessage]]) -> Offsets:
-        """Write ``(topic, message)`` pairs in order, atomically; the next offsets written."""
+        """Write ``(topic, message)`` pairs in order, each acknowledged; the next offsets."""
+
+    def settle(self) -> None:
+        """Raise what went wrong since the last write, out of the flow's sight (a commit)."""
+
+    def close(self) -> None:
+        """End what was written (a transaction) and let go."""
 
 
 class OutboxPartition(StatefulSinkPartition[OutMessage, OutboxState]):
     """The one writer of the flow's outputs; see the module docstring."""
 
     def __init__(
-        self, log_: Log, default_topic: str, topics: Sequence[str], start: Offsets
-    ) -> None:
+        self, log_: Log, default_topic: str, topics: Sequence[str], start: Offsets,
+        on_stale: Callable[[FencedError], None] | None = None,
+    ) -> None:  # fmt: skip
         self._log = log_
         self._default_topic = default_topic
+        #: What a fenced write or commit does: raise (default), or stop the process.
+        self._on_stale = on_stale
         began = time.monotonic()
         log_.fence()
         fenced = time.monotonic()
-        # Every partition of every topic: one added since the last snapshot is read whole.
-        offsets = {(topic, part): start.get((topic, part), OFFSET_BEGINNING)
-                   for topic in topics for part in log_.partitions(topic)}  # fmt: skip
+        offsets = read_back_from(log_, topics, start)
         found, ends = log_.read(offsets)
         #: Message id -> digest of what is on the topics since the snapshot.
         self._written: dict[str, bytes | None] = dict(found)
@@ -155,11 +173,34 @@ class OutboxPartition(StatefulSinkPartition[OutMessage, OutboxState]):
             log.info("replayed messages already on their topics, not written again",
                      extra={"fields": fields})  # fmt: skip
         if todo:
-            self._offsets.update(self._log.write(todo))
+            with self._stopping_if_stale():
+                self._offsets.update(self._log.write(todo))
 
     @override
     def snapshot(self) -> OutboxState:
+        with self._stopping_if_stale():
+            self._log.settle()  # a failed commit stops the flow before it writes the epoch
         return OutboxState(tuple((t, p, o) for (t, p), o in sorted(self._offsets.items())))
+
+    @contextlib.contextmanager
+    def _stopping_if_stale(self) -> Iterator[None]:
+        try:
+            yield
+        except FencedError as error:
+            if self._on_stale is None:
+                raise
+            self._on_stale(error)
+            raise
+
+    @override
+    def close(self) -> None:
+        self._log.close()
+
+
+def read_back_from(log_: Log, topics: Sequence[str], start: Offsets) -> Offsets:
+    """Where to read back: ``start``, and every partition not in it (one added since) whole."""
+    return {(topic, part): start.get((topic, part), OFFSET_BEGINNING)
+            for topic in topics for part in log_.partitions(topic)}  # fmt: skip
 
 
 def _stamped(item: OutMessage, topic: str) -> OutMessage:
@@ -204,11 +245,13 @@ class Outbox(FixedPartitionedSink[OutMessage, OutboxState]):
         default_topic: str,
         topics: Sequence[str],
         start: Mapping[tuple[str, int], int],
+        on_stale: Callable[[FencedError], None] | None = None,
     ) -> None:
         self._make_log = make_log
         self._default_topic = default_topic
         self._topics = tuple(topics)
         self._start = dict(start)
+        self._on_stale = on_stale
 
     @override
     def list_parts(self) -> list[str]:
@@ -223,7 +266,8 @@ class Outbox(FixedPartitionedSink[OutMessage, OutboxState]):
         self, step_id: str, for_part: str, resume_state: OutboxState | None
     ) -> OutboxPartition:
         start = self._start if resume_state is None else resume_state.as_offsets()
-        return OutboxPartition(self._make_log(), self._default_topic, self._topics, start)
+        return OutboxPartition(self._make_log(), self._default_topic, self._topics, start,
+                               self._on_stale)  # fmt: skip
 
 
 # --------------------------------------------------------------------------- Kafka
@@ -237,12 +281,25 @@ class KafkaLog:
 
     def __init__(
         self, config: Mapping[str, Any], transactional_id: str, timeout_s: float,
-        max_message_bytes: int,
+        max_message_bytes: int, commit_every_s: float = COMMIT_EVERY_S,
     ) -> None:  # fmt: skip
         self._config = dict(config)
         self._timeout = timeout_s
         self._transactional_id = transactional_id
+        self._commit_every = commit_every_s
         self._fenced = False
+        #: When the open transaction began (monotonic), or None.
+        self._began: float | None = None
+        #: Fenced by a newer writer: every later failure is that.
+        self._stale = False
+        # The flow's worker writes, the timer commits: one at a time.
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
+        self._timer: threading.Thread | None = None
+        #: What the timer's commit raised, for the flow to raise (``settle``, ``write``).
+        self._failed: Exception | None = None
+        #: A read done ahead (``fenced_at_start``): its start, and what it found.
+        self._ahead: tuple[Offsets, list[tuple[str, bytes | None]], Offsets] | None = None
         self._producer = Producer({
             **self._config,
             "transactional.id": transactional_id,
@@ -253,6 +310,7 @@ class KafkaLog:
             # Keyed as Java's and kafka-python's producers key: an Avro key lands where
             # the original services would put it.
             "partitioner": "murmur2_random",
+            "transaction.timeout.ms": str(TRANSACTION_TIMEOUT_MS),
         })  # fmt: skip
 
     def fence(self) -> None:
@@ -278,8 +336,20 @@ class KafkaLog:
             raise DeliveryError(f"cannot describe topic {topic!r}: {found and found.error}")
         return sorted(found.partitions)
 
+    def read_ahead(self, start: Offsets) -> None:
+        """Read back now, for a ``read`` from the same ``start`` later.
+
+        Fenced first, so nothing of this log's can be written in between: a stale writer
+        cannot, and this one has not.
+        """
+        found, ends = self.read(start)
+        self._ahead = (dict(start), found, ends)
+
     def read(self, start: Offsets) -> tuple[list[tuple[str, bytes | None]], Offsets]:
         """Every message id and digest from ``start`` to the high watermark, read uncommitted."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None and ahead[0] == start:
+            return ahead[1], ahead[2]
         consumer = Consumer({
             **self._config,
             "group.id": f"{self._transactional_id}.read-back",
@@ -292,45 +362,19 @@ class KafkaLog:
         })  # fmt: skip
         found: list[tuple[str, bytes | None]] = []
         try:
-            ends = {tp: self._end(consumer, tp) for tp in start}
-            todo = {tp for tp, end in ends.items() if start[tp] < end or start[tp] < 0}
-            consumer.assign([TopicPartition(t, p, start[(t, p)]) for t, p in sorted(todo)])
-            deadline = time.monotonic() + self._timeout
-            while todo:
-                if time.monotonic() > deadline:
-                    raise DeliveryError(f"reading back {sorted(todo)} took over {self._timeout}s")
-                message = consumer.poll(0.1)
-                if message is None:
-                    continue
-                tp = (str(message.topic()), int(message.partition() or 0))
-                error = message.error()
-                if error is not None and error.code() != ConfluentKafkaError._PARTITION_EOF:
-                    raise DeliveryError(f"reading back {tp}: {error}")
-                if error is None:
-                    headers = dict(message.headers() or [])
-                    mid = headers.get(MESSAGE_ID_HEADER)
-                    if mid is not None:
-                        found.append((_text(mid), _bytes(headers.get(DIGEST_HEADER))))
-                if (message.offset() or 0) + (error is None) >= ends[tp]:
-                    todo.discard(tp)
+            ends = {tp: end_offset(consumer, tp, self._timeout, DeliveryError) for tp in start}
+            for message in read_to_ends(consumer, start, ends, self._timeout, DeliveryError):
+                headers = dict(message.headers() or [])
+                mid = headers.get(MESSAGE_ID_HEADER)
+                if mid is not None:
+                    found.append((_text(mid), _bytes(headers.get(DIGEST_HEADER))))
         finally:
             consumer.close()
         return found, ends
 
-    def _end(self, consumer: Consumer, tp: tuple[str, int]) -> int:
-        """The high watermark of ``tp``, retried while its leader moves (for ``_timeout``)."""
-        deadline = time.monotonic() + self._timeout
-        while True:
-            try:
-                return int(consumer.get_watermark_offsets(TopicPartition(*tp), self._timeout,
-                                                          cached=False)[1])  # fmt: skip
-            except KafkaException as error:
-                if time.monotonic() > deadline:
-                    raise DeliveryError(f"cannot find the end of {tp}: {error}") from error
-                time.sleep(0.2)
-
     def write(self, messages: Sequence[tuple[str, OutMessage]]) -> Offsets:
-        """One transaction: each message in order, a barrier acknowledged before the next."""
+        """Each message in order, in the open transaction, a barrier acknowledged first."""
+        self.settle()
         failures: list[str] = []
         written: Offsets = {}
 
@@ -341,22 +385,60 @@ class KafkaLog:
                 tp = (str(message.topic()), int(message.partition() or 0))
                 written[tp] = max(written.get(tp, 0), int(message.offset() or 0) + 1)
 
-        producer = self._producer
-        try:
-            producer.begin_transaction()
-            for index, (topic, item) in enumerate(messages):
-                self._produce(topic, item, on_delivery)
-                if item.barrier and index + 1 < len(messages):
-                    self._acknowledged(failures)
-            self._acknowledged(failures)
-            producer.commit_transaction(self._timeout)
-        except KafkaException as error:
-            self._abort()
-            raise _delivery_error(error, self._transactional_id) from error
-        except DeliveryError:
-            self._abort()
-            raise
+        with self._lock:
+            try:
+                if self._began is None:
+                    self._producer.begin_transaction()
+                    self._began = time.monotonic()
+                    self._start_timer()
+                for index, (topic, item) in enumerate(messages):
+                    self._produce(topic, item, on_delivery)
+                    if item.barrier and index + 1 < len(messages):
+                        self._acknowledged(failures)
+                self._acknowledged(failures)
+            except KafkaException as error:
+                raise self._failure(error) from error
         return written
+
+    def settle(self) -> None:
+        """Raise what the timer's commit raised, if anything (the flow's thread stops)."""
+        if self._failed is not None:
+            raise self._failed
+
+    def commit(self) -> None:
+        """Commit the open transaction now, if there is one."""
+        self._commit(older_than=0.0)
+        self.settle()
+
+    def close(self) -> None:
+        """Commit the open transaction, if any, and stop the timer."""
+        self._closed.set()
+        self.commit()
+
+    def _start_timer(self) -> None:
+        if self._timer is None:
+            self._timer = threading.Thread(target=self._commit_old, name="outbox-commit",
+                                           daemon=True)  # fmt: skip
+            self._timer.start()
+
+    def _commit_old(self) -> None:
+        """The timer: commit the open transaction once it is ``commit_every`` old."""
+        while not self._closed.wait(min(1.0, self._commit_every / 4)):
+            self._commit(older_than=self._commit_every)
+            if self._failed is not None:
+                log.error(f"outbox: {self._failed}")
+                return
+
+    def _commit(self, older_than: float) -> None:
+        with self._lock:
+            if self._began is None or time.monotonic() - self._began < older_than:
+                return
+            try:
+                self._producer.commit_transaction(self._timeout)
+            except KafkaException as error:
+                self._failed = self._failed or self._failure(error)
+                return
+            self._began = None
 
     def _produce(self, topic: str, item: OutMessage, on_delivery: Any) -> None:
         while True:
@@ -368,29 +450,31 @@ class KafkaLog:
             except BufferError:
                 self._producer.poll(0.1)  # local queue full: let deliveries drain
 
+    def _failure(self, error: KafkaException) -> Exception:
+        """What a producer error means: fenced (this process is stale), or crash to replay.
+
+        Once fenced, the producer is in a fatal state and says only "Fatal error": every
+        later error of it is the fencing's.
+        """
+        kafka_error = error.args[0]
+        text = kafka_error.str() if hasattr(kafka_error, "str") else str(kafka_error)
+        if "fenced" in text.lower() or self._stale:
+            self._stale = True
+            return FencedError(_fenced_text(self._transactional_id, text))
+        return DeliveryError(f"transaction of {self._transactional_id!r} failed: {error}; "
+                             "crashing to replay")  # fmt: skip
+
     def _acknowledged(self, failures: list[str]) -> None:
         remaining = self._producer.flush(self._timeout)
         if remaining or failures:
-            fenced = [f for f in failures if "FENCED" in f]
-            if fenced:
-                raise FencedError(_fenced_text(self._transactional_id, fenced[0]))
+            fenced = [f for f in failures if "fenced" in f.lower()]
+            if fenced or (self._stale and failures):
+                self._stale = True
+                raise FencedError(_fenced_text(self._transactional_id, (fenced or failures)[0]))
             raise DeliveryError(
                 f"{remaining} message(s) unacknowledged after {self._timeout:g}s, "
                 f"{len(failures)} failed ({'; '.join(failures[:3])}); crashing to replay"
             )
-
-    def _abort(self) -> None:
-        # Fenced or fatal: the next incarnation's init_transactions aborts it.
-        with contextlib.suppress(KafkaException):
-            self._producer.abort_transaction(self._timeout)
-
-
-def _delivery_error(error: KafkaException, transactional_id: str) -> Exception:
-    kafka_error = error.args[0]
-    name = kafka_error.name() if hasattr(kafka_error, "name") else str(kafka_error)
-    if "FENCED" in name:
-        return FencedError(_fenced_text(transactional_id, name))
-    return DeliveryError(f"transaction of {transactional_id!r} failed: {error}; crashing to replay")
 
 
 def _fenced_text(transactional_id: str, detail: str) -> str:
@@ -407,19 +491,27 @@ def _bytes(value: str | bytes | None) -> bytes | None:
     return value.encode() if isinstance(value, str) else value
 
 
-def fenced_at_start(settings: Settings) -> KafkaLog:
-    """A writer that has fenced every earlier one, now, before the flow runs.
+def fenced_at_start(settings: Settings, start: Mapping[tuple[str, int], int]) -> KafkaLog:
+    """A writer that has fenced every earlier one and read back from ``start``, now.
 
-    The outbox partition fences when Bytewax builds it: at resume, before any input is
-    read, or, without recovery state, lazily at its first write, which would then wait
-    for it (on a new broker, for the transaction coordinator's own start: ~3 s). One
-    process of a cluster does it here, before the cluster forms (no partition of this
-    run exists yet), and its partition takes this writer if Bytewax builds it there.
+    The outbox partition fences and reads back when Bytewax builds it: at resume,
+    before any input is read, or, without recovery state, lazily at its first write,
+    which would then wait for both (on a new broker, for the transaction coordinator's
+    own start: ~3 s). One process of a cluster does both here, before the cluster
+    forms (no partition of this run exists yet), and its partition takes this writer
+    if Bytewax builds it there (the read is used if it starts from ``start``, the
+    directory's origin: a partition without state).
     """
     writer = KafkaLog(client_config(settings), settings.transactional_id,
                       settings.delivery_timeout_s, settings.max_message_bytes)  # fmt: skip
     writer.fence()
+    writer.read_ahead(read_back_from(writer, _read_back_topics(settings), dict(start)))
     return writer
+
+
+def _read_back_topics(settings: Settings) -> tuple[str, ...]:
+    """The topics whose messages carry ids: commands, syncs, deadline markers (reports)."""
+    return settings.topics.commands, settings.topics.sync, settings.topics.reports
 
 
 def kafka_outbox(
@@ -430,7 +522,6 @@ def kafka_outbox(
     It writes and reads back the command, sync and report topics (deadline markers),
     and writes the dead-letter topic.
     """
-    topics = settings.topics
     ready = [fenced] if fenced is not None else []
 
     def make_log() -> KafkaLog:
@@ -439,4 +530,5 @@ def kafka_outbox(
         return KafkaLog(client_config(settings), settings.transactional_id,
                         settings.delivery_timeout_s, settings.max_message_bytes)  # fmt: skip
 
-    return Outbox(make_log, topics.commands, (topics.commands, topics.sync, topics.reports), start)
+    return Outbox(make_log, settings.topics.commands, _read_back_topics(settings), start,
+                  on_stale=stop_stale)  # fmt: skip

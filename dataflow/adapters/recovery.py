@@ -24,15 +24,17 @@ The command line is ``dataflow.tools.recovery``.
 from __future__ import annotations
 
 import filecmp
+import logging
 import os
 import re
 import shutil
 import sqlite3
+import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Final, NoReturn
 
 #: Persisted names: Bytewax's recovery store keys state and input offsets by
 #: ``<flow id>.<step id>``. Renaming the session step drops every session;
@@ -61,6 +63,24 @@ class StaleProcessError(RuntimeError):
     """Another controller process has taken over this recovery directory: this one must stop."""
 
 
+#: The exit status of a controller that found another one had taken over (``stop_stale``).
+EXIT_STALE: Final = 4
+
+
+def stop_stale(error: BaseException) -> NoReturn:
+    """Log why, then end the process at once, with ``EXIT_STALE``.
+
+    At once: no flush, no snapshot, no close, nothing a stale process could still write
+    (Bytewax's own unwinding may panic and abort before printing the cause).
+    """
+    log = logging.getLogger("dataflow.controller")
+    log.error(f"controller stops: {error}")
+    for handler in logging.getLogger("dataflow").handlers:
+        handler.flush()
+    sys.stderr.flush()
+    os._exit(EXIT_STALE)
+
+
 class Claim:
     """This process's claim on its recovery directory, checked at every epoch's end.
 
@@ -78,6 +98,13 @@ class Claim:
         partial = directory / f".{self.path.name}.partial"
         partial.write_text(self.token)
         os.replace(partial, self.path)
+
+    def stop_if_stale(self) -> None:
+        """``check``, and stop the process (``stop_stale``) if it is stale."""
+        try:
+            self.check()
+        except StaleProcessError as error:
+            stop_stale(error)
 
     def check(self) -> None:
         """Raise ``StaleProcessError`` unless the directory is still this process's."""

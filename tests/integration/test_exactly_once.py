@@ -19,10 +19,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from confluent_kafka import KafkaException
+from confluent_kafka import Consumer, TopicPartition
 
 from dataflow.adapters.kafka import OutMessage
 from dataflow.adapters.outbox import FencedError, KafkaLog
+from dataflow.adapters.recovery import EXIT_STALE
 from dataflow.domain import messages as msg
 from dataflow.domain.messages import Instruction, InstructionKind
 from dataflow.tools import inspection
@@ -159,8 +160,11 @@ def test_a_stale_controller_woken_after_its_replacement_took_over_writes_nothing
             new.stop()
             old.kill()
 
-    assert old.returncode not in (0, None)
-    assert "this process is stale and stops" in old.log_text()
+    assert old.returncode == EXIT_STALE
+    stops = [line["msg"] for line in old.log_lines() if line["msg"].startswith("controller stops")]
+    assert len(stops) == 1
+    assert "another controller process took over" in stops[0]
+    assert "this process is stale and stops without writing" in stops[0]
     commands = [json.loads(m.value()) for m in wiring.read(wiring.commands, idle=1.0, timeout=30)]
     assert [c["id"] for c in commands] == [f"cmd-{n}" for n in range(8)]
     assert wiring.duplicates(wiring.commands) == wiring.duplicates(wiring.sync) == {}
@@ -175,19 +179,19 @@ def test_a_kafka_writer_fenced_by_a_newer_one_gets_nothing_more_onto_its_topic(
     stale = KafkaLog(config, ident, 10, 10_000)
     stale.fence()
     stale.write([(topic, OutMessage(b"k", b"one", [("message-id", b"1")]))])
-    # Stopped inside a write, between its produce and its commit: the transaction stays
-    # open, its message in the log, where the services (reading uncommitted) may have read it.
-    stale._producer.begin_transaction()
-    stale._producer.produce(topic, value=b"two", headers=[("message-id", b"2")])
-    stale._producer.flush(10)
+    stale.commit()
+    # Stopped after a write, before its epoch's commit: the transaction stays open, its
+    # message in the log, where the services (reading uncommitted) may have read it.
+    stale.write([(topic, OutMessage(b"k", b"two", [("message-id", b"2")]))])
 
     newer = KafkaLog(config, ident, 10, 10_000)
     newer.fence()  # aborts the open transaction and fences the stale writer
     found, _ = newer.read({(topic, 0): 0})
     newer.write([(topic, OutMessage(b"k", b"three", [("message-id", b"3")]))])
-    # The stale writer wakes: neither the rest of its write nor another one gets through.
-    with pytest.raises(KafkaException, match="fenced"):
-        stale._producer.commit_transaction(10)
+    newer.close()
+    # The stale writer wakes: neither its commit nor another write gets through.
+    with pytest.raises(FencedError, match="this process is stale and stops without writing"):
+        stale.commit()
     with pytest.raises(FencedError, match="this process is stale and stops without writing"):
         stale.write([(topic, OutMessage(b"k", b"four", [("message-id", b"4")]))])
 
@@ -195,3 +199,42 @@ def test_a_kafka_writer_fenced_by_a_newer_one_gets_nothing_more_onto_its_topic(
     assert [m.value() for m in client.read_messages(kafka_bootstrap, topic, idle=2.0)] == [
         b"one", b"two", b"three",
     ]  # fmt: skip
+
+
+def test_the_output_transaction_is_committed_by_a_timer_once_old_enough_and_never_in_a_write(
+    kafka_bootstrap: str, topic_factory
+) -> None:
+    topic = topic_factory("committed")
+    writer = KafkaLog({"bootstrap.servers": kafka_bootstrap}, f"test-{uuid.uuid4().hex}", 10,
+                      10_000, commit_every_s=1.0)  # fmt: skip
+    writer.fence()
+
+    writer.write([(topic, OutMessage(b"k", b"one"))])
+    writer.write([(topic, OutMessage(b"k", b"two"))])
+    uncommitted = client.read_messages(kafka_bootstrap, topic, idle=0.3, timeout=5)
+    committed_before = read_committed(kafka_bootstrap, topic, idle_s=0.3)
+    time.sleep(2.5)  # the timer commits the transaction once it is a second old
+    committed_after = read_committed(kafka_bootstrap, topic, idle_s=1.0)
+    writer.close()
+
+    assert [m.value() for m in uncommitted] == [b"one", b"two"]  # what the services read
+    assert committed_before == []  # both writes went out in one open transaction
+    assert committed_after == [b"one", b"two"]
+
+
+def read_committed(bootstrap: str, topic: str, idle_s: float) -> list[bytes]:
+    """What a consumer that reads committed messages only sees of ``topic``."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": uuid.uuid4().hex,
+                         "isolation.level": "read_committed",
+                         "enable.auto.commit": False})  # fmt: skip
+    consumer.assign([TopicPartition(topic, 0, 0)])
+    values, last = [], time.monotonic()
+    try:
+        while time.monotonic() - last < idle_s:
+            message = consumer.poll(0.1)
+            if message is not None and message.error() is None:
+                values.append(message.value())
+                last = time.monotonic()
+    finally:
+        consumer.close()
+    return values

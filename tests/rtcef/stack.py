@@ -283,6 +283,7 @@ class Stack:
         controller = ControllerProcess(self.run_dir / f"{name}-recovery", env,
                                        log=self.log_path(name), snapshot_s=5, backup_s=30,
                                        cwd=ROOT).start()  # fmt: skip
+        controller.wait_ready(120)  # it reads what is sent from now on (INPUT_START=end)
         assert controller.process is not None
         return self.add(Service(name, controller.process, self.log_path(name),
                                 controller=controller))  # fmt: skip

@@ -215,7 +215,6 @@ def started(
         say(f"{mode}: factory up in {factory_s:.0f} s, inference job in {inference_s:.0f} s")
         if mode == "ours":
             jobs.stack.start_controller({**controller_env(broker.bootstrap, options), **overrides})
-            time.sleep(5)  # the controller assigns its partitions before anything is written
         elif mode == "port":
             python = prepared.pyflink or port_controller.ensure_python()
             env = port_controller.environment(broker.bootstrap, python, prepared.build, run_dir)

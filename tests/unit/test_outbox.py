@@ -53,6 +53,15 @@ def test_a_replayed_message_found_on_its_topic_is_not_written_again() -> None:
     assert topics.duplicates() == {}
 
 
+def test_a_fenced_writer_stops_at_its_next_snapshot_even_without_writing() -> None:
+    topics = Topics()
+    stale = partition(topics)
+    partition(topics)
+
+    with pytest.raises(FencedError):
+        stale.snapshot()
+
+
 def test_a_resumed_partition_reads_back_only_from_its_snapshot_offsets() -> None:
     topics = Topics()
     first = partition(topics)

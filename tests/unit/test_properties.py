@@ -152,7 +152,7 @@ def test_a_command_id_is_sent_once_and_a_deadline_marker_asked_for_once(sequence
 def test_no_bytes_make_a_decoder_raise(data: bytes) -> None:
     for codec in (Codec("seed"), Codec("rtcef"), Codec("rtcef", "avro")):
         for decode in (codec.decode_instruction, codec.decode_report, codec.decode_command,
-                       codec.decode_sync):  # fmt: skip
+                       codec.decode_sync, codec.decode_deadline):  # fmt: skip
             decode(data)  # a value or a Rejection, never an exception
 
 

@@ -129,3 +129,34 @@ def test_an_avro_message_is_held_to_the_size_limit_by_its_size_on_the_wire() -> 
     assert AVRO.decode_report(data, max_bytes=len(data) - 1) == msg.Rejection(
         f"report: message of {len(data)} bytes exceeds the {len(data) - 1} limit"
     )
+
+
+@pytest.mark.parametrize("codec", [Codec("seed"), Codec("rtcef"), AVRO], ids=str)
+def test_a_deadline_marker_reads_back_as_the_command_it_names(codec: Codec) -> None:
+    command_id = 17 if codec.dialect == "rtcef" else "cmd-17"
+
+    _, value = codec.encode_deadline(msg.Deadline(command_id))
+
+    assert codec.decode_deadline(value) == msg.Deadline(command_id)
+
+
+def test_a_deadline_marker_is_a_report_every_reader_decodes_and_none_takes_for_an_answer() -> None:
+    key, value = AVRO.encode_deadline(msg.Deadline(17))
+
+    # The originals' schemas read it; its key is the one the factory's report to command 17
+    # has (the same partition), its reply_id one no command has.
+    record = fastavro.schemaless_reader(io.BytesIO(value), original("factory_reports", "value"))
+    assert record == {"reply_id": -1, "params_dict": "", "model_id": -1,
+                      "metrics": '{"deadline_passed": 17}'}  # fmt: skip
+    assert key == fastavro_bytes("factory_reports", "key", {"reply_id": 17})
+    assert AVRO.decode_report(value) == msg.Report(-1, ok=True, model_id=-1)
+    assert dialects.decode_report(Codec("seed").encode_deadline(msg.Deadline("cmd-1"))[1],
+                                  "seed") == msg.Report(-1, ok=True, model_id=-1)  # fmt: skip
+
+
+def test_a_deadline_marker_without_a_command_id_is_rejected() -> None:
+    report = b'{"reply_id": -1, "params_dict": "", "model_id": -1, "metrics": "{}"}'
+
+    assert Codec("seed").decode_deadline(report) == msg.Rejection(
+        "deadline marker: `$.metrics.deadline_passed` unreadable (KeyError: 'deadline_passed')"
+    )
