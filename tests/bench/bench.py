@@ -190,6 +190,7 @@ def broker() -> Iterator[str]:
         warm.init_transactions(60)
         warm.begin_transaction()
         warm.abort_transaction(60)
+        del warm  # gone before the broker stops: no client left to log its reconnects
         yield running.bootstrap
     finally:
         running.stop()
