@@ -56,6 +56,13 @@ def newest_dataset_end(run_dir: Path, tap: Tap) -> int:
     raise AssertionError("the factory's newest data set kept disappearing")
 
 
+def first_data_set(services: Stack, tap: Tap, run_dir: Path) -> int:
+    """Wait for the factory's first data set; its last timestamp (a round's stream time)."""
+    wait_until(lambda: tap.count("assembled_datasets") > 0, 240, "the factory's first data set",
+               check=lambda: healthy(services, tap))  # fmt: skip
+    return newest_dataset_end(run_dir, tap)
+
+
 def send_instruction(number: int, kind: str, timestamp: int) -> None:
     """An instruction exactly as the original Observer writes it (no key fields)."""
     produce("optimiser_instructions",
@@ -92,10 +99,7 @@ def test_our_controller_drives_the_real_factory_and_engine_through_a_retrain_and
     run_dir = tmp_path / "ours"
 
     with loop.services(prepared, run_dir, "ours", BUDGET, observer=False) as (services, tap):
-        wait_until(lambda: tap.count("assembled_datasets") > 0, 240,
-                   "the factory's first data set", check=lambda: healthy(services, tap),
-        )  # fmt: skip
-        retrain_at = newest_dataset_end(run_dir, tap)
+        retrain_at = first_data_set(services, tap, run_dir)
         send_instruction(0, "train", retrain_at)
         first_play = play_for(tap, 1, services)
         first_score = scored_with(tap, first_play.value["model_id"], services)
@@ -180,10 +184,7 @@ def test_our_controller_killed_mid_train_mid_optimize_and_after_a_finalise_acts_
     run_dir = tmp_path / "ours"
 
     with loop.services(prepared, run_dir, "ours", BUDGET, observer=False) as (services, tap):
-        wait_until(lambda: tap.count("assembled_datasets") > 0, 240,
-                   "the factory's first data set", check=lambda: healthy(services, tap),
-        )  # fmt: skip
-        first_at = newest_dataset_end(run_dir, tap)
+        first_at = first_data_set(services, tap, run_dir)
         send_instruction(0, "train", first_at)
         crash_after(services, tap, lambda: commands_of(tap, "train") == 1, "the train", 0.1)
         plays = [play_for(tap, 1, services)]

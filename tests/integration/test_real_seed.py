@@ -47,14 +47,7 @@ def test_this_controller_runs_an_optimize_round_of_the_seeds_factory_and_engine_
     options = loop.Options(budget=BUDGET, report_timeout_s=120.0, min_gap=0)
     topics = {"INSTRUCTION_TOPIC": INSTRUCTIONS}
     with loop.started(prepared, tmp_path / "run", "ours", options, None, topics) as running:
-        tap, logs = running.tap, running.jobs.folder.root / "logs"
-
-        def inference() -> str:
-            return (logs / "inference.out").read_text(errors="replace")
-
-        def scored() -> int:
-            counts = [int(m[1]) for m in loop.HEARTBEAT.finditer(inference())]
-            return max(counts, default=0)
+        tap = running.tap
 
         # Before any data set: their factory refuses opt_initialise, the round ends at once.
         early = {"id": 0, "timestamp": prepared.data.infer_first_timestamp - 1,
@@ -75,7 +68,7 @@ def test_this_controller_runs_an_optimize_round_of_the_seeds_factory_and_engine_
             return (
                 bool(optimize)
                 and tap.count(services.Topics.assembly) > 0
-                and (scored() >= BEFORE - 10)
+                and (records_scored(running) >= BEFORE - 10)
             )
 
         wait_until(ready, 180, "an OPTIMIZE from their Observer, a data set, the records scored",
@@ -87,15 +80,17 @@ def test_this_controller_runs_an_optimize_round_of_the_seeds_factory_and_engine_
         wait_until(lambda: plays() == 2, 300, "the round's play", check=running.check)
         services.feed(running.bootstrap, prepared.data.infer, skip=BEFORE, limit=AFTER)
         swapped = re.compile(r"Engine swapped successfully\.")
-        wait_until(lambda: bool(swapped.search(inference())) and scored() >= BEFORE + AFTER - 10,
-                   120, "the engine to swap and score on", check=running.check)  # fmt: skip
+
+        def swapped_and_scored() -> bool:
+            scored = records_scored(running) >= BEFORE + AFTER - 10
+            return bool(swapped.search(inference_log(running))) and scored
+
+        wait_until(swapped_and_scored, 120, "the engine to swap and score on",
+                   check=running.check)  # fmt: skip
         time.sleep(3)  # anything late (a duplicate, a dead letter) would show now
         running.check()
-        commands = [r.value for r in tap.of(services.Topics.commands)]
-        reports = [r.value for r in tap.of(services.Topics.reports)]
-        syncs = [r.value for r in tap.of(services.Topics.sync)]
-        dead = [r.value for r in tap.of(DEAD_LETTERS)] + list(tap.dead_letters)
-        engine_log = inference()
+        commands, reports, syncs, dead = traffic(running)
+        engine_log = inference_log(running)
 
     ts, early_ts = instruction["timestamp"], early["timestamp"]
     assert reports[:2] == [
@@ -149,6 +144,29 @@ def test_this_controller_runs_an_optimize_round_of_the_seeds_factory_and_engine_
     assert "to FAILED" not in engine_log
 
 
+def inference_log(running: loop.Running) -> str:
+    """What their inference job (engine, Collector, Observer) has logged so far."""
+    return (running.jobs.folder.root / "logs" / "inference.out").read_text(errors="replace")
+
+
+def records_scored(running: loop.Running) -> int:
+    """How many records their engine has scored (its heartbeat's count)."""
+    counts = [int(m[1]) for m in loop.HEARTBEAT.finditer(inference_log(running))]
+    return max(counts, default=0)
+
+
+Values = list[dict[str, Any]]
+
+
+def traffic(running: loop.Running) -> tuple[Values, Values, Values, Values]:
+    """The commands, reports, syncs and dead letters on the topics, in order."""
+    tap = running.tap
+    dead = [r.value for r in tap.of(DEAD_LETTERS)] + list(tap.dead_letters)
+    return ([r.value for r in tap.of(services.Topics.commands)],
+            [r.value for r in tap.of(services.Topics.reports)],
+            [r.value for r in tap.of(services.Topics.sync)], dead)  # fmt: skip
+
+
 def command(
     id_: str, type_: str, ts: int, *, optimisation_id: int = 0, best_i: int = -1
 ) -> dict[str, Any]:
@@ -170,11 +188,8 @@ def test_this_controller_crashed_mid_train_mid_optimize_and_after_a_finalise_act
     options = loop.Options(budget=BUDGET, report_timeout_s=120.0, min_gap=0)
     topics = {"INSTRUCTION_TOPIC": INSTRUCTIONS}
     with loop.started(prepared, tmp_path / "run", "ours", options, None, topics) as running:
-        tap, logs = running.tap, running.jobs.folder.root / "logs"
+        tap = running.tap
         controller = running.jobs.stack
-
-        def inference() -> str:
-            return (logs / "inference.out").read_text(errors="replace")
 
         def count(topic: str, **fields: str) -> int:
             return sum(all(r.value.get(k) == v for k, v in fields.items())
@@ -185,13 +200,10 @@ def test_this_controller_crashed_mid_train_mid_optimize_and_after_a_finalise_act
             time.sleep(delay_s)
             controller.crash_controller()
 
-        def scored() -> int:
-            counts = [int(m[1]) for m in loop.HEARTBEAT.finditer(inference())]
-            return max(counts, default=0)
-
         # As the smoke test: the same records scored before the rounds, the swap after them.
         services.feed(running.bootstrap, prepared.data.infer, limit=BEFORE)
-        wait_until(lambda: tap.count(services.Topics.assembly) > 0 and scored() >= BEFORE - 10,
+        wait_until(lambda: tap.count(services.Topics.assembly) > 0
+                   and records_scored(running) >= BEFORE - 10,
                    180, "a data set, the records scored", check=running.check)  # fmt: skip
         ts = prepared.data.infer_first_timestamp + 1
         for number, kind in enumerate(("retrain", "optimize")):
@@ -211,16 +223,14 @@ def test_this_controller_crashed_mid_train_mid_optimize_and_after_a_finalise_act
         services.feed(running.bootstrap, prepared.data.infer, skip=BEFORE, limit=AFTER)
         final = next(r.value for r in tap.of(services.Topics.reports)
                      if r.value.get("reply_id") == "cmd-4")  # fmt: skip
-        wait_until(lambda: f"Scheduling model swap to {final['model_path']}" in inference()
-                   and scored() >= BEFORE + AFTER - 10, 120, "the engine to swap and score on",
-                   check=running.check)  # fmt: skip
+        swap = f"Scheduling model swap to {final['model_path']}"
+        wait_until(lambda: swap in inference_log(running)
+                   and records_scored(running) >= BEFORE + AFTER - 10, 120,
+                   "the engine to swap and score on", check=running.check)  # fmt: skip
         time.sleep(6)  # a late copy of anything would be on the topics by now
         running.check()
-        commands = [r.value for r in tap.of(services.Topics.commands)]
-        reports = [r.value for r in tap.of(services.Topics.reports)]
-        syncs = [r.value for r in tap.of(services.Topics.sync)]
-        dead = [r.value for r in tap.of(DEAD_LETTERS)] + list(tap.dead_letters)
-        engine_log = inference()
+        commands, reports, syncs, dead = traffic(running)
+        engine_log = inference_log(running)
 
     assert [(c["id"], c["type"]) for c in commands] == [
         ("cmd-0", "train"), ("cmd-1", "opt_initialise"), ("cmd-2", "opt_step"),
