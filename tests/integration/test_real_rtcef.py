@@ -157,6 +157,12 @@ def raw_keys(tap: Tap) -> dict[str, int]:
     return counted
 
 
+def engine_read(run_dir: Path) -> list[str]:
+    """The sync messages the original engine acted on, in order (it prints each one's type)."""
+    log = run_dir / "logs" / "wayeb_service.out"
+    return [line for line in log.read_text().splitlines() if line in ("pause", "play")]
+
+
 def crash_after(services: Stack, tap: Tap, topic_has: Callable[[], bool], what: str,
                 delay_s: float) -> None:  # fmt: skip
     """SIGKILL the controller ``delay_s`` after ``topic_has()`` holds, and restart it."""
@@ -177,8 +183,8 @@ def test_our_controller_killed_mid_train_mid_optimize_and_after_a_finalise_acts_
 
     At the shipped snapshot interval (``-s 5``), restarted each time on its store: the
     real factory gets each command once and still answers the next round, it registers
-    one model per train and finalise, and the engine scores with each model a ``play``
-    named.
+    one model per train and finalise, the engine acts on three pauses and three plays, and
+    it scores with each model the crashed rounds played.
     """
     prepared = loop.prepare(tmp_path)
     run_dir = tmp_path / "ours"
@@ -202,7 +208,8 @@ def test_our_controller_killed_mid_train_mid_optimize_and_after_a_finalise_acts_
         third_at = max(second_at + 1, newest_dataset_end(run_dir, tap))
         send_instruction(2, "train", third_at)
         plays.append(play_for(tap, 3, services))
-        scored_with(tap, plays[2].value["model_id"], services)
+        wait_until(lambda: engine_read(run_dir).count("play") == 3, 240, "the engine's third play",
+                   check=lambda: healthy(services, tap))  # fmt: skip
         time.sleep(6)  # a late copy of anything would be on the topics by now
         errors = loop.service_errors(services)
 
@@ -213,17 +220,20 @@ def test_our_controller_killed_mid_train_mid_optimize_and_after_a_finalise_acts_
         (2 + BUDGET, "opt_finalise"), (3 + BUDGET, "train"),
     ]  # fmt: skip
     syncs = [(r.value["type"], r.value["timestamp"]) for r in tap.of("engine_sync")]
+    assert engine_read(run_dir) == ["pause", "play"] * 3  # what the engine acted on
     assert syncs == [("pause", first_at), ("play", first_at), ("pause", second_at),
                      ("play", second_at), ("pause", third_at), ("play", third_at)]  # fmt: skip
     # One model registered per train and finalise, and those are the models played.
     models = [r.value for r in tap.of("model_versions")]
     assert [m["id"] for m in models] == [p.value["model_id"] for p in plays]
     assert [m["creation_method"] for m in models] == ["retrain", "optimisation", "retrain"]
+    # The engine swapped to the two models the crashed rounds played, and to no other. It
+    # reads syncs only between batches of 10,000 stream records (~80 s here), and the whole
+    # stream is in the topic within seconds: the third play may come after its last batch.
     versions = [r.value["model_version"] for r in tap.of("model_runtime_scores")]
-    assert [v for i, v in enumerate(versions) if i == 0 or v != versions[i - 1]] == [
-        -1,
-        *[p.value["model_id"] for p in plays],
-    ]
+    swaps = [v for i, v in enumerate(versions) if i == 0 or v != versions[i - 1]]
+    played = [p.value["model_id"] for p in plays]
+    assert swaps in ([-1, *played[:2]], [-1, *played])
     assert tap.undecodable == []
     assert tap.dead_letters == []
     assert errors == []
