@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, TypeAlias
 
 import bytewax.operators as op
+import msgspec
 from bytewax.connectors.kafka import KafkaError, KafkaSourceMessage
 from bytewax.dataflow import Dataflow, Stream
 from bytewax.inputs import Source
@@ -178,7 +179,17 @@ def decode_instruction(settings: Settings, item: RawInput) -> Envelope | OutMess
     key = machine.route_instruction(decoded, settings.machine)
     if isinstance(key, msg.Rejection):
         return _dead(settings, origin, key.reason, "route")
+    decoded = msgspec.structs.replace(decoded, logged_ms=_logged_ms(item))
     return Envelope(key, machine.InstructionArrived(decoded, now_ms()), origin)
+
+
+def _logged_ms(message: KafkaSourceMessage[Any, Any]) -> int | None:
+    """The record's timestamp in its topic (create or log-append time), if it has one.
+
+    Costs are measured between records' own timestamps, so a replay measures the same.
+    """
+    kind, ms = message.timestamp or (0, -1)
+    return ms if kind != 0 and ms >= 0 else None
 
 
 def decode_report(settings: Settings, item: RawInput) -> Envelope | OutMessage:
@@ -193,12 +204,14 @@ def decode_report(settings: Settings, item: RawInput) -> Envelope | OutMessage:
         if isinstance(deadline, msg.Rejection):
             return _dead(settings, origin, deadline.reason, "decode")
         key = machine.route_deadline(deadline, settings.machine)
+        deadline = msgspec.structs.replace(deadline, logged_ms=_logged_ms(item))
         event = machine.DeadlinePassed(deadline, now_ms())
     else:
         report = codec.decode_report(data, settings.max_message_bytes)
         if isinstance(report, msg.Rejection):
             return _dead(settings, origin, report.reason, "decode")
         key = machine.route_report(report, settings.machine)
+        report = msgspec.structs.replace(report, logged_ms=_logged_ms(item))
         event = machine.ReportArrived(report, now_ms())
     if isinstance(key, msg.Rejection):
         return _dead(settings, origin, key.reason, "route")

@@ -26,7 +26,7 @@ import msgspec
 
 from dataflow.adapters.wire import ENCODINGS, Codec, Encoding
 from dataflow.domain import dialects, machine, optimizer
-from dataflow.domain.config import Baseline
+from dataflow.domain.config import PAUSE_ENGINE, Baseline
 from dataflow.domain.errors import ConfigError
 from dataflow.domain.messages import DEFAULT_MAX_MESSAGE_BYTES, Params
 from dataflow.domain.strategy import STRATEGIES
@@ -140,6 +140,15 @@ VARIABLES: Final[tuple[Variable, ...]] = (
              "Random proposals before the GP takes over."),
     Variable("OPTIMISER_KEEP", f"the profile's: {_per_dialect(lambda d: d.profile.keep)}",
              "Observations of a round carried into the next round."),
+    Variable("ROUND_BUDGET_S", "",
+             "Factory seconds an OPTIMIZE round may spend on its steps and finalised model, "
+             "learned from the records' timestamps; a round finalises before a step it expects "
+             "to overrun, and chooses by expected improvement per expected second. Empty: no "
+             "time limit (only OPTIMISER_BUDGET)."),
+    Variable("PAUSE_ENGINE", "round",
+             "When an OPTIMIZE round pauses the engine: `round` (from its start, as both "
+             "originals) or `finalise` (only while the finalised model is built: the engine "
+             "forecasts on with the old model during the steps). RETRAIN always pauses at once."),
     Variable("INITIAL_PARAMS", "the profile's",
              'JSON object: the current best parameters before any round, e.g. '
              '{"pMin": 0.05, "gamma": 0.001}.'),
@@ -337,6 +346,9 @@ class _Reader:
             if self.env.get(variable, "").strip():
                 low = 0 if attribute == "keep" else 1
                 changes[attribute] = self.number(variable, getattr(profile, attribute), int, low)
+        if self.env.get("ROUND_BUDGET_S", "").strip():
+            budget = self.number("ROUND_BUDGET_S", -1.0, float, 0.001)
+            changes["round_budget_s"] = budget if budget > 0 else None
         if self.env.get("OPTIMISER_STRATEGY", "").strip():
             changes["strategy"] = self.choice("OPTIMISER_STRATEGY", profile.strategy,
                                               tuple(STRATEGIES))  # fmt: skip
@@ -421,6 +433,7 @@ class _Reader:
             warm_start=self.warm_start(profile),
             instruction_min_gap=self.number("INSTRUCTION_MIN_GAP", 0, int, 0),
             max_queued=self.number("MAX_QUEUED_INSTRUCTIONS", 1000, int, 1),
+            pause_engine=self.choice("PAUSE_ENGINE", "round", PAUSE_ENGINE),  # type: ignore[arg-type]
         )
         try:
             config.validate()

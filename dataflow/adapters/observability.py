@@ -100,7 +100,7 @@ def record_note(note: Note) -> None:
         fields["detail"] = note.detail
     if note.value is not None:
         fields["value"] = note.value
-    warned = ("overdue", "retry", "timeout", "round_aborted")
+    warned = ("overdue", "retry", "timeout", "round_aborted", "over_budget")
     level = logging.WARNING if note.kind in warned else logging.INFO
     log.log(level, note.kind.replace("_", " "), extra={"fields": fields})
     if note.kind == "round_started":

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import warnings
+from dataclasses import dataclass
 from typing import Any, Final
 
 import msgspec
@@ -23,13 +24,14 @@ from scipy.optimize import fmin_l_bfgs_b
 from skopt.acquisition import gaussian_ei, gaussian_lcb, gaussian_pi
 from skopt.space import Integer, Real, Space
 
-from dataflow.domain import gp
+from dataflow.domain import cost, gp
 from dataflow.domain.optimizer import (
     Observation,
     OptimiserSnapshot,
     Point,
     Profile,
     to_point,
+    to_unit,
 )
 
 _HEDGE_PORTFOLIO: Final = ("EI", "LCB", "PI")  # skopt's order for gp_hedge
@@ -41,15 +43,19 @@ def propose(snapshot: OptimiserSnapshot) -> tuple[Point, OptimiserSnapshot]:
     """The next point to evaluate, and the snapshot with this strategy's bookkeeping.
 
     Pure: the same snapshot always gives the same point. ``strategy.propose``
-    checks the snapshot first and marks the point pending.
+    checks the snapshot first and marks the point pending. A round with a time
+    budget chooses among the points it can afford (``dataflow.domain.cost``), by
+    cost-cooled expected improvement; if it can afford none, the cheapest (the
+    caller then finalises instead).
     """
     profile = snapshot.profile
     rng = np.random.RandomState(_seed(snapshot.key, snapshot.round, len(snapshot.observations)))
     told = snapshot.prior + snapshot.observations
+    budget = _Budget.of(snapshot)
     if len(told) >= profile.n_initial:
         try:
             with np.errstate(all="ignore"):
-                point, gains, candidates, theta = _model_based(profile, told, snapshot, rng)
+                point, gains, candidates, theta = _model_based(profile, told, snapshot, rng, budget)
             return point, msgspec.structs.replace(
                 snapshot, gains=gains, hedge_candidates=candidates, theta=theta
             )
@@ -58,9 +64,54 @@ def propose(snapshot: OptimiserSnapshot) -> tuple[Point, OptimiserSnapshot]:
             # crash the step: Bytewax would replay the same report into the same crash
             # for ever. A random proposal, seeded like every other, keeps replay exact.
             rng = np.random.RandomState(_seed(snapshot.key, snapshot.round, len(told)))
-    raw = space(profile).rvs(n_samples=1, random_state=rng)[0]
-    point = to_point(profile, raw)
-    return point, snapshot
+    if budget is None:
+        raw = space(profile).rvs(n_samples=1, random_state=rng)[0]
+        return to_point(profile, raw), snapshot
+    # A budgeted random start: the first of a random sample the round can afford.
+    sample = _sample_unit(profile, profile.n_candidates, rng)
+    costs = budget.model.predict(sample)
+    affordable = cost.affordable(snapshot, costs)
+    index = int(np.argmax(affordable)) if affordable.any() else int(np.argmin(costs))
+    return _from_unit(profile, sample[index]), snapshot
+
+
+@dataclass(frozen=True)
+class _Budget:
+    """A round's time budget, as the acquisition sees it: predicted costs and their weight."""
+
+    snapshot: OptimiserSnapshot
+    model: cost.CostModel
+    #: CArBO's cooling exponent: the unspent fraction of the budget.
+    alpha: float
+
+    @classmethod
+    def of(cls, snapshot: OptimiserSnapshot) -> _Budget | None:
+        """The round's budget, or None without one or before any cost was measured."""
+        if snapshot.profile.round_budget_s is None:
+            return None
+        model = cost.fit(snapshot)
+        return None if model is None else cls(snapshot, model, cost.cooling(snapshot))
+
+    def weigh(
+        self,
+        acquisition: str,
+        X: gp.Array,  # noqa: N803
+        values: gp.Array,
+        y_opt: float,
+    ) -> gp.Array:
+        """Acquisition values (minimised) per expected second; unaffordable points last.
+
+        Each value is read as a gain over a reference (0 for -EI and -PI, which are
+        never positive; the incumbent for LCB and the posterior mean): a gain is
+        divided by ``cost ** alpha`` and a loss multiplied by it, so a dearer point
+        ranks worse either way and, at ``alpha`` 0, the order is the acquisition's own.
+        """
+        costs = self.model.predict(X)
+        reference = y_opt if acquisition in ("LCB", "mean") else 0.0
+        gain = values - reference
+        weight = np.power(costs, self.alpha)
+        weighed = reference + np.where(gain < 0, gain / weight, gain * weight)
+        return np.where(cost.affordable(self.snapshot, costs), weighed, np.inf)
 
 
 def _seed(key: str, round_number: int, count: int) -> int:
@@ -84,10 +135,11 @@ def _model_based(
     told: tuple[Observation, ...],
     snapshot: OptimiserSnapshot,
     rng: np.random.RandomState,
+    budget: _Budget | None,
 ) -> tuple[
     Point, tuple[float, ...] | None, tuple[tuple[float, ...], ...] | None, tuple[float, ...]
 ]:
-    X = np.array([_to_unit(profile, o.x) for o in told])  # noqa: N806
+    X = np.array([to_unit(profile, o.x) for o in told])  # noqa: N806
     y = np.array([o.y for o in told], dtype=float)
     # The GP normalises y itself; scores far beyond [-1, 1] (f_val is -MCC) would
     # overflow on the way, so bring them back first. Ordinary scores are untouched.
@@ -104,6 +156,11 @@ def _model_based(
     model = gp.fit(X, y, [start_theta, gp.fresh_theta(X.shape[1])])
     theta = tuple(float(t) for t in model.theta)
     candidates = _sample_unit(profile, profile.n_candidates, rng)
+    if budget is not None:
+        costs = budget.model.predict(candidates)
+        if not cost.affordable(snapshot, costs).any():  # the caller finalises instead
+            cheapest = candidates[int(np.argmin(costs))]
+            return _from_unit(profile, cheapest), snapshot.gains, snapshot.hedge_candidates, theta
     if snapshot.remaining <= profile.exploit_last:
         # The round finalises its best reported step, so what its last evaluations
         # learn can no longer steer this round (the next may keep them): they go where
@@ -112,12 +169,13 @@ def _model_based(
         # closed the gap to scikit-optimize's L-BFGS-polished proposals (benchmark
         # section 3). A round still in its random start (n_initial) stays random.
         predicted = _Predicted(model.predict(candidates), np.zeros(len(candidates)))
-        x = _minimise_acquisition(model, predicted, "mean", candidates, 0.0, profile, rng)
+        x = _minimise_acquisition(model, predicted, "mean", candidates, float(np.min(y)), profile,
+                                  rng, budget)  # fmt: skip
         return _from_unit(profile, x), snapshot.gains, snapshot.hedge_candidates, theta
     portfolio = _HEDGE_PORTFOLIO if profile.acquisition == "gp_hedge" else (profile.acquisition,)
     predicted = _Predicted(*model.predict(candidates, return_std=True))
     y_opt = float(np.min(y))
-    best = [_minimise_acquisition(model, predicted, acq, candidates, y_opt, profile, rng)
+    best = [_minimise_acquisition(model, predicted, acq, candidates, y_opt, profile, rng, budget)
             for acq in portfolio]  # fmt: skip
     if profile.acquisition != "gp_hedge":
         return _from_unit(profile, best[0]), None, None, theta
@@ -158,19 +216,25 @@ def _minimise_acquisition(
     y_opt: float,
     profile: Profile,
     rng: np.random.RandomState,
+    budget: _Budget | None = None,
 ) -> gp.Array:
     """Best of the random candidates and of a local sample around the best of them.
 
     Optionally polished by bounded L-BFGS runs (``n_refine``; slow: one model
     prediction per evaluation).
     """
-    values = _acquire(predicted, acquisition, candidates, y_opt, profile)
+
+    def acquire(source: Any, X: gp.Array) -> gp.Array:  # noqa: N803
+        values = _acquire(source, acquisition, X, y_opt, profile)
+        return values if budget is None else budget.weigh(acquisition, X, values, y_opt)
+
+    values = acquire(predicted, candidates)
     order = _smallest(values, max(_LOCAL_CENTRES, profile.n_refine))
     best_x, best_value = candidates[order[0]], float(values[order[0]])
     bounds = [(0.0, 1.0)] * candidates.shape[1]
 
     def value(x: gp.Array) -> float:
-        return float(_acquire(model, acquisition, x.reshape(1, -1), y_opt, profile)[0])
+        return float(acquire(model, x.reshape(1, -1))[0])
 
     if profile.n_local:
         # Around the best few random candidates, a denser local look: a random sample
@@ -180,7 +244,7 @@ def _minimise_acquisition(
         per = max(1, profile.n_local // len(centres))
         jitter = rng.normal(0.0, profile.local_scale, (len(centres) * per, centres.shape[1]))
         local = _on_grid(profile, np.clip(np.repeat(centres, per, axis=0) + jitter, 0.0, 1.0))
-        local_values = _acquire(model, acquisition, local, y_opt, profile)
+        local_values = acquire(model, local)
         nearest = int(np.argmin(local_values))
         if float(local_values[nearest]) < best_value:
             best_x, best_value = local[nearest], float(local_values[nearest])
@@ -222,14 +286,6 @@ def _acquire(
         return np.asarray(gaussian_lcb(X, model, kappa=profile.kappa), dtype=float)
     function = _ACQUISITIONS[acquisition]
     return np.asarray(-function(X, model, y_opt, xi=profile.xi), dtype=float)
-
-
-def _to_unit(profile: Profile, point: Point) -> list[float]:
-    """A point in the unit cube (skopt's ``normalize`` transform)."""
-    return [
-        (float(v) - float(d.low)) / (float(d.high) - float(d.low))
-        for d, v in zip(profile.dimensions, point, strict=True)
-    ]
 
 
 def _from_unit(profile: Profile, unit: gp.Array) -> Point:

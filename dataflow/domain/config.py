@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Final, Literal, TypeAlias
 
 import msgspec
 
@@ -14,6 +14,10 @@ from dataflow.domain.strategy import STRATEGIES
 
 DEFAULT_KEY: Final = "controller"
 NO_MODEL: Final = -1
+#: When an OPTIMIZE round pauses the engine: for the whole round (as both originals), or
+#: only while its finalised model is built (the engine forecasts on during the steps).
+PauseEngine: TypeAlias = Literal["round", "finalise"]
+PAUSE_ENGINE: Final[tuple[PauseEngine, ...]] = ("round", "finalise")
 
 
 class Baseline(msgspec.Struct, frozen=True):
@@ -58,6 +62,8 @@ class MachineConfig(msgspec.Struct, frozen=True):
     max_held: int = 1024
     #: Where new sessions' counters start (``Baseline``).
     baseline: Baseline = Baseline()
+    #: When an OPTIMIZE round pauses the engine (``PauseEngine``); RETRAIN: always at once.
+    pause_engine: PauseEngine = "round"
 
     def validate(self) -> None:
         """Raise ``ConfigError`` listing every inconsistency."""
@@ -77,6 +83,8 @@ class MachineConfig(msgspec.Struct, frozen=True):
             problems.append("report_timeout_ms must be > 0 and max_retries >= 0")
         if self.instruction_min_gap < 0 or self.max_queued < 1 or self.max_held < 1:
             problems.append("instruction_min_gap must be >= 0, max_queued and max_held >= 1")
+        if self.pause_engine not in PAUSE_ENGINE:
+            problems.append(f"pause_engine {self.pause_engine!r} is not one of {PAUSE_ENGINE}")
         if min(msgspec.structs.astuple(self.baseline)) < 0:
             problems.append(f"baseline counters must be >= 0, got {self.baseline}")
         if problems:

@@ -46,6 +46,7 @@ class Reject(msgspec.Struct, frozen=True, tag="reject"):
 NoteKind: TypeAlias = Literal[
     "round_started", "round_completed", "round_aborted", "step", "score",
     "retry", "overdue", "timeout", "queued", "held", "params_updated",
+    "budget_spent", "over_budget",
 ]  # fmt: skip
 
 

@@ -8,11 +8,11 @@ None performs I/O or reads a clock: time comes in the events.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Final, TypeAlias
+from typing import Any, Final, NamedTuple, TypeAlias
 
 import msgspec
 
-from dataflow.domain import optimizer, strategy
+from dataflow.domain import cost, optimizer, strategy
 from dataflow.domain.config import NO_MODEL, MachineConfig
 from dataflow.domain.effects import (
     Effect,
@@ -41,6 +41,21 @@ from dataflow.domain.optimizer import OptimiserSnapshot
 from dataflow.domain.state import Outstanding, Phase, Round, Session
 
 Result: TypeAlias = tuple[Session, list[Effect]]
+
+
+class When(NamedTuple):
+    """When a handler acts: the clock (deadlines only) and its cause's time in the logs."""
+
+    at_ms: int
+    #: The timestamp (ms) of the record that caused this, in its topic: costs are measured
+    #: between such timestamps, so a replay measures the same (None: the log gave none).
+    logged_ms: int | None
+
+
+def _latest(*times: int | None) -> int | None:
+    known = [t for t in times if t is not None]
+    return max(known) if known else None
+
 
 _NO_PARAMS: Final = params_text(None, named=False)
 #: The phase a session rests in while a command of each type is outstanding.
@@ -126,50 +141,70 @@ def begin_train(
     state: Session, instruction: Instruction, at_ms: int, config: MachineConfig
 ) -> Result:
     """RETRAIN's turn: pause, then ``train`` with the current best parameters."""
-    state, paused = _pause(state, instruction)
+    when = _started(state, instruction, at_ms)
+    state, paused = _begin(state, instruction, pause=True)
     round_ = Round(
         "train", state.rounds, instruction.timestamp, state.trains, -1, state.next_command
     )
     state = msgspec.structs.replace(state, trains=state.trains + 1, round=round_)
     params = params_text(state.best_params, named=True)
-    state, sent = _issue(state, config, at_ms, CommandType.TRAIN, params)
+    state, sent = _issue(state, config, when, CommandType.TRAIN, params)
     return state, [*paused, *sent]
 
 
 def begin_optimise(
     state: Session, instruction: Instruction, at_ms: int, config: MachineConfig
 ) -> Result:
-    """OPTIMIZE's turn: pause, ``opt_initialise`` (not awaited), then the first step."""
-    state, paused = _pause(state, instruction)
+    """OPTIMIZE's turn: pause, ``opt_initialise`` (not awaited), then the first step.
+
+    With ``pause_engine="finalise"`` the engine forecasts on during the steps and is
+    paused just before ``opt_finalise`` (``_finalise``).
+    """
+    when = _started(state, instruction, at_ms)
+    pause = config.pause_engine == "round"
+    state, paused = _begin(state, instruction, pause=pause)
     opt_id = state.optimisations
     snapshot = optimizer.start(config.profile, state.key, opt_id, state.history)
     round_ = Round("optimise", state.rounds, instruction.timestamp, -1, opt_id, state.next_command,
-                   snapshot)  # fmt: skip
+                   snapshot, paused=pause)  # fmt: skip
     state = msgspec.structs.replace(state, optimisations=opt_id + 1, round=round_)
-    state, initialised = _issue(state, config, at_ms, CommandType.OPT_INITIALISE, _NO_PARAMS)
-    state, stepped = _propose_step(state, at_ms, config)
+    state, initialised = _issue(state, config, when, CommandType.OPT_INITIALISE, _NO_PARAMS)
+    point, proposed = strategy.propose(snapshot)  # a round's first step always fits its budget
+    state, stepped = _step(state, point, proposed, when, config)
     return state, [*paused, *initialised, *stepped]
 
 
-def _pause(state: Session, instruction: Instruction) -> Result:
+def _started(state: Session, instruction: Instruction, at_ms: int) -> When:
+    """A queued instruction starts once it is read and the round before it has ended."""
+    return When(at_ms, _latest(instruction.logged_ms, state.ended_ms))
+
+
+def _begin(state: Session, instruction: Instruction, *, pause: bool) -> Result:
+    """Count the round and say so; pause the engine now if it is paused for the whole round."""
     rounds = state.rounds + 1
-    pause = SyncMessage(SyncType.PAUSE.value, instruction.timestamp, NO_MODEL)
     started = Note(state.key, "round_started", rounds, detail=instruction.kind.value)
-    return msgspec.structs.replace(state, rounds=rounds), [
-        started,
-        send_sync(state.key, rounds, pause),
-    ]
+    state = msgspec.structs.replace(state, rounds=rounds)
+    if not pause:
+        return state, [started]
+    return state, [started, _pause_sync(state.key, rounds, instruction.timestamp)]
 
 
-def _propose_step(state: Session, at_ms: int, config: MachineConfig) -> Result:
+def _pause_sync(key: str, round_number: int, timestamp: int) -> Effect:
+    return send_sync(key, round_number, SyncMessage(SyncType.PAUSE.value, timestamp, NO_MODEL))
+
+
+def _step(
+    state: Session, point: optimizer.Point, snapshot: OptimiserSnapshot, when: When,
+    config: MachineConfig,
+) -> Result:  # fmt: skip
+    """Send the step ``strategy.propose`` made pending in ``snapshot``."""
     round_ = _round_of(state)
-    point, snapshot = strategy.propose(_optimiser_of(round_))
     params = params_text(point, named=False)
     note = Note(state.key, "step", round_.number, step=len(snapshot.observations), detail=params)
     state = msgspec.structs.replace(
         state, round=msgspec.structs.replace(round_, optimiser=snapshot)
     )
-    state, sent = _issue(state, config, at_ms, CommandType.OPT_STEP, params)
+    state, sent = _issue(state, config, when, CommandType.OPT_STEP, params)
     return state, [note, *sent]
 
 
@@ -178,23 +213,71 @@ def _propose_step(state: Session, at_ms: int, config: MachineConfig) -> Result:
 
 def on_step_report(state: Session, event: ReportArrived, config: MachineConfig) -> Result:
     """A report while a step is outstanding: learn its score, then the next step or finalise."""
-    report, at_ms, round_ = event.report, event.at_ms, _round_of(state)
+    report, round_ = event.report, _round_of(state)
     unusable = _screened(state, event, config, report.f_val, "step report carries no metrics.f_val")
     if unusable is not None or report.f_val is None:
         return unusable or (state, [])
-    snapshot = optimizer.learn(_optimiser_of(round_), report.f_val)
+    when = When(event.at_ms, report.logged_ms)
+    before = _optimiser_of(round_)
+    snapshot = optimizer.learn(before, report.f_val, _cost_s(state.outstanding, report))
     step = len(snapshot.observations) - 1
-    scored = Note(state.key, "score", round_.number, step=step, value=report.f_val)
+    notes = [Note(state.key, "score", round_.number, step=step, value=report.f_val),
+             *_over_budget(state.key, round_.number, before, snapshot)]  # fmt: skip
     state = msgspec.structs.replace(
         state, phase=Phase.OPTIMIZING, outstanding=None,
         round=msgspec.structs.replace(round_, optimiser=snapshot),
     )  # fmt: skip
     if snapshot.remaining > 0:
-        state, sent = _propose_step(state, at_ms, config)
-    else:
-        best_i = optimizer.best_index(snapshot)
-        state, sent = _issue(state, config, at_ms, CommandType.OPT_FINALISE, _NO_PARAMS, best_i)
-    return state, [scored, *sent]
+        point, proposed = strategy.propose(snapshot)
+        if strategy.affordable(proposed):
+            state, sent = _step(state, point, proposed, when, config)
+            return state, [*notes, *sent]
+        detail = (
+            f"{cost.spent(snapshot):.1f} s spent, the next step predicted "
+            f"{proposed.predicted_s or 0.0:.1f} s, ROUND_BUDGET_S "
+            f"{snapshot.profile.round_budget_s:g}: finalising after {step + 1} steps"
+        )
+        notes.append(Note(state.key, "budget_spent", round_.number, step=step, detail=detail))
+    state, sent = _finalise(state, snapshot, when, config)
+    return state, [*notes, *sent]
+
+
+def _cost_s(outstanding: Outstanding | None, report: Report) -> float | None:
+    """A step's factory seconds: from its command's cause to its report, in the logs."""
+    if outstanding is None or outstanding.sent_ms is None or report.logged_ms is None:
+        return None
+    return (report.logged_ms - outstanding.sent_ms) / 1000
+
+
+def _over_budget(
+    key: str, number: int, before: OptimiserSnapshot, after: OptimiserSnapshot
+) -> list[Effect]:
+    """A note when a step took the round past its time budget (it took longer than predicted)."""
+    budget = after.profile.round_budget_s
+    if budget is None or cost.expected_total(after) <= budget:
+        return []
+    taken = after.observations[-1].cost_s
+    predicted = (
+        "unpredicted" if before.predicted_s is None else f"predicted {before.predicted_s:.1f} s"
+    )
+    detail = (f"step took {taken if taken is not None else float('nan'):.1f} s ({predicted}): "
+              f"the round expects {cost.expected_total(after):.1f} s of factory time with its "
+              f"finalised model, over ROUND_BUDGET_S {budget:g}")  # fmt: skip
+    return [Note(key, "over_budget", number, step=len(after.observations) - 1, detail=detail)]
+
+
+def _finalise(
+    state: Session, snapshot: OptimiserSnapshot, when: When, config: MachineConfig
+) -> Result:
+    """``opt_finalise`` with the best step, the engine paused first if it is not yet."""
+    round_ = _round_of(state)
+    paused: list[Effect] = []
+    if not round_.paused:
+        paused = [_pause_sync(state.key, round_.number, round_.timestamp)]
+        state = msgspec.structs.replace(state, round=msgspec.structs.replace(round_, paused=True))
+    best_i = optimizer.best_index(snapshot)
+    state, sent = _issue(state, config, when, CommandType.OPT_FINALISE, _NO_PARAMS, best_i)
+    return state, [*paused, *sent]
 
 
 def on_final_report(state: Session, event: ReportArrived, config: MachineConfig) -> Result:
@@ -210,7 +293,7 @@ def on_final_report(state: Session, event: ReportArrived, config: MachineConfig)
         best_params = _winning_params(report.params, snapshot)
     state = msgspec.structs.replace(state, best_params=best_params, history=history)
     note = Note(state.key, "round_completed", round_.number, detail=str(report.model_id))
-    return _end_round(state, report.model_id, note)
+    return _end_round(state, report.model_id, note, report.logged_ms)
 
 
 def _screened(
@@ -237,7 +320,7 @@ def _screened(
     ):
         return state, [Reject(state.key, f"report {report.reply_id!r:.40}: stale (an earlier "
                               f"attempt's answer, {missing})")]  # fmt: skip
-    return _failed(state, report.error or missing, event.at_ms, config)
+    return _failed(state, report.error or missing, When(event.at_ms, report.logged_ms), config)
 
 
 def reject_idle_report(state: Session, event: ReportArrived, config: MachineConfig) -> Result:
@@ -261,7 +344,7 @@ def _on_initialise_report(state: Session, event: ReportArrived, config: MachineC
                               "opt_initialise, which needs no answer")]  # fmt: skip
     detail = f"opt_initialise refused: {report.error or 'factory reported an error'}"
     note = Note(state.key, "round_aborted", round_.number, step=_step_of(state), detail=detail)
-    return _end_round(state, state.model_id, note)
+    return _end_round(state, state.model_id, note, report.logged_ms)
 
 
 def _answers_initialise(state: Session, report: Report, config: MachineConfig) -> bool:
@@ -370,7 +453,8 @@ def on_deadline(state: Session, event: DeadlinePassed, config: MachineConfig) ->
     command = outstanding.command
     note = Note(state.key, "timeout", _round_of(state).number, step=_step_of(state),
                 detail=f"no report for {command.type} {command.id!r}")  # fmt: skip
-    state, effects = _failed(state, "deadline passed without a report", event.at_ms, config)
+    when = When(event.at_ms, event.deadline.logged_ms)
+    state, effects = _failed(state, "deadline passed without a report", when, config)
     return state, [note, *effects]
 
 
@@ -390,7 +474,7 @@ def nothing(state: Session, event: Tick, config: MachineConfig) -> Result:
 def _issue(
     state: Session,
     config: MachineConfig,
-    at_ms: int,
+    when: When,
     kind: CommandType,
     params: str,
     best_i: int = -1,
@@ -414,20 +498,22 @@ def _issue(
     state = msgspec.structs.replace(state, phase=AWAITING[kind], next_command=number + 1)
     if kind is CommandType.OPT_INITIALISE:
         return state, [send_command(state.key, command, 0)]
-    return _send(state, command, number, 0, at_ms, config)
+    return _send(state, command, number, 0, when, config)
 
 
 def _send(
-    state: Session, command: FactoryCommand, number: int, attempt: int, at_ms: int,
+    state: Session, command: FactoryCommand, number: int, attempt: int, when: When,
     config: MachineConfig, earlier: tuple[int, ...] = (),
 ) -> Result:  # fmt: skip
-    deadline = at_ms + config.report_timeout_ms
-    outstanding = Outstanding(command, number, attempt, deadline, earlier=earlier)
+    deadline = when.at_ms + config.report_timeout_ms
+    # A resend keeps the first attempt's time: a late answer to that attempt costs it all.
+    first = state.outstanding.sent_ms if earlier and state.outstanding else when.logged_ms
+    outstanding = Outstanding(command, number, attempt, deadline, earlier=earlier, sent_ms=first)
     state = msgspec.structs.replace(state, outstanding=outstanding)
     return state, [send_command(state.key, command, attempt)]
 
 
-def _failed(state: Session, reason: str, at_ms: int, config: MachineConfig) -> Result:
+def _failed(state: Session, reason: str, when: When, config: MachineConfig) -> Result:
     """The outstanding command failed: resend it under a new id (bounded), then abort the round.
 
     Every attempt has an id of its own, so no id reaches the factory twice; a late
@@ -446,20 +532,27 @@ def _failed(state: Session, reason: str, at_ms: int, config: MachineConfig) -> R
         retry = Note(state.key, "retry", number, step=step, detail=detail)
         state = msgspec.structs.replace(state, next_command=counter + 1)
         earlier = (*outstanding.earlier, outstanding.number)
-        state, sent = _send(state, command, counter, attempt, at_ms, config, earlier)
+        state, sent = _send(state, command, counter, attempt, when, config, earlier)
         return state, [retry, *sent]
     detail = f"{kind} failed {outstanding.attempt + 1} times: {reason}"
     note = Note(state.key, "round_aborted", number, step=step, detail=detail)
-    return _end_round(state, state.model_id, note)
+    return _end_round(state, state.model_id, note, when.logged_ms)
 
 
-def _end_round(state: Session, model_id: int | str, note: Note) -> Result:
-    """Play the engine with ``model_id`` and go IDLE (the queue's head starts next)."""
+def _end_round(state: Session, model_id: int | str, note: Note, ended_ms: int | None) -> Result:
+    """Play the engine with ``model_id`` and go IDLE (the queue's head starts next).
+
+    A round that never paused the engine (``pause_engine="finalise"``, ended before its
+    finalise) sends no play: the original engine would take the next model it reads.
+    """
     round_ = _round_of(state)
-    play = SyncMessage(SyncType.PLAY.value, round_.timestamp, model_id)
     state = msgspec.structs.replace(
-        state, phase=Phase.IDLE, model_id=model_id, round=None, outstanding=None
-    )
+        state, phase=Phase.IDLE, model_id=model_id, round=None, outstanding=None,
+        ended_ms=_latest(state.ended_ms, ended_ms),
+    )  # fmt: skip
+    if not round_.paused:
+        return state, [note]
+    play = SyncMessage(SyncType.PLAY.value, round_.timestamp, model_id)
     return state, [note, send_sync(state.key, round_.number, play)]
 
 

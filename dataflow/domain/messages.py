@@ -80,6 +80,8 @@ class Instruction(msgspec.Struct, frozen=True):
     model_id: str | None = None
     #: UPDATE_PARAMS only: the new current-best parameters.
     parameters: Params | None = None
+    #: The record's timestamp in its topic (ms), when the log gave one: never the clock.
+    logged_ms: int | None = None
 
 
 class Report(msgspec.Struct, frozen=True):
@@ -93,6 +95,9 @@ class Report(msgspec.Struct, frozen=True):
     #: The parameters the factory says it used (``params_dict``), wrapper removed.
     params: Params | None = None
     error: str | None = None
+    #: The record's timestamp in its topic (ms), when the log gave one: a step's cost is
+    #: measured from it (``dataflow.domain.cost``), never from the clock.
+    logged_ms: int | None = None
 
 
 class Deadline(msgspec.Struct, frozen=True):
@@ -106,6 +111,8 @@ class Deadline(msgspec.Struct, frozen=True):
 
     #: The wire id of the command whose deadline passed (the attempt, not the round).
     command_id: int | str
+    #: The marker's timestamp in the report topic (ms), when the log gave one.
+    logged_ms: int | None = None
 
 
 class ReportWire(Protocol):

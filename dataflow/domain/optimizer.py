@@ -67,6 +67,11 @@ class Profile(msgspec.Struct, frozen=True):
     #: on the best of them (the first lowest score), measured again on today's data;
     #: before the random start and ``exploit_last`` (a one-step round is only that).
     remeasure_best_kept: bool = False
+    #: Factory seconds a round may spend on its steps and its finalised model (``None``:
+    #: no time limit, only ``budget``). Costs are learned from the records' timestamps
+    #: (``dataflow.domain.cost``); a round finalises before a step it expects to overrun,
+    #: and chooses points by expected improvement per expected second (cost-cooled EI).
+    round_budget_s: float | None = None
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -93,15 +98,21 @@ class Profile(msgspec.Struct, frozen=True):
             problems.append("n_local >= 0 and 0 < local_scale <= 1")
         if not 0 <= self.exploit_last <= max(self.budget, 0):
             problems.append(f"exploit_last {self.exploit_last} must be in [0, budget]")
+        if self.round_budget_s is not None and not (
+            math.isfinite(self.round_budget_s) and self.round_budget_s > 0
+        ):
+            problems.append(f"round_budget_s {self.round_budget_s} must be a positive number")
         if problems:
             raise ConfigError(f"optimiser profile {self.name!r}: " + "; ".join(problems))
 
 
 class Observation(msgspec.Struct, frozen=True, array_like=True):
-    """A point (in search-space order) and its score (lower is better)."""
+    """A point (in search-space order), its score (lower is better) and what it cost."""
 
     x: Point
     y: float
+    #: Factory seconds, from the command's cause to its report in the logs; None: unknown.
+    cost_s: float | None = None
 
 
 class OptimiserSnapshot(msgspec.Struct, frozen=True):
@@ -124,6 +135,8 @@ class OptimiserSnapshot(msgspec.Struct, frozen=True):
     #: The surrogate's last fitted hyperparameters: the next fit starts from them.
     theta: tuple[float, ...] | None = None
     version: int = SNAPSHOT_VERSION
+    #: The pending proposal's predicted cost in seconds (``round_budget_s`` rounds only).
+    predicted_s: float | None = None
 
     @property
     def remaining(self) -> int:
@@ -144,17 +157,20 @@ def start(
     return OptimiserSnapshot(profile=profile, key=key, round=round_number, prior=tuple(prior))
 
 
-def learn(snapshot: OptimiserSnapshot, y: float) -> OptimiserSnapshot:
-    """Record the score of the pending proposal."""
+def learn(snapshot: OptimiserSnapshot, y: float, cost_s: float | None = None) -> OptimiserSnapshot:
+    """Record the score of the pending proposal (and what it cost, if known)."""
     check_snapshot(snapshot)
     if snapshot.pending is None:
         raise SnapshotError("learn: no proposal is awaiting a score")
     if not math.isfinite(y):
         raise SnapshotError(f"learn: score must be finite, got {y!r}")
-    observation = Observation(snapshot.pending, float(y))
+    if cost_s is not None and not (math.isfinite(cost_s) and cost_s >= 0):
+        cost_s = None  # clocks of two producers disagreeing: unknown, not negative
+    observation = Observation(snapshot.pending, float(y), cost_s)
     return msgspec.structs.replace(
-        snapshot, observations=(*snapshot.observations, observation), pending=None
-    )
+        snapshot, observations=(*snapshot.observations, observation), pending=None,
+        predicted_s=None,
+    )  # fmt: skip
 
 
 def best_index(snapshot: OptimiserSnapshot) -> int:
@@ -259,6 +275,14 @@ def observations_from_warm_start(
 
 
 # --------------------------------------------------------------------------- checks
+
+
+def to_unit(profile: Profile, point: Point) -> list[float]:
+    """A point in the unit cube (scikit-optimize's ``normalize`` transform)."""
+    return [
+        (float(v) - float(d.low)) / (float(d.high) - float(d.low))
+        for d, v in zip(profile.dimensions, point, strict=True)
+    ]
 
 
 def to_point(profile: Profile, raw: Sequence[Any]) -> Point:

@@ -2,9 +2,10 @@
 
 State versions
 --------------
-``Session.version`` is 3, and every state is read through ``upgrade``: version
-1 (one ``pending`` instruction, UPDATE_PARAMS at once) and version 2 (a resend
-under the same id, deadlines decided by the clock) are migrated on first touch;
+``Session.version`` is 4, and every state is read through ``upgrade``: version
+1 (one ``pending`` instruction, UPDATE_PARAMS at once), version 2 (a resend
+under the same id, deadlines decided by the clock) and version 3 (no costs, every
+round paused) are migrated on first touch;
 a newer one is refused with ``StateVersionError``, naming both versions.
 States are pickled by Bytewax, positionally and by class path: new fields go
 last with defaults, and ``dataflow.domain.machine`` keeps the classes importable
@@ -30,7 +31,7 @@ from dataflow.domain.messages import (
 )
 from dataflow.domain.optimizer import Observation, OptimiserSnapshot
 
-STATE_VERSION: Final = 3
+STATE_VERSION: Final = 4
 
 
 class Phase(StrEnum):
@@ -59,6 +60,10 @@ class Outstanding(msgspec.Struct, frozen=True):
     marked: bool = False
     #: Counters of the earlier attempts: a late success of one of them answers the command.
     earlier: tuple[int, ...] = ()
+    # Version 4.
+    #: The log timestamp (ms) of what made the controller send the first attempt: a step's
+    #: cost is measured from it to its report's (``dataflow.domain.cost``).
+    sent_ms: int | None = None
 
 
 class Round(msgspec.Struct, frozen=True):
@@ -74,6 +79,10 @@ class Round(msgspec.Struct, frozen=True):
     #: Counter of the round's first command: older replies are stale, newer duplicates.
     first_command: int
     optimiser: OptimiserSnapshot | None = None
+    # Version 4.
+    #: Whether the engine was paused for this round (``MachineConfig.pause_engine``):
+    #: an unpaused round ends without a play.
+    paused: bool = True
 
 
 class Session(msgspec.Struct, frozen=True):
@@ -104,6 +113,9 @@ class Session(msgspec.Struct, frozen=True):
     #: Timestamps of the last admitted OPTIMIZE or RETRAIN, and of the last OPTIMIZE.
     last_admitted: int | None = None
     last_optimize: int | None = None
+    # Version 4.
+    #: The log timestamp (ms) of what ended the last round: a queued round starts then.
+    ended_ms: int | None = None
 
 
 def new_session(key: str, config: MachineConfig) -> Session:
@@ -127,10 +139,15 @@ def upgrade(state: Session) -> Session:
     """The state in the current version: version 1 is migrated, a newer one refused."""
     if state.version == STATE_VERSION:
         return state
+    if state.version == 3:
+        # v4 added fields with defaults (read as they are): the log times costs are measured
+        # from (unknown for a command sent before, so that step's cost is unknown), and
+        # whether a round paused the engine (every round did, before).
+        return msgspec.structs.replace(state, version=STATE_VERSION)
     if state.version == 2:
         # v3 added fields with defaults (read as they are) and changed what a resend is
         # (a new id) and when a timeout is decided (its marker read back): nothing to move.
-        return msgspec.structs.replace(state, version=STATE_VERSION)
+        return upgrade(msgspec.structs.replace(state, version=3))
     if state.version == 1:
         # v1 queued at most one instruction (``pending``) and never coalesced: the running
         # round and the pending instruction are what was admitted last.

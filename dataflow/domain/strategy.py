@@ -6,7 +6,8 @@ knows nothing else about search. A strategy is a pure function from a snapshot
 bookkeeping of its own; it must be deterministic (replay proposes the same
 points). ``propose`` checks the snapshot before and marks the point pending after, and
 gives a warm round's first step to its best kept point when the profile says so
-(``Profile.remeasure_best_kept``), whatever the strategy. Adding
+(``Profile.remeasure_best_kept``), whatever the strategy; ``affordable`` says
+whether a round with a time budget can still afford it. Adding
 one is a module with that function and one line in ``STRATEGIES``; a profile
 names it (``Profile.strategy``).
 """
@@ -19,7 +20,7 @@ from typing import Final
 
 import msgspec
 
-from dataflow.domain import bayes
+from dataflow.domain import bayes, cost
 from dataflow.domain.errors import SnapshotError
 from dataflow.domain.messages import Params
 from dataflow.domain.optimizer import (
@@ -72,7 +73,18 @@ def propose(snapshot: OptimiserSnapshot) -> tuple[Point, OptimiserSnapshot]:
     kept = best_kept(snapshot)
     point, proposed = (kept, snapshot) if kept is not None else chosen.propose(snapshot)
     check_point(snapshot.profile, point)
-    return point, msgspec.structs.replace(proposed, pending=point)
+    return point, msgspec.structs.replace(
+        proposed, pending=point, predicted_s=cost.predicted(snapshot, point)
+    )
+
+
+def affordable(proposed: OptimiserSnapshot) -> bool:
+    """Whether the round's time budget allows the step ``propose`` just made pending.
+
+    Always true without a budget (``Profile.round_budget_s``) or a measured cost; a
+    round that cannot afford it finalises instead (``dataflow.domain.cost``).
+    """
+    return cost.fits(proposed, proposed.predicted_s)
 
 
 def run_optimization(

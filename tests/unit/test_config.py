@@ -157,3 +157,20 @@ def test_the_readme_documents_every_variable_with_its_default() -> None:
                     if line.startswith(f"| `{variable.name}` |")), None)  # fmt: skip
         assert row is not None, f"{variable.name} missing from the README's table"
         assert f"| {variable.default or '(unset)'} |" in row, row
+
+
+def test_a_round_budget_in_seconds_and_when_to_pause_are_read_and_checked() -> None:
+    default = Settings.from_env({})
+    assert default.machine.profile.round_budget_s is None
+    assert default.machine.pause_engine == "round"
+
+    read = Settings.from_env({"ROUND_BUDGET_S": "75.5", "PAUSE_ENGINE": "finalise"})
+    assert read.machine.profile.round_budget_s == 75.5
+    assert read.machine.pause_engine == "finalise"
+
+    with pytest.raises(SettingsError) as refused:
+        Settings.from_env({"ROUND_BUDGET_S": "0", "PAUSE_ENGINE": "never"})
+    assert refused.value.problems == [
+        "ROUND_BUDGET_S: 0.0 must be at least 0.001",
+        "PAUSE_ENGINE: 'never' is not one of ['round', 'finalise']",
+    ]

@@ -776,7 +776,19 @@ def test_a_version_1_state_is_migrated_its_pending_instruction_heading_the_queue
     )
 
 
-def test_a_version_2_state_is_read_as_version_3_with_its_attempt_unmarked() -> None:
+def test_a_version_3_state_is_read_as_version_4_its_costs_unknown_its_round_paused() -> None:
+    # A version-3 Outstanding was pickled with its first six fields, a Round with seven.
+    v3 = msgspec.structs.replace(
+        TRAINING, version=3,
+        outstanding=m.Outstanding(*msgspec.structs.astuple(TRAINING.outstanding)[:6]),
+        round=m.Round(*msgspec.structs.astuple(TRAINING.round)[:7]),
+    )  # fmt: skip
+
+    assert m.upgrade(v3) == TRAINING
+    assert m.upgrade(v3).round == msgspec.structs.replace(TRAINING.round, paused=True)
+
+
+def test_a_version_2_state_is_read_as_version_4_with_its_attempt_unmarked() -> None:
     # A version-2 Outstanding was pickled with its first four fields: the rest default.
     v2 = msgspec.structs.replace(
         TRAINING, version=2, outstanding=m.Outstanding(*msgspec.structs.astuple(
@@ -797,8 +809,8 @@ def test_the_version_1_recovery_fixture_unpickles_and_migrates() -> None:
 
 
 def test_a_state_from_a_newer_controller_is_refused_naming_both_versions() -> None:
-    newer = msgspec.structs.replace(TRAINING, version=4)
+    newer = msgspec.structs.replace(TRAINING, version=5)
 
     with pytest.raises(StateVersionError) as refused:
         step(newer, m.Tick(0))
-    assert "with state version 4; this controller reads versions 1 to 3." in str(refused.value)
+    assert "with state version 5; this controller reads versions 1 to 4." in str(refused.value)

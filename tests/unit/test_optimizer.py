@@ -211,7 +211,7 @@ def test_a_bad_profile_lists_every_problem() -> None:
 @pytest.mark.parametrize("profile", [RTCEF, SEED], ids=["rtcef", "seed"])
 @pytest.mark.parametrize("key", ["k", "other"])
 def test_the_last_step_of_a_round_goes_where_the_model_predicts_the_minimum(profile, key) -> None:
-    from dataflow.domain import bayes, gp
+    from dataflow.domain import gp
     from dataflow.sim.surfaces import SYNTHETIC
 
     surface = SYNTHETIC["bowl"](profile)  # its minimum inside the space, not at a corner
@@ -228,10 +228,10 @@ def test_the_last_step_of_a_round_goes_where_the_model_predicts_the_minimum(prof
     exploring = msgspec.structs.replace(profile, exploit_last=0)
     assert strategy.propose(msgspec.structs.replace(snapshot, profile=exploring))[0] != last
     # The model the proposal was made with: the observations, and the fit it stored.
-    X = np.array([bayes._to_unit(profile, ob.x) for ob in snapshot.observations])  # noqa: N806
+    X = np.array([o.to_unit(profile, ob.x) for ob in snapshot.observations])  # noqa: N806
     model = gp.GaussianProcess(X, np.array([ob.y for ob in snapshot.observations]),
                                np.array(proposed.theta))  # fmt: skip
-    predicted = model.predict(np.array([bayes._to_unit(profile, last)]))[0]
+    predicted = model.predict(np.array([o.to_unit(profile, last)]))[0]
     # Chosen from a sample (5,000 random candidates and a local look around the best),
     # so not the exact minimum: below every observation and nearly every random point.
     assert predicted < float(np.min(model.predict(X)))

@@ -1,0 +1,327 @@
+"""Rounds with a time budget: costs measured in the logs, predicted, and spent where they pay.
+
+A factory stand-in answers each command after the seconds a cost function says,
+stamping its report with the log time its record would get; the controller's
+decisions may depend on those stamps only, never on a clock.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable
+
+import msgspec
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dataflow.domain import cost, strategy
+from dataflow.domain import machine as m
+from dataflow.domain import optimizer as o
+from dataflow.domain.messages import Instruction, InstructionKind, Report, SyncMessage
+from tests.support import seed_config
+
+KEY = m.DEFAULT_KEY
+OPTIMIZE = InstructionKind.OPTIMIZE
+T0 = 1_700_000_000_000  # the instruction's log time (ms)
+Costs = Callable[[tuple[float, ...]], float]
+
+
+def budgeted(seconds: float | None, steps: int = 10, **changes: object) -> m.MachineConfig:
+    config = seed_config(**changes)
+    profile = msgspec.structs.replace(config.profile, budget=steps, round_budget_s=seconds)
+    return msgspec.structs.replace(config, profile=profile)
+
+
+def bowl(point: tuple[float, ...]) -> float:
+    """A smooth score with its minimum inside the seed space."""
+    return (point[0] - 0.05) ** 2 * 100 + (point[1] - 0.002) ** 2 * 1e5
+
+
+def constant(seconds: float) -> Costs:
+    return lambda point: seconds
+
+
+def dearer_with_pmin(point: tuple[float, ...]) -> float:
+    """Seconds growing steeply along pMin (as the real factory's along ``order``)."""
+    return 2.0 * float(np.exp(3.0 * (point[0] - 0.001) / 0.099))
+
+
+class Factory:
+    """Answers every step after ``costs(point)`` seconds, stamped with that log time."""
+
+    def __init__(self, costs: Costs, score: Callable[[tuple[float, ...]], float] = bowl) -> None:
+        self.costs, self.score = costs, score
+        self.reports: list[Report] = []
+
+    def answer(self, command_effect: m.SendCommand, cause_ms: int) -> Report:
+        command = command_effect.command
+        if command.type == "opt_step":
+            point = tuple(json.loads(command.params)["params"])
+            logged = cause_ms + round(self.costs(point) * 1000)
+            report = Report(command.id, True, f_val=self.score(point), logged_ms=logged)
+        else:  # train or opt_finalise: a model
+            logged = cause_ms + 5000
+            report = Report(command.id, True, model_id=len(self.reports), logged_ms=logged)
+        self.reports.append(report)
+        return report
+
+
+def run(config: m.MachineConfig, factory: Factory, instructions: int = 1
+        ) -> tuple[m.Session | None, list[m.Effect]]:  # fmt: skip
+    """Instructions logged 1 ms apart, then the factory answering each awaited command."""
+    state: m.Session | None = None
+    effects: list[m.Effect] = []
+    for i in range(instructions):
+        event = m.InstructionArrived(Instruction(OPTIMIZE, 1000 + i, logged_ms=T0 + i), 0)
+        state, more = m.advance(state, event, key=KEY, config=config)
+        effects += more
+    cause = T0 + instructions - 1
+    while state is not None and state.outstanding is not None:
+        report = factory.answer(_awaited(effects), cause)
+        cause = report.logged_ms or cause
+        state, more = m.advance(state, m.ReportArrived(report, 0), key=KEY, config=config)
+        effects += more
+    return state, effects
+
+
+def _awaited(effects: list[m.Effect]) -> m.SendCommand:
+    return [e for e in effects if isinstance(e, m.SendCommand)][-1]
+
+
+def steps_of(effects: list[m.Effect]) -> list[tuple[float, ...]]:
+    return [tuple(json.loads(e.command.params)["params"]) for e in effects
+            if isinstance(e, m.SendCommand) and e.command.type == "opt_step"]  # fmt: skip
+
+
+def notes(effects: list[m.Effect], kind: str) -> list[m.Note]:
+    return [e for e in effects if isinstance(e, m.Note) and e.kind == kind]
+
+
+def test_a_step_costs_the_seconds_between_its_causes_log_time_and_its_reports() -> None:
+    config = budgeted(None, steps=2)
+    instruction = m.InstructionArrived(Instruction(OPTIMIZE, 1000, logged_ms=T0), 0)
+    state, _ = m.advance(None, instruction, key=KEY, config=config)
+    assert state is not None
+    assert state.round is not None
+    assert state.round.optimiser is not None
+    assert state.outstanding is not None
+    point = state.round.optimiser.pending
+    answer = Report(state.outstanding.command.id, True, f_val=-0.5, logged_ms=T0 + 4500)
+
+    state, _ = m.advance(state, m.ReportArrived(answer, 123), key=KEY, config=config)
+
+    assert state is not None
+    assert state.round is not None
+    assert state.round.optimiser is not None
+    assert point is not None
+    assert state.round.optimiser.observations == (o.Observation(point, -0.5, 4.5),)
+    # The next step's cause is that report: its cost will be measured from T0 + 4500.
+    assert state.outstanding is not None
+    assert state.outstanding.sent_ms == T0 + 4500
+
+
+def test_a_report_without_a_log_time_leaves_the_cost_unknown() -> None:
+    snapshot = o.start(budgeted(30.0).profile, KEY, 0)
+    point, snapshot = strategy.propose(snapshot)
+
+    learned = o.learn(snapshot, -0.5, None)
+
+    assert learned.observations == (o.Observation(point, -0.5, None),)
+    assert o.learn(snapshot, -0.5, -3.0).observations == (o.Observation(point, -0.5, None),)
+
+
+def test_the_cost_model_predicts_a_dearer_axis_dearer() -> None:
+    profile = budgeted(60.0).profile
+    rng = random.Random(7)  # noqa: S311 - a test's reproducible sample
+    points = [(rng.uniform(0.001, 0.1), rng.uniform(0.0, 0.005)) for _ in range(8)]
+    snapshot = o.OptimiserSnapshot(
+        profile, KEY, 0, observations=tuple(o.Observation(p, 0.0, dearer_with_pmin(p))
+                                            for p in points),
+    )  # fmt: skip
+
+    model = cost.fit(snapshot)
+
+    assert model is not None
+    for pmin in (0.01, 0.05, 0.09):
+        predicted = cost.predicted(snapshot, (pmin, 0.0025))
+        assert predicted is not None
+        assert (
+            abs(predicted - dearer_with_pmin((pmin, 0.0025))) / dearer_with_pmin((pmin, 0.0025))
+            < 0.25
+        )
+    assert model.slopes[0] > 2.0 > abs(model.slopes[1])
+
+
+def test_a_round_finalises_before_a_step_it_expects_to_overrun_its_budget() -> None:
+    # 4 s a step, 20 s in all: after four steps (16 s) a fifth (4 s) and the finalised
+    # model (the best step built again, 4 s) would take 24 s.
+    state, effects = run(budgeted(20.0, steps=10), Factory(constant(4.0)))
+
+    assert len(steps_of(effects)) == 4
+    assert state is not None
+    assert state.phase is m.Phase.IDLE
+    (spent,) = notes(effects, "budget_spent")
+    assert spent == m.Note(KEY, "budget_spent", 1, step=3, detail=(
+        "16.0 s spent, the next step predicted 4.0 s, ROUND_BUDGET_S 20: finalising after 4 steps"
+    ))  # fmt: skip
+    kinds = [e.command.type for e in effects if isinstance(e, m.SendCommand)]
+    assert kinds == ["opt_initialise", *["opt_step"] * 4, "opt_finalise"]
+    assert notes(effects, "over_budget") == []
+
+
+def test_a_step_that_took_longer_than_predicted_says_the_round_overran() -> None:
+    times = iter([4.0, 4.0, 30.0])
+    _, effects = run(budgeted(20.0, steps=10), Factory(lambda point: next(times, 4.0)))
+
+    (over,) = notes(effects, "over_budget")
+    assert over.step == 2
+    assert over.detail.startswith("step took 30.0 s (predicted 4.0 s): the round expects ")
+    assert over.detail.endswith("over ROUND_BUDGET_S 20")
+    assert len(steps_of(effects)) == 3  # and it stopped at once
+
+
+def test_without_a_budget_costs_change_nothing() -> None:
+    timed = run(budgeted(None, steps=6), Factory(constant(100.0)))[1]
+    untimed_config = budgeted(None, steps=6)
+    state: m.Session | None = None
+    untimed: list[m.Effect] = []
+    state, untimed = m.advance(None, m.InstructionArrived(Instruction(OPTIMIZE, 1000), 0),
+                               key=KEY, config=untimed_config)  # fmt: skip
+    factory = Factory(constant(100.0))
+    while state is not None and state.outstanding is not None:
+        report = msgspec.structs.replace(factory.answer(_awaited(untimed), 0), logged_ms=None)
+        state, more = m.advance(state, m.ReportArrived(report, 0), key=KEY, config=untimed_config)
+        untimed += more
+
+    assert [e for e in timed if not isinstance(e, m.Note)] == [
+        e for e in untimed if not isinstance(e, m.Note)
+    ]
+    assert len(steps_of(timed)) == 6
+
+
+def test_a_budgeted_round_evaluates_more_points_in_the_same_seconds_than_a_blind_one() -> None:
+    # The same 60 factory seconds: a round that predicts costs spends them where they are
+    # cheap; one that does not (no budget) pays for dear points blindly, and is cut where
+    # its steps and its best one built again would pass 60 s.
+    budgeted_steps, blind_steps = 0, 0
+    for key_number in range(12):
+        key = f"k{key_number}"
+        config = msgspec.structs.replace(budgeted(60.0, steps=40), keys=(key,))
+        blind = msgspec.structs.replace(budgeted(None, steps=40), keys=(key,))
+        budgeted_steps += len(steps_of(_run_keyed(config, key)))
+        blind_steps += _within(steps_of(_run_keyed(blind, key)), 60.0)
+
+    assert budgeted_steps > 1.2 * blind_steps
+
+
+def _within(points: list[tuple[float, ...]], seconds: float) -> int:
+    """How many of ``points`` a round could evaluate, and finalise the best of, in ``seconds``."""
+    spent, best = 0.0, None
+    for count, point in enumerate(points):
+        best_after = point if best is None or bowl(point) < bowl(best) else best
+        if spent + dearer_with_pmin(point) + dearer_with_pmin(best_after) > seconds:
+            return count
+        spent, best = spent + dearer_with_pmin(point), best_after
+    return len(points)
+
+
+def _run_keyed(config: m.MachineConfig, key: str) -> list[m.Effect]:
+    state, effects = m.advance(
+        None, m.InstructionArrived(Instruction(OPTIMIZE, 1000, logged_ms=T0), 0), key=key,
+        config=config,
+    )  # fmt: skip
+    factory, cause = Factory(dearer_with_pmin), T0
+    while state is not None and state.outstanding is not None:
+        report = factory.answer(_awaited(effects), cause)
+        cause = report.logged_ms or cause
+        state, more = m.advance(state, m.ReportArrived(report, 0), key=key, config=config)
+        effects += more
+    return effects
+
+
+def test_pausing_at_finalise_lets_the_engine_forecast_during_the_steps() -> None:
+    config = budgeted(None, steps=2, pause_engine="finalise")
+
+    state, effects = run(config, Factory(constant(4.0)))
+
+    sent = [(e.command.type if isinstance(e, m.SendCommand) else e.sync.type) for e in effects
+            if isinstance(e, m.SendCommand | m.SendSync)]  # fmt: skip
+    assert sent == ["opt_initialise", "opt_step", "opt_step", "pause", "opt_finalise", "play"]
+    syncs = [e for e in effects if isinstance(e, m.SendSync)]
+    assert syncs == [
+        m.SendSync(KEY, f"{KEY}/sync/1/pause", SyncMessage("pause", 1000, -1)),
+        m.SendSync(KEY, f"{KEY}/sync/1/play", SyncMessage("play", 1000, 2)),
+    ]
+    assert state is not None
+    assert state.model_id == 2
+
+
+def test_a_round_that_never_paused_the_engine_ends_without_a_play() -> None:
+    config = budgeted(None, steps=2, pause_engine="finalise", max_retries=0)
+    state, effects = m.advance(
+        None, m.InstructionArrived(Instruction(OPTIMIZE, 1000, logged_ms=T0), 0), key=KEY,
+        config=config,
+    )  # fmt: skip
+    failure = Report(_awaited(effects).command.id, False, error="no data", logged_ms=T0 + 10)
+
+    state, ended = m.advance(state, m.ReportArrived(failure, 0), key=KEY, config=config)
+
+    assert [e for e in ended if isinstance(e, m.SendSync | m.SendCommand)] == []
+    assert [n.kind for n in ended if isinstance(n, m.Note)] == ["round_aborted"]
+    assert state is not None
+    assert state.phase is m.Phase.IDLE
+    assert state.ended_ms == T0 + 10
+
+
+def test_a_retrain_pauses_at_once_whatever_pause_engine_says() -> None:
+    config = budgeted(None, pause_engine="finalise")
+    event = m.InstructionArrived(Instruction(InstructionKind.RETRAIN, 1000, logged_ms=T0), 0)
+
+    _, effects = m.advance(None, event, key=KEY, config=config)
+
+    assert [type(e).__name__ for e in effects] == ["Note", "SendSync", "SendCommand"]
+
+
+# --------------------------------------------------------------------------- replay
+
+
+def _topics(config: m.MachineConfig) -> tuple[list[m.Event], list[m.Event], list[m.Effect]]:
+    """Two OPTIMIZE rounds' input topics (the second queued during the first) and outputs."""
+    factory = Factory(dearer_with_pmin)
+    _, effects = run(config, factory, instructions=2)
+    instructions: list[m.Event] = [
+        m.InstructionArrived(Instruction(OPTIMIZE, 1000 + i, logged_ms=T0 + i), 0) for i in (0, 1)
+    ]
+    reports: list[m.Event] = [m.ReportArrived(r, 0) for r in factory.reports]
+    return instructions, reports, effects
+
+
+BUDGETED = budgeted(45.0, steps=8)
+INSTRUCTIONS, REPORTS, ORIGINAL = _topics(BUDGETED)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.randoms(use_true_random=False))
+def test_a_replay_in_any_merge_order_sends_the_budgeted_rounds_commands(
+    rng: random.Random,
+) -> None:
+    # Restarted from nothing (the worst snapshot), both topics read again, merged in any
+    # order: reports read before their command is sent are held, and costs come from the
+    # records' log times, so the same steps fit the budget.
+    picks = [True] * len(INSTRUCTIONS) + [False] * len(REPORTS)
+    rng.shuffle(picks)
+    a, b = iter(INSTRUCTIONS), iter(REPORTS)
+    merged = [next(a) if pick else next(b) for pick in picks]
+    state: m.Session | None = None
+    replayed: list[m.Effect] = []
+    for event in merged:
+        state, more = m.advance(state, event, key=KEY, config=BUDGETED)
+        replayed += more
+
+    def sent(effects: list[m.Effect]) -> list[object]:
+        return [e for e in effects if isinstance(e, m.SendCommand | m.SendSync)]
+
+    assert sent(replayed) == sent(ORIGINAL)
+    assert notes(ORIGINAL, "budget_spent")  # the budget, not the step count, ended a round
