@@ -312,3 +312,27 @@ def test_the_controller_runs_its_numerics_on_one_thread(monkeypatch: pytest.Monk
     finally:
         limiter.restore_original_limits()
         signal.signal(signal.SIGTERM, handler)
+
+
+def test_an_input_carries_its_records_log_time_into_the_domain_and_none_when_it_has_none() -> None:
+    from dataflow.flow import decode_instruction, decode_report
+
+    settings = Settings.from_env(ENV)
+    stamped = KafkaSourceMessage(key=None, value=b'{"instruction_type": "retrain", "timestamp": 4}',
+                                 topic="instructions", partition=0, offset=0,
+                                 timestamp=(2, 1_700_000_000_123))  # fmt: skip
+    report = KafkaSourceMessage(key=None, value=b'{"reply_id": "cmd-0", "status": "success", '
+                                b'"model_id": 3, "params_dict": "", "metrics": ""}',
+                                topic="factory_reports", partition=0, offset=0,
+                                timestamp=(1, 1_700_000_004_500))  # fmt: skip
+    unstamped = KafkaSourceMessage(key=None, value=report.value, topic="factory_reports",
+                                   partition=0, offset=1, timestamp=(0, -1))  # fmt: skip
+
+    instruction = decode_instruction(settings, stamped)
+    answered = decode_report(settings, report)
+    unknown = decode_report(settings, unstamped)
+
+    assert instruction.event.instruction.logged_ms == 1_700_000_000_123
+    assert answered.event.report == msg.Report("cmd-0", True, model_id=3,
+                                               logged_ms=1_700_000_004_500)  # fmt: skip
+    assert unknown.event.report.logged_ms is None
