@@ -234,7 +234,9 @@ def _minimise_acquisition(
     bounds = [(0.0, 1.0)] * candidates.shape[1]
 
     def value(x: gp.Array) -> float:
-        return float(acquire(model, x.reshape(1, -1))[0])
+        point = x.reshape(1, -1)
+        # A budget judges the point that would be sent: Integer axes rounded.
+        return float(acquire(model, point if budget is None else _on_grid(profile, point))[0])
 
     if profile.n_local:
         # Around the best few random candidates, a denser local look: a random sample

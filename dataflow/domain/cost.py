@@ -17,9 +17,17 @@ pauses the engine for as long as it lasts. Three pure pieces:
   fitted on every costed observation the round knows (carried-over ones too).
 * **Spent.** A step fits if the round's spent seconds, its predicted cost, and
   the finalised model's (the best step's configuration built once more: the best
-  so far, or this one if it becomes the best) stay within the budget. A round's
-  first step always goes (a round cannot finalise without one); a round whose
-  costs are all unknown is bounded by its step budget alone.
+  so far, or this one if it becomes the best) stay within the budget; a cost not
+  measured (a record without a timestamp, a late answer to a resent command)
+  counts as predicted. A round's first step always goes (a round cannot finalise
+  without one); a round whose costs are all unknown is bounded by its step budget
+  alone.
+
+Limits, documented in the README: costs are differences of record timestamps, so a
+round's first step (instruction to report) assumes the Observer's and the factory's
+clocks agree unless the topics use ``LogAppendTime`` (the broker's one clock); a
+step's cost includes any time the controller was down between its cause and its
+sending; the time of failed attempts and of waits for a deadline is not counted.
 
 The acquisition is cost-cooled expected improvement (Lee et al. 2020, "Cost-aware
 Bayesian optimization", CArBO): ``EI(x) / cost(x) ** alpha``, ``alpha`` the
@@ -104,8 +112,16 @@ def fits(snapshot: OptimiserSnapshot, predicted_s: float | None) -> bool:
 
 
 def spent(snapshot: OptimiserSnapshot) -> float:
-    """Factory seconds this round's steps cost so far (unknown costs count 0)."""
-    return math.fsum(o.cost_s for o in snapshot.observations if o.cost_s is not None)
+    """Factory seconds this round's steps cost so far; an unknown cost counts as predicted."""
+    return math.fsum(_cost_of(snapshot, o) for o in snapshot.observations)
+
+
+def _cost_of(snapshot: OptimiserSnapshot, observation: Observation) -> float:
+    """An observation's measured seconds, else the model's prediction for it, else 0."""
+    if observation.cost_s is not None:
+        return observation.cost_s
+    guess = predicted(snapshot, observation.x)
+    return 0.0 if guess is None else guess
 
 
 def expected_total(snapshot: OptimiserSnapshot) -> float:
@@ -122,8 +138,10 @@ def cooling(snapshot: OptimiserSnapshot) -> float:
 
 
 def _best_cost(snapshot: OptimiserSnapshot) -> float | None:
+    """The seconds of the step the round would finalise (measured, else predicted)."""
     observations = snapshot.observations
     if not observations:
         return None
     ys = [o.y for o in observations]
-    return observations[ys.index(min(ys))].cost_s
+    best = observations[ys.index(min(ys))]
+    return best.cost_s if best.cost_s is not None else predicted(snapshot, best.x)

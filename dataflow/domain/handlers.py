@@ -219,7 +219,7 @@ def on_step_report(state: Session, event: ReportArrived, config: MachineConfig) 
         return unusable or (state, [])
     when = When(event.at_ms, report.logged_ms)
     before = _optimiser_of(round_)
-    snapshot = optimizer.learn(before, report.f_val, _cost_s(state.outstanding, report))
+    snapshot = optimizer.learn(before, report.f_val, _cost_s(state, report, config))
     step = len(snapshot.observations) - 1
     notes = [Note(state.key, "score", round_.number, step=step, value=report.f_val),
              *_over_budget(state.key, round_.number, before, snapshot)]  # fmt: skip
@@ -242,9 +242,16 @@ def on_step_report(state: Session, event: ReportArrived, config: MachineConfig) 
     return state, [*notes, *sent]
 
 
-def _cost_s(outstanding: Outstanding | None, report: Report) -> float | None:
-    """A step's factory seconds: from its command's cause to its report, in the logs."""
+def _cost_s(state: Session, report: Report, config: MachineConfig) -> float | None:
+    """A step's factory seconds: from its attempt's cause to its report, in the logs.
+
+    Unknown for a late answer to an earlier attempt (resent meanwhile): the time of a
+    failed attempt or of a wait for a deadline is not what the configuration costs.
+    """
+    outstanding = state.outstanding
     if outstanding is None or outstanding.sent_ms is None or report.logged_ms is None:
+        return None
+    if _counter(report.reply_id, config, state.key) != outstanding.number:
         return None
     return (report.logged_ms - outstanding.sent_ms) / 1000
 
@@ -506,9 +513,8 @@ def _send(
     config: MachineConfig, earlier: tuple[int, ...] = (),
 ) -> Result:  # fmt: skip
     deadline = when.at_ms + config.report_timeout_ms
-    # A resend keeps the first attempt's time: a late answer to that attempt costs it all.
-    first = state.outstanding.sent_ms if earlier and state.outstanding else when.logged_ms
-    outstanding = Outstanding(command, number, attempt, deadline, earlier=earlier, sent_ms=first)
+    outstanding = Outstanding(command, number, attempt, deadline, earlier=earlier,
+                              sent_ms=when.logged_ms)  # fmt: skip
     state = msgspec.structs.replace(state, outstanding=outstanding)
     return state, [send_command(state.key, command, attempt)]
 
@@ -548,7 +554,7 @@ def _end_round(state: Session, model_id: int | str, note: Note, ended_ms: int | 
     round_ = _round_of(state)
     state = msgspec.structs.replace(
         state, phase=Phase.IDLE, model_id=model_id, round=None, outstanding=None,
-        ended_ms=_latest(state.ended_ms, ended_ms),
+        ended_ms=ended_ms,
     )  # fmt: skip
     if not round_.paused:
         return state, [note]

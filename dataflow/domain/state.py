@@ -61,8 +61,8 @@ class Outstanding(msgspec.Struct, frozen=True):
     #: Counters of the earlier attempts: a late success of one of them answers the command.
     earlier: tuple[int, ...] = ()
     # Version 4.
-    #: The log timestamp (ms) of what made the controller send the first attempt: a step's
-    #: cost is measured from it to its report's (``dataflow.domain.cost``).
+    #: The log timestamp (ms) of what made the controller send this attempt: a step's cost
+    #: is measured from it to its report's (``dataflow.domain.cost``).
     sent_ms: int | None = None
 
 
@@ -114,7 +114,8 @@ class Session(msgspec.Struct, frozen=True):
     last_admitted: int | None = None
     last_optimize: int | None = None
     # Version 4.
-    #: The log timestamp (ms) of what ended the last round: a queued round starts then.
+    #: The log timestamp (ms) of what ended the last round (None: unknown): a queued
+    #: round starts then.
     ended_ms: int | None = None
 
 

@@ -81,6 +81,27 @@ def recorded_runs(profile: Profile, directory: Path, neighbours: int = 3) -> dic
     return surfaces
 
 
+def recorded_costs(profile: Profile, paths: list[Path], neighbours: int = 3) -> Surface:
+    """Seconds the real factory took per step, as a surface: parameters -> seconds.
+
+    Reads ``step_costs.jsonl`` files (one JSON object per answered step: ``params``,
+    ``seconds``; written by ``just rtcef-loop`` beside each run's traffic) whose
+    parameters are exactly the profile's; a query costs the inverse-distance-weighted
+    mean, in log seconds, of its nearest recorded steps in the unit cube.
+    """
+    points = []
+    for path in paths:
+        for line in path.read_text().splitlines():
+            row = json.loads(line)
+            params = row.get("params") or {}
+            if sorted(params) == sorted(profile.names) and row.get("seconds", 0) > 0:
+                points.append((_unit(profile, tuple(params.items())), math.log(row["seconds"])))
+    if not points:
+        raise ValueError(f"no recorded step costs for {list(profile.names)} in {paths}")
+    log_seconds = _interpolated(profile, points, neighbours)
+    return lambda params: math.exp(log_seconds(params))
+
+
 def noisy(surface: Surface, sd: float, seed: int) -> Surface:
     """``surface`` plus Gaussian noise of ``sd`` at every call, as a retrained model scores.
 
