@@ -16,6 +16,9 @@ asserts a time.
    reports pooled and per run, and rounds starting from 5 kept observations; the
    median true score of the finalised step, a paired Wilcoxon test, and the
    median regret after each evaluation (``optimiser-regret.png``).
+7. Optimiser at equal factory seconds (``tests/bench/costs.py``): the real
+   factory's recorded step costs, ours with and without ``ROUND_BUDGET_S``,
+   scikit-optimize's gp_hedge and random search, paired by seed (50).
 4. Throughput: 1, 10 and 100 concurrent sessions against an instant factory,
    with 1 and 2 workers: steps per second, CPU and peak memory.
 5. Recovery: SIGKILL mid-round, then the time from restart to the next command,
@@ -63,7 +66,7 @@ from dataflow.sim.factory import Behaviour, FactorySimulator
 from dataflow.sim.runner import messages
 from dataflow.sim.surfaces import SYNTHETIC
 from dataflow.tools.process import ControllerProcess
-from tests.bench import optimiser
+from tests.bench import costs, optimiser
 from tests.kafka import broker as harness
 from tests.kafka import client
 
@@ -71,6 +74,9 @@ ROOT = Path(__file__).resolve().parents[2]
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 #: The optimiser section's regret curves, written when the section runs (not with --no-save).
 REGRET_PLOT = RESULTS.with_name("optimiser-regret.png")
+#: Section 7's regret-against-seconds curves, and the real loop's recorded step costs.
+COST_PLOT = RESULTS.with_name("cost-regret.png")
+LOOP_TRAFFIC = ROOT / "tests" / "rtcef" / "step-costs"
 RECORDINGS = Path(os.environ.get("RTCEF_SHARED_DIR", ROOT.parent / "shared")) / (
     "data/rtcef-recordings/cards"
 )
@@ -677,7 +683,7 @@ def machine() -> str:
     )
 
 
-SECTIONS = ("state", "optimiser", "latency", "throughput", "recovery", "hops")
+SECTIONS = ("state", "optimiser", "cost", "latency", "throughput", "recovery", "hops")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -718,6 +724,15 @@ def main(argv: list[str] | None = None) -> int:
                                    None if args.no_save else REGRET_PLOT))
              + f"\nMedian simple regret after each evaluation:\n\n![regret curves]"
                f"({REGRET_PLOT.name})\n")  # fmt: skip
+    if "cost" in wanted:
+        emit(table("7. Optimiser at equal factory seconds: the real factory's recorded step "
+                   "costs, half a shipped round's seconds per round",
+                   ("surface", "seconds", "method", "median steps", "median seconds",
+                    "median best f_val", "p (ours + cost lower, paired)", "rounds"),
+                   costs.bench(args.quick, RECORDINGS, LOOP_TRAFFIC,
+                               None if args.no_save else COST_PLOT))
+             + f"\nMedian simple regret against factory seconds:\n\n![cost regret curves]"
+               f"({COST_PLOT.name})\n")  # fmt: skip
     if not wanted & {"latency", "throughput", "recovery", "hops"}:
         return _save(parts, args.no_save or bool(args.only), args.update)
     with broker() as bootstrap:

@@ -193,16 +193,21 @@ def _random(profile: o.Profile, trial: Trial) -> list[tuple[o.Point, float]]:
 _RUNNERS = {"ours": _ours, "skopt": _skopt, "random": _random}
 
 
-def rows(case: Case, outcomes: dict[str, Outcome]) -> Rows:
-    """The table's rows for a case: per method its time, median, and the paired test."""
+def paired_p(ours: list[float], other: list[float]) -> str:
+    """One-sided Wilcoxon signed-rank p that ``ours`` is lower than ``other`` ("-" if equal)."""
     from scipy.stats import wilcoxon
 
+    if ours is other or all(a == b for a, b in zip(ours, other, strict=True)):
+        return "-"
+    return f"{wilcoxon(ours, other, alternative='less').pvalue:.3f}"
+
+
+def rows(case: Case, outcomes: dict[str, Outcome]) -> Rows:
+    """The table's rows for a case: per method its time, median, and the paired test."""
     ours = outcomes["ours"].best
     found = []
     for method, outcome in outcomes.items():
-        p_value = "-"
-        if method != "ours" and any(a != b for a, b in zip(ours, outcome.best, strict=True)):
-            p_value = f"{wilcoxon(ours, outcome.best, alternative='less').pvalue:.3f}"
+        p_value = paired_p(ours, outcome.best)
         found.append((case.profile.name, case.surface, method,
                       f"{statistics.median(outcome.seconds) * 1e3:.1f}",
                       f"{statistics.median(outcome.best):.4f}", p_value,

@@ -27,12 +27,12 @@ import shutil
 import statistics
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from confluent_kafka.admin import AdminClient, NewTopic
 
@@ -124,6 +124,11 @@ class RunResult:
     rounds: list[dict[str, Any]] = field(default_factory=list)  # kind, paused_s, model_id
     #: Broker time from each step's report to the controller's next command (ms).
     hops_ms: list[int] = field(default_factory=list)
+    #: Each answered ``opt_step``: its parameters, its score and the factory's seconds
+    #: (broker time from the command to its report): the bench's cost surface.
+    step_costs: list[dict[str, Any]] = field(default_factory=list)
+    #: Our controller's settings beyond the loop's own (``--set``).
+    settings: dict[str, str] = field(default_factory=dict)
     #: False when the run did not finish within its time limit (the figures are partial).
     settled: bool = True
     dead_letters: list[dict[str, str]] = field(default_factory=list)
@@ -155,7 +160,8 @@ def controller_env(prepared: Prepared, budget: int, run_dir: Path) -> dict[str, 
 
 @contextmanager
 def services(prepared: Prepared, run_dir: Path, mode: str, budget: int,
-             observer: bool = True) -> Iterator[tuple[stack.Stack, Tap]]:  # fmt: skip
+             observer: bool = True, settings: Mapping[str, str] | None = None
+             ) -> Iterator[tuple[stack.Stack, Tap]]:  # fmt: skip
     """Everything of one run up and the tap following it; all stopped on exit or SIGTERM."""
     stack.check_ports_free()  # before anything of a run that may still be going is touched
     if run_dir.exists():
@@ -181,7 +187,8 @@ def services(prepared: Prepared, run_dir: Path, mode: str, budget: int,
         for name in ("factory", "collector", "engine"):
             services_.start_rtcef(name, prepared.python)
         if mode == "ours":
-            services_.start_controller(controller_env(prepared, budget, run_dir))
+            services_.start_controller({**controller_env(prepared, budget, run_dir),
+                                        **(settings or {})})  # fmt: skip
         else:
             services_.start_rtcef("optimiser", prepared.python)
         if observer and mode != "offline":
@@ -224,11 +231,12 @@ def _progress(record: Record) -> None:
 
 
 def run(prepared: Prepared, work: Path, mode: str, budget: int, *, quiet_s: float = 45.0,
-        timeout_s: float = 1800.0) -> RunResult:  # fmt: skip
+        timeout_s: float = 1800.0, settings: Mapping[str, str] | None = None
+        ) -> RunResult:  # fmt: skip
     """One whole run: the stream replayed to its end, every round finished."""
     run_dir = work / mode
     began = time.monotonic()
-    with services(prepared, run_dir, mode, budget) as (services_, tap):
+    with services(prepared, run_dir, mode, budget, settings=settings) as (services_, tap):
         last_input = prepared.records - 1
 
         def settled() -> bool:
@@ -259,6 +267,9 @@ def run(prepared: Prepared, work: Path, mode: str, budget: int, *, quiet_s: floa
         result = _result(mode, round(time.monotonic() - began, 1), tap)
         result.settled = finished
         result.errors = service_errors(services_)
+        result.settings = dict(settings or {}) if mode == "ours" else {}
+        with (run_dir / "traffic" / STEP_COSTS).open("w") as out:
+            out.writelines(json.dumps(row) + "\n" for row in result.step_costs)
     (run_dir / "result.json").write_text(json.dumps(asdict(result), indent=1))
     return result
 
@@ -318,9 +329,21 @@ def _result(mode: str, wall_s: float, tap: Tap) -> RunResult:
         answered = sent.get(report.value["reply_id"])
         if following and answered and answered.value["type"] == "opt_step":
             result.hops_ms.append(following.broker_ms - report.broker_ms)
+        if answered and answered.value["type"] == "opt_step" and report.value["metrics"]:
+            result.step_costs.append({
+                "params": _unwrapped(json.loads(report.value["params_dict"])),
+                "f_val": json.loads(report.value["metrics"]).get("f_val"),
+                "seconds": round((report.broker_ms - answered.broker_ms) / 1000, 3),
+            })  # fmt: skip
     result.dead_letters = list(tap.dead_letters)
     result.undecodable = list(tap.undecodable)
     return result
+
+
+def _unwrapped(params: dict[str, Any]) -> dict[str, Any]:
+    """A step report's ``params_dict``: the parameters, with or without a ``params`` wrapper."""
+    inner = params.get("params")
+    return inner if isinstance(inner, dict) else params
 
 
 def engine_stopped_s(positions_ms: Sequence[int], start: int, end: int | None,
@@ -441,6 +464,10 @@ All times are the broker's (the topics use `LogAppendTime`). Traffic of every ru
 in the recordings' layout: `traffic/<run>/<topic>.jsonl`."""
 
 
+#: Beside each run's topics: one JSON line per answered step (``RunResult.step_costs``).
+STEP_COSTS: Final = "step_costs.jsonl"
+
+
 def load_result(path: Path) -> RunResult:
     """A run's ``result.json``, as ``run`` wrote it."""
     return RunResult(**json.loads(path.read_text()))
@@ -477,8 +504,10 @@ def write_results(results: Sequence[RunResult], prepared: Prepared, out: Path) -
         "Written by `just rtcef-loop` (`python -m tests.rtcef.loop`); "
         f"{time.strftime('%Y-%m-%d')}. Builds: "
         + ", ".join(f"{k} {v} s" for k, v in prepared.build_seconds.items())
-        + " (0 s: cached).\n\n"
-        + table(results, prepared)
+        + " (0 s: cached)."
+        + "".join(f" {r.mode} ran with " + ", ".join(f"`{k}={v}`" for k, v in r.settings.items())
+                  + "." for r in results if r.settings)
+        + "\n\n" + table(results, prepared)
         + "\n\n![MCC over stream time](mcc.png)\n\n" + READING
         + "\n\n## Rounds (pause → play; engine stopped)\n\n"
         + rounds + "\n\n## Checks\n\n" + problems + "\n"
@@ -511,6 +540,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="opt_step commands per OPTIMIZE round, both controllers (15)",
     )  # fmt: skip
     parser.add_argument("--limit", type=int, help="replay only the first N records")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="NAME=VALUE",
+        help="a setting of our controller (repeatable), e.g. ROUND_BUDGET_S=75",
+    )  # fmt: skip
     parser.add_argument("--work", type=Path, default=DEFAULT_WORK)
     parser.add_argument("--results", type=Path, default=HERE / "RESULTS.md")
     parser.add_argument(
@@ -527,7 +560,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.report_only:
                 results = [load_result(args.work / mode / "result.json") for mode in args.runs]
             else:
-                results = [run(prepared, args.work, mode, args.budget) for mode in args.runs]
+                settings = dict(item.split("=", 1) for item in args.set)
+                results = [run(prepared, args.work, mode, args.budget, settings=settings)
+                           for mode in args.runs]  # fmt: skip
         except KeyboardInterrupt:
             say("interrupted: every process was stopped")
             return 130
