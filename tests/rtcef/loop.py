@@ -10,9 +10,12 @@ stream, the real maritime sample converted by ``tests/rtcef/maritime.py``:
 Each run gets a fresh broker on ``localhost:9092``, the Wayeb JVMs, the factory,
 collector, engine, controller, observer and replayer, and ends when the engine
 has scored the whole stream and no round is open. Its topic traffic is recorded
-in the recordings' layout under ``.rtcef-loop/<run>/traffic``; the comparison
-(one table, one plot of MCC over stream time with the model swaps marked) goes
-to ``tests/rtcef/RESULTS.md`` and ``tests/rtcef/mcc.png``.
+in the recordings' layout under ``.rtcef-loop/<run>/traffic``, with
+``step_costs.jsonl``: each answered step's parameters, score and factory seconds
+(the cost surface of benchmark section 7); the comparison (one table, one plot of
+MCC over stream time with the model swaps marked) goes to
+``tests/rtcef/RESULTS.md`` and ``tests/rtcef/mcc.png``. ``--set NAME=VALUE`` gives
+our controller a setting (``ROUND_BUDGET_S=126``, say).
 """
 
 from __future__ import annotations
