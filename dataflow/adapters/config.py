@@ -145,6 +145,10 @@ VARIABLES: Final[tuple[Variable, ...]] = (
              "learned from the records' timestamps; a round finalises before a step it expects "
              "to overrun, and chooses by expected improvement per expected second. Empty: no "
              "time limit (only OPTIMISER_BUDGET)."),
+    Variable("OPTIMISER_SEED", "0",
+             "Mixed into every proposal's random state (with the session key, round and "
+             "observation count): replays stay exact whatever it is; another value, another "
+             "sequence of proposals (for repeated experiments)."),
     Variable("PAUSE_ENGINE", "round",
              "When an OPTIMIZE round pauses the engine: `round` (from its start, as both "
              "originals) or `finalise` (only while the finalised model is built: the engine "
@@ -346,6 +350,12 @@ class _Reader:
             if self.env.get(variable, "").strip():
                 low = 0 if attribute == "keep" else 1
                 changes[attribute] = self.number(variable, getattr(profile, attribute), int, low)
+        if self.env.get("OPTIMISER_SEED", "").strip():
+            seed = self.number("OPTIMISER_SEED", 0, int, 0)
+            if seed >= 2**32:
+                self.problems.append(f"OPTIMISER_SEED: {seed} must be below 2**32")
+            else:
+                changes["seed"] = seed
         if self.env.get("ROUND_BUDGET_S", "").strip():
             budget = self.number("ROUND_BUDGET_S", -1.0, float, 0.001)
             changes["round_budget_s"] = budget if budget > 0 else None

@@ -6,7 +6,7 @@ a snapshot restored after a crash proposes exactly what the uninterrupted run
 would have.
 
 Determinism: a proposal depends only on the snapshot, whose random seed is derived
-from (session key, round, observation count), never on the order Kafka delivered
+from (session key, round, observation count, ``OPTIMISER_SEED``), never on the order Kafka delivered
 other keys' messages in.
 """
 
@@ -49,7 +49,7 @@ def propose(snapshot: OptimiserSnapshot) -> tuple[Point, OptimiserSnapshot]:
     caller then finalises instead).
     """
     profile = snapshot.profile
-    rng = np.random.RandomState(_seed(snapshot.key, snapshot.round, len(snapshot.observations)))
+    rng = np.random.RandomState(_seed(snapshot, len(snapshot.observations)))
     told = snapshot.prior + snapshot.observations
     budget = _Budget.of(snapshot)
     if len(told) >= profile.n_initial:
@@ -63,7 +63,7 @@ def propose(snapshot: OptimiserSnapshot) -> tuple[Point, OptimiserSnapshot]:
             # Numerically hopeless scores (a factory reporting 1e300s, say) must not
             # crash the step: Bytewax would replay the same report into the same crash
             # for ever. A random proposal, seeded like every other, keeps replay exact.
-            rng = np.random.RandomState(_seed(snapshot.key, snapshot.round, len(told)))
+            rng = np.random.RandomState(_seed(snapshot, len(told)))
     if budget is None:
         raw = space(profile).rvs(n_samples=1, random_state=rng)[0]
         return to_point(profile, raw), snapshot
@@ -114,8 +114,11 @@ class _Budget:
         return np.where(cost.affordable(self.snapshot, costs), weighed, np.inf)
 
 
-def _seed(key: str, round_number: int, count: int) -> int:
-    digest = hashlib.sha256(f"{key}\x1f{round_number}\x1f{count}".encode()).digest()
+def _seed(snapshot: OptimiserSnapshot, count: int) -> int:
+    text = f"{snapshot.key}\x1f{snapshot.round}\x1f{count}"
+    if snapshot.profile.seed:  # 0: the proposals every earlier version made
+        text += f"\x1f{snapshot.profile.seed}"
+    digest = hashlib.sha256(text.encode()).digest()
     return int.from_bytes(digest[:4], "big")
 
 

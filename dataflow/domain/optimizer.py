@@ -72,6 +72,9 @@ class Profile(msgspec.Struct, frozen=True):
     #: (``dataflow.domain.cost``); a round finalises before a step it expects to overrun,
     #: and chooses points by expected improvement per expected second (cost-cooled EI).
     round_budget_s: float | None = None
+    #: Mixed into every proposal's random state with the session key, round and
+    #: observation count; 0 (the default) leaves the proposals as they always were.
+    seed: int = 0
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -98,6 +101,8 @@ class Profile(msgspec.Struct, frozen=True):
             problems.append("n_local >= 0 and 0 < local_scale <= 1")
         if not 0 <= self.exploit_last <= max(self.budget, 0):
             problems.append(f"exploit_last {self.exploit_last} must be in [0, budget]")
+        if not 0 <= self.seed < 2**32:
+            problems.append(f"seed {self.seed} must be in [0, 2**32)")
         if self.round_budget_s is not None and not (
             math.isfinite(self.round_budget_s) and self.round_budget_s > 0
         ):

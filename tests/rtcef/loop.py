@@ -132,11 +132,20 @@ class RunResult:
     step_costs: list[dict[str, Any]] = field(default_factory=list)
     #: Our controller's settings beyond the loop's own (``--set``).
     settings: dict[str, str] = field(default_factory=dict)
+    #: The run's name in the tables (the mode, with its seed when runs repeat).
+    label: str = ""
+    #: Both controllers' optimiser seed (the original's ``[optimiser] seed``, our
+    #: ``OPTIMISER_SEED``); None: the template's and our default.
+    seed: int | None = None
     #: False when the run did not finish within its time limit (the figures are partial).
     settled: bool = True
     dead_letters: list[dict[str, str]] = field(default_factory=list)
     undecodable: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.label or self.mode
 
     def swaps(self) -> list[dict[str, Any]]:
         """The score reports where the engine's model version changed."""
@@ -163,8 +172,8 @@ def controller_env(prepared: Prepared, budget: int, run_dir: Path) -> dict[str, 
 
 @contextmanager
 def services(prepared: Prepared, run_dir: Path, mode: str, budget: int,
-             observer: bool = True, settings: Mapping[str, str] | None = None
-             ) -> Iterator[tuple[stack.Stack, Tap]]:  # fmt: skip
+             observer: bool = True, settings: Mapping[str, str] | None = None,
+             seed: int | None = None) -> Iterator[tuple[stack.Stack, Tap]]:  # fmt: skip
     """Everything of one run up and the tap following it; all stopped on exit or SIGTERM."""
     stack.check_ports_free()  # before anything of a run that may still be going is touched
     if run_dir.exists():
@@ -174,7 +183,8 @@ def services(prepared: Prepared, run_dir: Path, mode: str, budget: int,
         exits.enter_context(stack.interrupts_as_keyboard_interrupt())
         exits.enter_context(stack.loop_broker(run_dir / "kafka"))
         create_loop_topics()
-        original = {"nTotalEvals": str(KEEP + budget), "nInitBench": str(min(10, KEEP + budget))}
+        original = {"nTotalEvals": str(KEEP + budget), "nInitBench": str(min(10, KEEP + budget)),
+                    **({} if seed is None else {"seed": str(seed)})}  # fmt: skip
         services_ = stack.Stack(run_dir)
         services_.config = stack.write_config(run_dir, prepared.stream, prepared.window,
                                               template=TEMPLATE, optimiser=original)  # fmt: skip
@@ -190,8 +200,9 @@ def services(prepared: Prepared, run_dir: Path, mode: str, budget: int,
         for name in ("factory", "collector", "engine"):
             services_.start_rtcef(name, prepared.python)
         if mode == "ours":
+            seeded = {} if seed is None else {"OPTIMISER_SEED": str(seed)}
             services_.start_controller({**controller_env(prepared, budget, run_dir),
-                                        **(settings or {})})  # fmt: skip
+                                        **seeded, **(settings or {})})  # fmt: skip
         else:
             services_.start_rtcef("optimiser", prepared.python)
         if observer and mode != "offline":
@@ -234,12 +245,16 @@ def _progress(record: Record) -> None:
 
 
 def run(prepared: Prepared, work: Path, mode: str, budget: int, *, quiet_s: float = 45.0,
-        timeout_s: float = 1800.0, settings: Mapping[str, str] | None = None
-        ) -> RunResult:  # fmt: skip
+        timeout_s: float = 1800.0, settings: Mapping[str, str] | None = None,
+        seed: int | None = None, label: str | None = None) -> RunResult:  # fmt: skip
     """One whole run: the stream replayed to its end, every round finished."""
-    run_dir = work / mode
+    label = label or mode
+    run_dir = work / label
     began = time.monotonic()
-    with services(prepared, run_dir, mode, budget, settings=settings) as (services_, tap):
+    with services(prepared, run_dir, mode, budget, settings=settings, seed=seed) as (
+        services_,
+        tap,
+    ):
         last_input = prepared.records - 1
 
         def settled() -> bool:
@@ -271,6 +286,7 @@ def run(prepared: Prepared, work: Path, mode: str, budget: int, *, quiet_s: floa
         result.settled = finished
         result.errors = service_errors(services_)
         result.settings = dict(settings or {}) if mode == "ours" else {}
+        result.label, result.seed = label, seed
         with (run_dir / "traffic" / STEP_COSTS).open("w") as out:
             out.writelines(json.dumps(row) + "\n" for row in result.step_costs)
     (run_dir / "result.json").write_text(json.dumps(asdict(result), indent=1))
@@ -309,6 +325,8 @@ def _result(mode: str, wall_s: float, tap: Tap) -> RunResult:
     result.syncs = [{**r.value, "broker_ms": r.broker_ms} for r in syncs]
     commands = tap.of("factory_commands")
     pauses = [s for s in syncs if s.value["type"] == "pause"]
+    models = {m["id"]: m for m in result.models}
+    answers = {r.value["reply_id"]: r.value for r in tap.of("factory_reports")}
     pause: Record | None = None
     for sync in syncs:
         if sync.value["type"] == "pause":
@@ -324,6 +342,8 @@ def _result(mode: str, wall_s: float, tap: Tap) -> RunResult:
                 "engine_stopped_s": engine_stopped_s(tap.positions_ms, *window),
                 "steps": sum(c.value["type"] == "opt_step" for c in inside),
                 "model_id": sync.value["model_id"],
+                "pt": models.get(sync.value["model_id"], {}).get("pt"),
+                "finalised_f_val": finalised_f_val(inside, answers) if optimise else None,
             })  # fmt: skip
             pause = None
     sent = {c.value["id"]: c for c in commands}
@@ -341,6 +361,19 @@ def _result(mode: str, wall_s: float, tap: Tap) -> RunResult:
     result.dead_letters = list(tap.dead_letters)
     result.undecodable = list(tap.undecodable)
     return result
+
+
+def finalised_f_val(commands: Sequence[Record], answers: Mapping[int, Any]) -> float | None:
+    """The f_val of the step a round's ``opt_finalise`` names (``best_i``, 0-based in the round)."""
+    steps = [c.value for c in commands if c.value["type"] == "opt_step"]
+    finalise = [c.value for c in commands if c.value["type"] == "opt_finalise"]
+    if not finalise or not 0 <= finalise[-1]["best_i"] < len(steps):
+        return None
+    report = answers.get(steps[finalise[-1]["best_i"]]["id"])
+    if report is None or not report["metrics"]:
+        return None
+    value = json.loads(report["metrics"]).get("f_val")
+    return None if value is None else round(float(value), 4)
 
 
 def _unwrapped(params: dict[str, Any]) -> dict[str, Any]:
@@ -372,10 +405,51 @@ def _mean(values: Sequence[float]) -> float | None:
     return round(statistics.fmean(values), 3) if values else None
 
 
+def first_swap(results: Sequence[RunResult]) -> int | None:
+    """t₁: the stream time of the first model swap of any run (the MCC split)."""
+    swap_times = [s["timestamp"] for r in results for s in r.swaps()[:1]]
+    return min(swap_times) if swap_times else None
+
+
+def mcc_after(result: RunResult, split: int | None) -> float | None:
+    """The run's mean weekly MCC from t₁ on."""
+    return _mean([s["mcc"] for s in result.scores if s["mcc"] is not None
+                  and split is not None and s["timestamp"] >= split])  # fmt: skip
+
+
+def optimize_table(results: Sequence[RunResult]) -> str:
+    """Each OPTIMIZE round, then each mode's medians (the figures of issue #27)."""
+    split = first_swap(results)
+    lines = [
+        "| run | seed | OPTIMIZE pause → play | engine stopped | steps | pt of the finalised "
+        "model | finalised step's f_val | MCC after t₁ |",
+        "|" + "---|" * 8,
+    ]
+    per_mode: dict[str, list[tuple[float, float, float, float, float]]] = {}
+    for r in results:
+        mcc = mcc_after(r, split)
+        for x in (x for x in r.rounds if x["kind"] == "OPTIMIZE"):
+            lines.append(
+                f"| {r.name} | {r.seed if r.seed is not None else '-'} "
+                f"| {x['paused_s']:.1f} s | {x.get('engine_stopped_s', 0.0):.1f} s "
+                f"| {x['steps']} | {x.get('pt')} | {x.get('finalised_f_val')} | {mcc} |"
+            )
+            label = r.mode + "".join(f" {k}={v}" for k, v in r.settings.items())
+            per_mode.setdefault(label, []).append((
+                x["paused_s"], x.get("engine_stopped_s", 0.0), float(x.get("pt") or "nan"),
+                float(x.get("finalised_f_val") or "nan"), float(mcc or "nan"),
+            ))  # fmt: skip
+    for label, rows in per_mode.items():
+        medians = [statistics.median(column) for column in zip(*rows, strict=True)]
+        lines.append(f"| **{label}: median of {len(rows)}** | | {medians[0]:.1f} s "
+                     f"| {medians[1]:.1f} s | | {medians[2]:.0f} | {medians[3]:.4f} "
+                     f"| {medians[4]:.3f} |")  # fmt: skip
+    return "\n".join(lines)
+
+
 def table(results: Sequence[RunResult], prepared: Prepared) -> str:
     """The results table (markdown)."""
-    swap_times = [s["timestamp"] for r in results for s in r.swaps()[:1]]
-    split = min(swap_times) if swap_times else None
+    split = first_swap(results)
     header = (
         "| run | wall | score reports | mean MCC | MCC before / after t₁ | instructions "
         "| rounds (R/O) | commands | model swaps | pause → play per round (mean / max) "
@@ -392,7 +466,7 @@ def table(results: Sequence[RunResult], prepared: Prepared) -> str:
         stopped = [x.get("engine_stopped_s", 0.0) for x in r.rounds]
         kinds = [x["kind"] for x in r.rounds]
         lines.append(
-            f"| {r.mode}{'' if r.settled else ' (unfinished)'} | {r.wall_s:.0f} s "
+            f"| {r.name}{'' if r.settled else ' (unfinished)'} | {r.wall_s:.0f} s "
             f"| {len(r.scores)} | {_mean(mccs)} "
             f"| {_mean(before)} / {_mean(after)} | {len(r.instructions)} "
             f"| {kinds.count('RETRAIN')}/{kinds.count('OPTIMIZE')} | {len(r.commands)} "
@@ -434,7 +508,7 @@ def plot(results: Sequence[RunResult], path: Path) -> None:
         points = [(_when(s["timestamp"]), s["mcc"]) for s in r.scores if s["mcc"] is not None]
         if points:
             axes.plot([t for t, _ in points], [y for _, y in points], color=colour,
-                      marker=marker, label=r.mode)  # fmt: skip
+                      marker=marker, label=r.name)  # fmt: skip
         for swap in r.swaps():
             axes.axvline(_when(swap["timestamp"]), color=colour, alpha=0.4, ls="--")
     axes.xaxis.set_major_formatter(mdates.DateFormatter("%Y-%m-%d"))
@@ -479,10 +553,10 @@ def load_result(path: Path) -> RunResult:
 def keep_traffic(results: Sequence[RunResult], work: Path, out: Path) -> None:
     """Copy each run's recorded topics beside the results (small: the bulk topics are not kept)."""
     for result in results:
-        target = out / "traffic" / result.mode
+        target = out / "traffic" / result.name
         if target.exists():
             shutil.rmtree(target)
-        shutil.copytree(work / result.mode / "traffic", target)
+        shutil.copytree(work / result.name / "traffic", target)
 
 
 def _when(timestamp: int) -> datetime:
@@ -492,13 +566,13 @@ def _when(timestamp: int) -> datetime:
 def write_results(results: Sequence[RunResult], prepared: Prepared, out: Path) -> None:
     """RESULTS.md and mcc.png beside it."""
     rounds = "\n".join(
-        f"* {r.mode}: " + (", ".join(f"{x['kind']} ({x['steps']} steps) {x['paused_s']} s "
+        f"* {r.name}: " + (", ".join(f"{x['kind']} ({x['steps']} steps) {x['paused_s']} s "
                                       f"({x.get('engine_stopped_s', '?')} s) → model "
                                       f"{x['model_id']}" for x in r.rounds) or "no rounds")
         for r in results
     )  # fmt: skip
     problems = "\n".join(
-        f"* {r.mode}: {len(r.dead_letters)} dead letters, {len(r.undecodable)} undecodable, "
+        f"* {r.name}: {len(r.dead_letters)} dead letters, {len(r.undecodable)} undecodable, "
         f"{len(r.errors)} error lines in the real services' logs"
         for r in results
     )
@@ -508,10 +582,11 @@ def write_results(results: Sequence[RunResult], prepared: Prepared, out: Path) -
         f"{time.strftime('%Y-%m-%d')}. Builds: "
         + ", ".join(f"{k} {v} s" for k, v in prepared.build_seconds.items())
         + " (0 s: cached)."
-        + "".join(f" {r.mode} ran with " + ", ".join(f"`{k}={v}`" for k, v in r.settings.items())
+        + "".join(f" {r.name} ran with " + ", ".join(f"`{k}={v}`" for k, v in r.settings.items())
                   + "." for r in results if r.settings)
         + "\n\n" + table(results, prepared)
         + "\n\n![MCC over stream time](mcc.png)\n\n" + READING
+        + "\n\n## OPTIMIZE rounds\n\n" + optimize_table(results)
         + "\n\n## Rounds (pause → play; engine stopped)\n\n"
         + rounds + "\n\n## Checks\n\n" + problems + "\n"
     )  # fmt: skip
@@ -547,6 +622,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--set", action="append", default=[], metavar="NAME=VALUE",
         help="a setting of our controller (repeatable), e.g. ROUND_BUDGET_S=75",
     )  # fmt: skip
+    parser.add_argument(
+        "--seeds", type=int, nargs="+",
+        help="repeat the runs once per seed (both controllers' optimiser seed); "
+             "runs are named <mode>-<seed>, interleaved by seed",
+    )  # fmt: skip
     parser.add_argument("--work", type=Path, default=DEFAULT_WORK)
     parser.add_argument("--results", type=Path, default=HERE / "RESULTS.md")
     parser.add_argument(
@@ -560,12 +640,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                 stack.check_ports_free()
             prepared = prepare(args.work, limit=args.limit)
             say(f"prepared: {prepared.records} records; builds {prepared.build_seconds}")
+            plan = (
+                [(mode, None, mode) for mode in args.runs]
+                if not args.seeds
+                else [(mode, seed, f"{mode}-{seed}") for seed in args.seeds for mode in args.runs]
+            )
             if args.report_only:
-                results = [load_result(args.work / mode / "result.json") for mode in args.runs]
+                results = [load_result(args.work / label / "result.json")
+                           for _, _, label in plan]  # fmt: skip
             else:
                 settings = dict(item.split("=", 1) for item in args.set)
-                results = [run(prepared, args.work, mode, args.budget, settings=settings)
-                           for mode in args.runs]  # fmt: skip
+                results = [run(prepared, args.work, mode, args.budget, settings=settings,
+                               seed=seed, label=label)
+                           for mode, seed, label in plan]  # fmt: skip
         except KeyboardInterrupt:
             say("interrupted: every process was stopped")
             return 130

@@ -174,3 +174,15 @@ def test_a_round_budget_in_seconds_and_when_to_pause_are_read_and_checked() -> N
         "ROUND_BUDGET_S: 0.0 must be at least 0.001",
         "PAUSE_ENGINE: 'never' is not one of ['round', 'finalise']",
     ]
+
+
+def test_an_optimiser_seed_is_read_into_the_profile_and_checked() -> None:
+    assert Settings.from_env({}).machine.profile.seed == 0
+    assert Settings.from_env({"OPTIMISER_SEED": "3"}).machine.profile.seed == 3
+
+    with pytest.raises(SettingsError) as refused:
+        Settings.from_env({"OPTIMISER_SEED": "-1"})
+    assert refused.value.problems == ["OPTIMISER_SEED: -1 must be at least 0"]
+    with pytest.raises(SettingsError) as too_big:
+        Settings.from_env({"OPTIMISER_SEED": str(2**32)})
+    assert too_big.value.problems == [f"OPTIMISER_SEED: {2**32} must be below 2**32"]

@@ -54,6 +54,14 @@ def test_proposals_depend_on_the_session_key() -> None:
     )
 
 
+def test_an_optimiser_seed_gives_other_proposals_and_zero_gives_the_old_ones() -> None:
+    zero = grown(msgspec.structs.replace(SEED, seed=0), 2)
+    assert strategy.propose(zero)[0] == strategy.propose(grown(SEED, 2))[0]
+    seeded = grown(msgspec.structs.replace(SEED, seed=1), 2)
+    assert strategy.propose(seeded)[0] != strategy.propose(zero)[0]
+    assert strategy.propose(seeded) == strategy.propose(seeded)
+
+
 def test_a_snapshot_with_fifty_four_dimensional_observations_is_under_16_kb() -> None:
     snapshot = grown(RTCEF, 50)
     assert len(snapshot.observations) == 50
