@@ -44,9 +44,9 @@ def propose(snapshot: OptimiserSnapshot) -> tuple[Point, OptimiserSnapshot]:
 
     Pure: the same snapshot always gives the same point. ``strategy.propose``
     checks the snapshot first and marks the point pending. A round with a time
-    budget chooses among the points it can afford (``dataflow.domain.cost``), by
-    cost-cooled expected improvement; if it can afford none, the cheapest (the
-    caller then finalises instead).
+    budget chooses by the acquisition among the points it can afford
+    (``dataflow.domain.cost``); if it can afford none, the cheapest (the caller then
+    finalises instead).
     """
     profile = snapshot.profile
     rng = np.random.RandomState(_seed(snapshot, len(snapshot.observations)))
@@ -70,48 +70,34 @@ def propose(snapshot: OptimiserSnapshot) -> tuple[Point, OptimiserSnapshot]:
     # A budgeted random start: the first of a random sample the round can afford.
     sample = _sample_unit(profile, profile.n_candidates, rng)
     costs = budget.model.predict(sample)
-    affordable = cost.affordable(snapshot, costs)
+    affordable = budget.accounts.affordable(costs)
     index = int(np.argmax(affordable)) if affordable.any() else int(np.argmin(costs))
     return _from_unit(profile, sample[index]), snapshot
 
 
 @dataclass(frozen=True)
 class _Budget:
-    """A round's time budget, as the acquisition sees it: predicted costs and their weight."""
+    """A round's time budget, as the acquisition sees it: what each candidate would cost."""
 
-    snapshot: OptimiserSnapshot
+    accounts: cost.Ledger
     model: cost.CostModel
-    #: CArBO's cooling exponent: the unspent fraction of the budget.
-    alpha: float
 
     @classmethod
     def of(cls, snapshot: OptimiserSnapshot) -> _Budget | None:
         """The round's budget, or None without one or before any cost was measured."""
-        if snapshot.profile.round_budget_s is None:
+        accounts = cost.ledger(snapshot)
+        if accounts is None or accounts.model is None:
             return None
-        model = cost.fit(snapshot)
-        return None if model is None else cls(snapshot, model, cost.cooling(snapshot))
+        return cls(accounts, accounts.model)
 
-    def weigh(
-        self,
-        acquisition: str,
-        X: gp.Array,  # noqa: N803
-        values: gp.Array,
-        y_opt: float,
-    ) -> gp.Array:
-        """Acquisition values (minimised) per expected second; unaffordable points last.
+    def weigh(self, X: gp.Array, values: gp.Array) -> gp.Array:  # noqa: N803
+        """Acquisition values (minimised), the points the round cannot afford last.
 
-        Each value is read as a gain over a reference (0 for -EI and -PI, which are
-        never positive; the incumbent for LCB and the posterior mean): a gain is
-        divided by ``cost ** alpha`` and a loss multiplied by it, so a dearer point
-        ranks worse either way and, at ``alpha`` 0, the order is the acquisition's own.
+        Not per expected second: on the real factory's recorded costs, cost-cooled EI
+        (Lee et al. 2020) and EI per second (Snoek et al. 2012) finalised worse models
+        than the acquisition alone at equal seconds (README, "Time-budgeted rounds").
         """
-        costs = self.model.predict(X)
-        reference = y_opt if acquisition in ("LCB", "mean") else 0.0
-        gain = values - reference
-        weight = np.power(costs, self.alpha)
-        weighed = reference + np.where(gain < 0, gain / weight, gain * weight)
-        return np.where(cost.affordable(self.snapshot, costs), weighed, np.inf)
+        return np.where(self.accounts.affordable(self.model.predict(X)), values, np.inf)
 
 
 def _seed(snapshot: OptimiserSnapshot, count: int) -> int:
@@ -161,7 +147,7 @@ def _model_based(
     candidates = _sample_unit(profile, profile.n_candidates, rng)
     if budget is not None:
         costs = budget.model.predict(candidates)
-        if not cost.affordable(snapshot, costs).any():  # the caller finalises instead
+        if not budget.accounts.affordable(costs).any():  # the caller finalises instead
             cheapest = candidates[int(np.argmin(costs))]
             return _from_unit(profile, cheapest), snapshot.gains, snapshot.hedge_candidates, theta
     if snapshot.remaining <= profile.exploit_last:
@@ -229,7 +215,7 @@ def _minimise_acquisition(
 
     def acquire(source: Any, X: gp.Array) -> gp.Array:  # noqa: N803
         values = _acquire(source, acquisition, X, y_opt, profile)
-        return values if budget is None else budget.weigh(acquisition, X, values, y_opt)
+        return values if budget is None else budget.weigh(X, values)
 
     values = acquire(predicted, candidates)
     order = _smallest(values, max(_LOCAL_CENTRES, profile.n_refine))
