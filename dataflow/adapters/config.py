@@ -142,9 +142,9 @@ VARIABLES: Final[tuple[Variable, ...]] = (
              "Observations of a round carried into the next round."),
     Variable("ROUND_BUDGET_S", "",
              "Factory seconds an OPTIMIZE round may spend on its steps and finalised model, "
-             "learned from the records' timestamps; a round finalises before a step it expects "
-             "to overrun, and chooses by expected improvement per expected second. Empty: no "
-             "time limit (only OPTIMISER_BUDGET)."),
+             "learned from the records' timestamps; a round chooses among the points it can "
+             "afford and finalises before a step it expects to overrun. Empty: no time limit "
+             "(only OPTIMISER_BUDGET)."),
     Variable("OPTIMISER_SEED", "0",
              "Mixed into every proposal's random state (with the session key, round and "
              "observation count): replays stay exact whatever it is; another value, another "

@@ -70,7 +70,7 @@ class Profile(msgspec.Struct, frozen=True):
     #: Factory seconds a round may spend on its steps and its finalised model (``None``:
     #: no time limit, only ``budget``). Costs are learned from the records' timestamps
     #: (``dataflow.domain.cost``); a round finalises before a step it expects to overrun,
-    #: and chooses points by expected improvement per expected second (cost-cooled EI).
+    #: and chooses by its acquisition among the points it can afford.
     round_budget_s: float | None = None
     #: Mixed into every proposal's random state with the session key, round and
     #: observation count; 0 (the default) leaves the proposals as they always were.

@@ -9,10 +9,14 @@ like the recorded scores (``dataflow.sim.surfaces.recorded_costs``); scores are 
 surfaces of section 3. Each round gets half of what 15 steps and a finalise
 take at the recorded mean cost (the shipped round, halved), and every method is
 cut where its steps and its finalised model (the best step built again) would
-pass that:
+pass that. Each surface is run cold (a first round) and "from 5 kept", as the
+rtcef rounds after the first (and the real loop's, warm-started) are: five
+observations with their costs, the best 5 of 30 random evaluations (seeded apart
+from the round), which ours measures again first and scikit-optimize is told:
 
 * ``ours + cost``: this controller with ``ROUND_BUDGET_S`` at those seconds (its own
-  stop rule: cost-cooled EI, finalised before a step it expects to overrun);
+  stop rule: the acquisition among affordable points, finalised before a step it
+  expects to overrun);
 * ``ours``: the same optimiser blind to cost;
 * ``skopt``: scikit-optimize's ``Optimizer`` with gp_hedge and its defaults, the
   original controller's set-up, asked and told;
@@ -25,6 +29,7 @@ the finalised step, and a one-sided Wilcoxon signed-rank test on the pairs ("our
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import warnings
 from collections.abc import Callable
@@ -43,9 +48,12 @@ METHODS = ("ours + cost", "ours", "skopt", "random")
 #: Most steps any method may take (the seconds run out long before).
 MAX_STEPS = 40
 NOISE_SD = 0.02
+#: Kept observations: the best ``Profile.keep`` of this many random ones, seeded apart.
+KEPT_FROM, KEPT_SEED = 30, 1000
 Rows = list[tuple[str, ...]]
 #: A round's evaluations: point, reported score, seconds.
 Steps = list[tuple[o.Point, float, float]]
+Kept = tuple[o.Observation, ...]
 
 
 @dataclass(frozen=True)
@@ -54,6 +62,20 @@ class Case:
     #: A fresh reported-score surface per call (the same noise, in order).
     reported: Callable[[int], Surface]
     truth: Surface
+    #: Whether a round starts from 5 kept observations (see the module docstring).
+    warm: bool = False
+
+    def kept(self, profile: o.Profile, cost: Surface, seed: int) -> tuple[o.Observation, ...]:
+        """The round's carried-over observations: none cold, else the best 5 of 30 random."""
+        if not self.warm:
+            return ()
+        surface, rng = self.reported(seed + KEPT_SEED), np.random.RandomState(seed + KEPT_SEED)
+        seen = []
+        for x in bayes.space(profile).rvs(KEPT_FROM, rng):
+            point = o.to_point(profile, x)
+            params = o.named(profile, point)
+            seen.append(o.Observation(point, surface(params), cost(params)))
+        return tuple(sorted(seen, key=lambda ob: ob.y)[: profile.keep])
 
 
 def cost_files(directory: Path) -> list[Path]:
@@ -73,7 +95,9 @@ def cases(recordings: Path) -> list[Case]:
     if recordings.exists():
         pooled = recorded(profile, recordings)
         found.append(Case("recorded, pooled", lambda seed: pooled, pooled))
-    return found
+    warm = [dataclasses.replace(c, surface=f"{c.surface}, from 5 kept", warm=True)
+            for c in found]  # fmt: skip
+    return found + warm
 
 
 def budget_s(profile: o.Profile, cost: Surface, seed: int = 0) -> float:
@@ -85,9 +109,9 @@ def budget_s(profile: o.Profile, cost: Surface, seed: int = 0) -> float:
 
 
 def _ours_costed(profile: o.Profile, surface: Surface, cost: Surface, seed: int,
-                 seconds: float) -> Steps:  # fmt: skip
+                 seconds: float, kept: Kept) -> Steps:  # fmt: skip
     budgeted = msgspec.structs.replace(profile, budget=MAX_STEPS, round_budget_s=seconds)
-    snapshot = o.start(budgeted, f"bench-{seed}", 0)
+    snapshot = o.start(budgeted, f"bench-{seed}", int(bool(kept)), kept)
     steps: Steps = []
     while snapshot.remaining > 0:
         point, proposed = strategy.propose(snapshot)
@@ -100,10 +124,10 @@ def _ours_costed(profile: o.Profile, surface: Surface, cost: Surface, seed: int,
     return steps
 
 
-def _ours(profile: o.Profile, surface: Surface, cost: Surface, seed: int, seconds: float
-          ) -> Steps:  # fmt: skip
+def _ours(profile: o.Profile, surface: Surface, cost: Surface, seed: int, seconds: float,
+          kept: Kept) -> Steps:  # fmt: skip
     blind = msgspec.structs.replace(profile, budget=MAX_STEPS)
-    snapshot = o.start(blind, f"bench-{seed}", 0)
+    snapshot = o.start(blind, f"bench-{seed}", int(bool(kept)), kept)
     steps: Steps = []
     while snapshot.remaining > 0 and not _spent(steps, seconds):
         point, snapshot = strategy.propose(snapshot)
@@ -114,8 +138,8 @@ def _ours(profile: o.Profile, surface: Surface, cost: Surface, seed: int, second
     return steps
 
 
-def _skopt(profile: o.Profile, surface: Surface, cost: Surface, seed: int, seconds: float
-           ) -> Steps:  # fmt: skip
+def _skopt(profile: o.Profile, surface: Surface, cost: Surface, seed: int, seconds: float,
+           kept: Kept) -> Steps:  # fmt: skip
     from skopt import Optimizer
 
     optimiser = Optimizer(bayes.space(profile).dimensions, "GP", acq_func="gp_hedge",
@@ -123,6 +147,8 @@ def _skopt(profile: o.Profile, surface: Surface, cost: Surface, seed: int, secon
     steps: Steps = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        if kept:  # the original tells its kept evaluations (keepNEvals) to the new optimiser
+            optimiser.tell([list(ob.x) for ob in kept], [ob.y for ob in kept])
         while len(steps) < MAX_STEPS and not _spent(steps, seconds):
             point = o.to_point(profile, optimiser.ask())
             params = o.named(profile, point)
@@ -132,8 +158,9 @@ def _skopt(profile: o.Profile, surface: Surface, cost: Surface, seed: int, secon
     return steps
 
 
-def _random(profile: o.Profile, surface: Surface, cost: Surface, seed: int, seconds: float
-            ) -> Steps:  # fmt: skip
+def _random(profile: o.Profile, surface: Surface, cost: Surface, seed: int, seconds: float,
+            kept: Kept) -> Steps:  # fmt: skip
+    """Uniform random search: what was kept does not steer it."""
     rng = np.random.RandomState(seed)
     steps: Steps = []
     for x in bayes.space(profile).rvs(MAX_STEPS, rng):
@@ -182,8 +209,9 @@ def run(case: Case, cost: Surface, seeds: range, seconds: float) -> dict[str, Ou
     profile = dialects.PROFILES["rtcef"]
     outcomes = {method: Outcome([], [], [], []) for method in METHODS}
     for seed in seeds:
+        kept = case.kept(profile, cost, seed)
         for method in METHODS:
-            steps = cut(_RUNNERS[method](profile, case.reported(seed), cost, seed, seconds),
+            steps = cut(_RUNNERS[method](profile, case.reported(seed), cost, seed, seconds, kept),
                         seconds)  # fmt: skip
             trace, spent, best = [], 0.0, None
             for step in steps:
@@ -239,15 +267,18 @@ def plot(curves: dict[str, Curves], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, panels = plt.subplots(1, len(curves), figsize=(3.4 * len(curves), 3.0),
+    rows = 2 if len(curves) > 4 else 1  # cold above, from 5 kept below
+    columns = -(-len(curves) // rows)
+    figure, panels = plt.subplots(rows, columns, figsize=(3.4 * columns, 3.0 * rows),
                                   squeeze=False)  # fmt: skip
-    for axes, (title, (grid, medians)) in zip(panels.flat, curves.items(), strict=True):
+    for axes, (title, (grid, medians)) in zip(panels.flat, curves.items(), strict=False):
         for method, median in medians.items():
             axes.plot(grid, np.maximum(median, 1e-6), label=method)
         axes.set_yscale("log")
         axes.set_title(title, fontsize=8)
         axes.set_xlabel("factory seconds", fontsize=8)
-    panels[0, 0].set_ylabel("median simple regret", fontsize=8)
+    for row in panels:
+        row[0].set_ylabel("median simple regret", fontsize=8)
     panels[0, 0].legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
