@@ -6,8 +6,8 @@ a snapshot restored after a crash proposes exactly what the uninterrupted run
 would have.
 
 Determinism: a proposal depends only on the snapshot, whose random seed is derived
-from (session key, round, observation count, ``OPTIMISER_SEED``), never on the order Kafka delivered
-other keys' messages in.
+from (session key, round, observation count, ``OPTIMISER_SEED``), never on the
+order Kafka delivered other keys' messages in.
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ class _Budget:
             return None
         return cls(accounts, accounts.model)
 
-    def weigh(self, X: gp.Array, values: gp.Array) -> gp.Array:  # noqa: N803
+    def screened(self, X: gp.Array, values: gp.Array) -> gp.Array:  # noqa: N803
         """Acquisition values (minimised), the points the round cannot afford last.
 
         Not per expected second: on the real factory's recorded costs, cost-cooled EI
@@ -215,7 +215,7 @@ def _minimise_acquisition(
 
     def acquire(source: Any, X: gp.Array) -> gp.Array:  # noqa: N803
         values = _acquire(source, acquisition, X, y_opt, profile)
-        return values if budget is None else budget.weigh(X, values)
+        return values if budget is None else budget.screened(X, values)
 
     values = acquire(predicted, candidates)
     order = _smallest(values, max(_LOCAL_CENTRES, profile.n_refine))

@@ -327,25 +327,30 @@ def _result(mode: str, wall_s: float, tap: Tap) -> RunResult:
     pauses = [s for s in syncs if s.value["type"] == "pause"]
     models = {m["id"]: m for m in result.models}
     answers = {r.value["reply_id"]: r.value for r in tap.of("factory_reports")}
+    # A round ends with its play; its commands are those since the play before (with
+    # PAUSE_ENGINE=finalise an OPTIMIZE round's steps come before its pause).
     pause: Record | None = None
+    previous_play = -1
     for sync in syncs:
         if sync.value["type"] == "pause":
             pause = sync
         elif pause is not None:
-            inside = [c for c in commands if pause.broker_ms <= c.broker_ms <= sync.broker_ms]
-            optimise = any(c.value["type"] == "opt_initialise" for c in inside)
+            inside = [c for c in commands if previous_play < c.broker_ms <= sync.broker_ms]
+            optimise = any(c.value["type"] == "opt_finalise" for c in inside)
             later = [p.broker_ms for p in pauses if p.broker_ms > sync.broker_ms]
-            window = (pause.broker_ms, later[0] if later else None)
+            began = min([pause.broker_ms, *(c.broker_ms for c in inside)])
+            window = (began, later[0] if later else None)
             result.rounds.append({
                 "kind": "OPTIMIZE" if optimise else "RETRAIN",
                 "paused_s": round((sync.broker_ms - pause.broker_ms) / 1000, 2),
                 "engine_stopped_s": engine_stopped_s(tap.positions_ms, *window),
                 "steps": sum(c.value["type"] == "opt_step" for c in inside),
+                "round_s": round((sync.broker_ms - began) / 1000, 2),
                 "model_id": sync.value["model_id"],
                 "pt": models.get(sync.value["model_id"], {}).get("pt"),
                 "finalised_f_val": finalised_f_val(inside, answers) if optimise else None,
             })  # fmt: skip
-            pause = None
+            pause, previous_play = None, sync.broker_ms
     sent = {c.value["id"]: c for c in commands}
     for report in tap.of("factory_reports"):
         following = sent.get(report.value["reply_id"] + 1)
@@ -421,29 +426,30 @@ def optimize_table(results: Sequence[RunResult]) -> str:
     """Each OPTIMIZE round, then each mode's medians (the figures of issue #27)."""
     split = first_swap(results)
     lines = [
-        "| run | seed | OPTIMIZE pause → play | engine stopped | steps | pt of the finalised "
-        "model | finalised step's f_val | MCC after t₁ |",
-        "|" + "---|" * 8,
+        "| run | seed | OPTIMIZE pause → play | round: first command → play | engine stopped "
+        "| steps | pt of the finalised model | finalised step's f_val | MCC after t₁ |",
+        "|" + "---|" * 9,
     ]
-    per_mode: dict[str, list[tuple[float, float, float, float, float]]] = {}
+    per_mode: dict[str, list[tuple[float, ...]]] = {}
     for r in results:
         mcc = mcc_after(r, split)
         for x in (x for x in r.rounds if x["kind"] == "OPTIMIZE"):
+            whole = x.get("round_s", x["paused_s"])  # earlier results: paused at the start
             lines.append(
                 f"| {r.name} | {r.seed if r.seed is not None else '-'} "
-                f"| {x['paused_s']:.1f} s | {x.get('engine_stopped_s', 0.0):.1f} s "
+                f"| {x['paused_s']:.1f} s | {whole:.1f} s | {x.get('engine_stopped_s', 0.0):.1f} s "
                 f"| {x['steps']} | {x.get('pt')} | {x.get('finalised_f_val')} | {mcc} |"
             )
             label = r.mode + "".join(f" {k}={v}" for k, v in r.settings.items())
             per_mode.setdefault(label, []).append((
-                x["paused_s"], x.get("engine_stopped_s", 0.0), float(x.get("pt") or "nan"),
+                x["paused_s"], whole, x.get("engine_stopped_s", 0.0), float(x.get("pt") or "nan"),
                 float(x.get("finalised_f_val") or "nan"), float(mcc or "nan"),
             ))  # fmt: skip
     for label, rows in per_mode.items():
         medians = [statistics.median(column) for column in zip(*rows, strict=True)]
         lines.append(f"| **{label}: median of {len(rows)}** | | {medians[0]:.1f} s "
-                     f"| {medians[1]:.1f} s | | {medians[2]:.0f} | {medians[3]:.4f} "
-                     f"| {medians[4]:.3f} |")  # fmt: skip
+                     f"| {medians[1]:.1f} s | {medians[2]:.1f} s | | {medians[3]:.0f} "
+                     f"| {medians[4]:.4f} | {medians[5]:.3f} |")  # fmt: skip
     return "\n".join(lines)
 
 
