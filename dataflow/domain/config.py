@@ -8,6 +8,7 @@ import msgspec
 
 from dataflow.domain import dialects
 from dataflow.domain.errors import ConfigError
+from dataflow.domain.ids import CommandId
 from dataflow.domain.messages import Params
 from dataflow.domain.optimizer import Observation, Profile
 from dataflow.domain.strategy import STRATEGIES
@@ -92,6 +93,8 @@ class MachineConfig(msgspec.Struct, frozen=True):
 
     def command_id(self, key: str, counter: int) -> int | str:
         """The wire id of session ``key``'s command number ``counter``."""
-        return dialects.get(self.dialect).command_id(
-            counter * len(self.keys) + self.keys.index(key)
-        )
+        return CommandId(key, counter).wire(self.keys, dialects.get(self.dialect).command_id)
+
+    def read_command_id(self, wire: int | str) -> CommandId | None:
+        """The session and counter a wire id names (None: never issued by any session)."""
+        return CommandId.read(wire, self.keys)

@@ -10,8 +10,12 @@ messages, log lines and metrics. The pieces, one concept per module:
   ``Reject``, ``Note``);
 * ``state``: what it remembers (``Session``, ``Round``, ``Phase``) and its versions;
 * ``config``: what no message tells it (``MachineConfig``);
-* ``table``: (phase, event type) -> handler and the phases it may lead to;
-* ``handlers``: what each row does; ``strategy``: the optimiser behind ``propose``.
+* ``inputs``: what an event is to a session (each event classified once);
+* ``table``: (phase, input class) -> one handler and the one phase it leads to;
+* the handlers, one module per job: ``admission`` (queueing instructions),
+  ``rounds`` (starting, stepping, finalising, ending), ``answers`` (which command a
+  report answers), ``holding`` (early reports), ``retries`` (deadlines, resends);
+* ``ids``: command ids, decoded once; ``strategy``: the optimiser behind ``propose``.
 
 Theory of operation
 -------------------
@@ -34,11 +38,10 @@ round; a refused ``opt_initialise`` aborts it at once. An aborted round plays th
 with the model it had. So every round that
 pauses the engine ends with exactly one play.
 
-Phases INITIALIZING (after ``opt_initialise``) and OPTIMIZING (between a step's
-report and the next proposal) are the seed's names for moments that, here, are
-entered and left within one ``advance`` call: nothing can arrive in them, so the
-table has no rows for them. The resting phases are IDLE, TRAINING,
-WAITING_FOR_REPORT and FINALIZING.
+A session rests in one of four phases: IDLE, TRAINING, WAITING_FOR_REPORT and
+FINALIZING. (The seed's INITIALIZING and OPTIMIZING named moments that, here, pass
+within one ``advance`` call: ``opt_initialise`` is not awaited, and a step's score
+is learned and the next point sent in one row.)
 
 Replay in any interleaving
 --------------------------
@@ -48,7 +51,7 @@ depend on that merge. Let *I* be the instruction sequence and *R* the report
 sequence; the commands are a function of (I, R) alone because every row is:
 
 * **Instruction rows (any phase) -> admit.** Whether an instruction is admitted
-  depends only on the instructions before it (``handlers.admit``: its kind and
+  depends only on the instructions before it (``admission.read_instruction``: its kind and
   timestamp against the last admitted ones; UPDATE_PARAMS on its own content),
   never on the phase it finds. Admitted instructions run strictly in order, so
   the sequence of rounds is a function of I. The one exception is a full queue
@@ -88,8 +91,6 @@ module's path, so they stay importable from here.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import msgspec
 
 from dataflow.domain import table
@@ -105,8 +106,10 @@ from dataflow.domain.effects import (
 )
 from dataflow.domain.errors import ConfigError, IllegalTransitionError
 from dataflow.domain.events import DeadlinePassed, Event, InstructionArrived, ReportArrived, Tick
-from dataflow.domain.handlers import Result, is_ripe
-from dataflow.domain.messages import Deadline, Instruction, Rejection, Report, command_number
+from dataflow.domain.holding import is_ripe
+from dataflow.domain.inputs import Input
+from dataflow.domain.messages import Deadline, Instruction, Rejection, Report
+from dataflow.domain.results import Result
 from dataflow.domain.state import (
     STATE_VERSION,
     Outstanding,
@@ -151,10 +154,10 @@ def route_deadline(deadline: Deadline, config: MachineConfig) -> str | Rejection
 
 
 def _route(command_id: int | str, what: str, config: MachineConfig) -> str | Rejection:
-    number = command_number(command_id)
-    if number is None:
+    ref = config.read_command_id(command_id)
+    if ref is None:
         return Rejection(f"{what} {command_id!r:.40} is not a command id")
-    return config.keys[number % len(config.keys)]
+    return ref.key
 
 
 # --------------------------------------------------------------------------- advance
@@ -186,30 +189,25 @@ def advance(
 
 def _step(state: Session, event: Event, config: MachineConfig) -> Result:
     """One row of the table, then the queue's head if that left the session idle."""
-    if isinstance(event, InstructionArrived):
-        state, effects = _row(table.ON_INSTRUCTION, state, event, config)
-    elif isinstance(event, ReportArrived):
-        state, effects = _row(table.ON_REPORT, state, event, config)
-    elif isinstance(event, DeadlinePassed):
-        state, effects = _row(table.ON_DEADLINE, state, event, config)
-    else:
-        state, effects = _row(table.ON_TICK, state, event, config)
+    state, effects = _row(state, table.classify(state, event, config), config)
     return _start_queued(state, effects, event.at_ms, config)
 
 
-def _row(
-    rows: Mapping[Phase, table.Row[table.E]], state: Session, event: table.E,
-    config: MachineConfig,
-) -> Result:  # fmt: skip
-    row = rows.get(state.phase)
+def _row(state: Session, read: Input, config: MachineConfig) -> Result:
+    """Run the row of (phase, class) and rest in the phase it names."""
+    row = table.TABLE.get((state.phase, type(read)))
     if row is None:
-        raise IllegalTransitionError(f"no transition from {state.phase} on {type(event).__name__}")
-    after, effects = row.handler(state, event, config)
-    if after.phase not in row.to:
-        raise IllegalTransitionError(f"{row.handler.__name__} led {state.phase} on "
-                                     f"{type(event).__name__} to {after.phase}, not to "
-                                     f"{sorted(row.to)}")  # fmt: skip
-    return after, effects
+        raise IllegalTransitionError(f"no transition from {state.phase} on {type(read).__name__}")
+    after, effects = row.handler(state, read, config)
+    return _rest(state, after, row.handler.__name__, row.to), effects
+
+
+def _rest(before: Session, after: Session, handler: str, to: Phase) -> Session:
+    """``after`` in the phase its row names; a handler never sets the phase itself."""
+    if after.phase is not before.phase:
+        raise IllegalTransitionError(f"{handler} set the phase itself ({before.phase} to "
+                                     f"{after.phase}): the table sets it")  # fmt: skip
+    return msgspec.structs.replace(after, phase=to)
 
 
 def _start_queued(
@@ -219,11 +217,8 @@ def _start_queued(
     while state.phase is Phase.IDLE and state.queue:
         head, state = state.queue[0], msgspec.structs.replace(state, queue=state.queue[1:])
         start = table.STARTS[head.kind]
-        state, more = start.handler(state, head, at_ms, config)
-        if state.phase is not start.to:
-            raise IllegalTransitionError(f"{start.handler.__name__} led to {state.phase}, "
-                                         f"not {start.to}")  # fmt: skip
-        effects = [*effects, *more]
+        after, more = start.handler(state, head, at_ms, config)
+        state, effects = _rest(state, after, start.handler.__name__, start.to), [*effects, *more]
     return state, effects
 
 

@@ -35,13 +35,11 @@ STATE_VERSION: Final = 4
 
 
 class Phase(StrEnum):
-    """Where a session is in its conversation."""
+    """Where a session rests in its conversation (``dataflow.domain.table`` moves it)."""
 
     IDLE = "IDLE"
     TRAINING = "TRAINING"
-    INITIALIZING = "INITIALIZING"
     WAITING_FOR_REPORT = "WAITING_FOR_REPORT"
-    OPTIMIZING = "OPTIMIZING"
     FINALIZING = "FINALIZING"
 
 

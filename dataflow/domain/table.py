@@ -1,18 +1,18 @@
-"""The transition table: (phase, event type) -> what runs and where it may lead.
+"""The transition table: (phase, input class) -> one handler and one next phase.
 
-Role: the one place that says which handler runs for each event in each phase
-and which phases it may leave the session in; ``advance`` refuses any other
-outcome. ``STARTS`` says how each admitted instruction begins when its turn
-comes (the queue's head, once the session is IDLE). ``mermaid`` draws both: the
-diagram in the README is generated from here and checked by a test.
+Role: the machine, as ``advance`` runs it (h11's ``_state.py`` is the model).
+``classify`` reads each event once into an input class (``dataflow.domain.inputs``);
+``TABLE`` gives, for the phase the session rests in and that class, the handler
+that runs and the phase the session rests in next. Handlers never set the phase:
+``advance`` does, from the row, so the session can take no transition the table
+does not list (and a (phase, class) pair without a row is an
+``IllegalTransitionError``). ``STARTS`` says how the queue's head begins once the
+session is idle. ``mermaid`` draws both; the README's diagram is generated from
+here and checked by a test.
 
-Every instruction is admitted (or coalesced) the same way in every phase. A
-report or deadline marker for a command not sent yet is held (``or_hold``);
-otherwise a report is only ever the answer to the outstanding command of the
-phase it arrives in (or a duplicate, stale or foreign one), and a deadline
-marker times that command out if it is still awaited. A tick never changes the
-phase: it only asks for a deadline marker. INITIALIZING and OPTIMIZING have no
-rows: a session passes through them within one ``advance`` and never rests there.
+Every instruction is admitted or refused the same way in every phase. A report or
+deadline marker for a command not sent yet is early (held), one that answers
+nothing awaited is stray; a tick only ever asks for a deadline marker.
 """
 
 from __future__ import annotations
@@ -21,79 +21,109 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Generic, TypeVar
 
-from dataflow.domain import handlers as h
+from dataflow.domain import admission, answers, holding, retries, rounds
 from dataflow.domain.config import MachineConfig
-from dataflow.domain.events import DeadlinePassed, InstructionArrived, ReportArrived, Tick
+from dataflow.domain.events import DeadlinePassed, Event, InstructionArrived, ReportArrived
+from dataflow.domain.inputs import (
+    Admitted,
+    Built,
+    Due,
+    Early,
+    GiveUp,
+    InitialiseRefused,
+    Input,
+    Quiet,
+    Refused,
+    Resend,
+    Scored,
+    ScoredLast,
+    Spent,
+    Stray,
+)
 from dataflow.domain.messages import Instruction, InstructionKind
+from dataflow.domain.results import Result
 from dataflow.domain.state import Phase, Session
 
-E = TypeVar("E", InstructionArrived, ReportArrived, DeadlinePassed, Tick)
+C = TypeVar("C")
 
 
 @dataclass(frozen=True)
-class Row(Generic[E]):
-    """What an event does in a phase: its handler, and the phases it may lead to."""
+class Row(Generic[C]):
+    """What an input of a class does in a phase: its handler, and the phase it leads to."""
 
-    handler: Callable[[Session, E, MachineConfig], h.Result]
-    to: frozenset[Phase]
+    handler: Callable[[Session, C, MachineConfig], Result]
+    to: Phase
 
 
 @dataclass(frozen=True)
 class Start:
     """How an admitted instruction begins when it reaches the head of an IDLE session's queue."""
 
-    handler: Callable[[Session, Instruction, int, MachineConfig], h.Result]
+    handler: Callable[[Session, Instruction, int, MachineConfig], Result]
     to: Phase
 
 
 IDLE, TRAINING, WAITING, FINALIZING = (
     Phase.IDLE, Phase.TRAINING, Phase.WAITING_FOR_REPORT, Phase.FINALIZING,
 )  # fmt: skip
-#: The phases a session rests in; the others are passed through within one event.
+#: The phases a session rests in: all of them.
 RESTING: Final = (IDLE, TRAINING, WAITING, FINALIZING)
 _ROUND: Final = (TRAINING, WAITING, FINALIZING)
 
-ON_INSTRUCTION: Final[Mapping[Phase, Row[InstructionArrived]]] = {
-    phase: Row(h.admit, frozenset({phase})) for phase in RESTING
-}
-ON_REPORT: Final[Mapping[Phase, Row[ReportArrived]]] = {
-    IDLE: Row(h.or_hold(h.reject_idle_report), frozenset({IDLE})),
-    TRAINING: Row(h.or_hold(h.on_final_report), frozenset({TRAINING, IDLE})),
-    WAITING: Row(h.or_hold(h.on_step_report), frozenset({WAITING, FINALIZING, IDLE})),
-    FINALIZING: Row(h.or_hold(h.on_final_report), frozenset({FINALIZING, IDLE})),
-}
-ON_DEADLINE: Final[Mapping[Phase, Row[DeadlinePassed]]] = {
-    IDLE: Row(h.or_hold(h.stale_deadline), frozenset({IDLE})),
-    **{phase: Row(h.or_hold(h.on_deadline), frozenset({phase, IDLE})) for phase in _ROUND},
-}
-ON_TICK: Final[Mapping[Phase, Row[Tick]]] = {
-    IDLE: Row(h.nothing, frozenset({IDLE})),
-    **{phase: Row(h.on_tick, frozenset({phase})) for phase in _ROUND},
+
+def classify(state: Session, event: Event, config: MachineConfig) -> Input:
+    """What ``event`` is to the session: read once, by the module of its job."""
+    if isinstance(event, InstructionArrived):
+        return admission.read_instruction(state, event, config)
+    if isinstance(event, ReportArrived):
+        return answers.read_report(state, event, config)
+    if isinstance(event, DeadlinePassed):
+        return answers.read_deadline(state, event, config)
+    return retries.read_tick(state, event, config)
+
+
+def _everywhere(cls: type, handler: Callable[..., Result]) -> dict[tuple[Phase, type], Row[Any]]:
+    """A row that leaves every resting phase as it is."""
+    return {(phase, cls): Row(handler, phase) for phase in RESTING}
+
+
+def _in_rounds(cls: type, handler: Callable[..., Result]) -> dict[tuple[Phase, type], Row[Any]]:
+    """A row for every phase of a round, leaving it as it is."""
+    return {(phase, cls): Row(handler, phase) for phase in _ROUND}
+
+
+TABLE: Final[Mapping[tuple[Phase, type], Row[Any]]] = {
+    **_everywhere(Admitted, admission.admit),
+    **_everywhere(Refused, admission.refuse),
+    **_everywhere(Early, holding.hold),
+    **_everywhere(Stray, answers.reject),
+    **_everywhere(Spent, retries.nothing),
+    **_everywhere(Quiet, retries.nothing),
+    **_in_rounds(Due, retries.mark_overdue),
+    **_in_rounds(Resend, retries.resend),
+    **{(phase, GiveUp): Row(retries.give_up, IDLE) for phase in _ROUND},
+    (TRAINING, Built): Row(rounds.complete, IDLE),
+    (WAITING, Scored): Row(rounds.next_step, WAITING),
+    (WAITING, ScoredLast): Row(rounds.finalise, FINALIZING),
+    (WAITING, InitialiseRefused): Row(rounds.abort_refused, IDLE),
+    (FINALIZING, InitialiseRefused): Row(rounds.abort_refused, IDLE),
+    (FINALIZING, Built): Row(rounds.complete, IDLE),
 }
 STARTS: Final[Mapping[InstructionKind, Start]] = {
-    InstructionKind.RETRAIN: Start(h.begin_train, TRAINING),
-    InstructionKind.OPTIMIZE: Start(h.begin_optimise, WAITING),
-    InstructionKind.UPDATE_PARAMS: Start(h.update_params, IDLE),
+    InstructionKind.RETRAIN: Start(rounds.begin_train, TRAINING),
+    InstructionKind.OPTIMIZE: Start(rounds.begin_optimise, WAITING),
+    InstructionKind.UPDATE_PARAMS: Start(rounds.update_params, IDLE),
 }
-
-
-def transitions() -> dict[tuple[Phase, type], Row[Any]]:
-    """Every row, keyed by (phase, event type): the whole machine, as ``advance`` reads it."""
-    return {
-        **{(phase, InstructionArrived): row for phase, row in ON_INSTRUCTION.items()},
-        **{(phase, ReportArrived): row for phase, row in ON_REPORT.items()},
-        **{(phase, DeadlinePassed): row for phase, row in ON_DEADLINE.items()},
-        **{(phase, Tick): row for phase, row in ON_TICK.items()},
-    }
 
 
 def mermaid() -> str:
-    """The machine as a Mermaid state diagram: one edge per (row, phase it may lead to)."""
+    """The machine as a Mermaid state diagram: one edge per row, labelled class / handler."""
     lines = ["stateDiagram-v2", f"    [*] --> {IDLE.value}"]
-    for (phase, event), row in transitions().items():
-        for to in sorted(row.to, key=RESTING.index):
-            lines.append(f"    {phase.value} --> {to.value} : {event.__name__} / "
-                         f"{row.handler.__name__}")  # fmt: skip
+    rows = sorted(TABLE.items(), key=lambda item: (RESTING.index(item[0][0]),
+                                                   RESTING.index(item[1].to)))  # fmt: skip
+    for (phase, cls), row in rows:
+        lines.append(f"    {phase.value} --> {row.to.value} : {cls.__name__} / "
+                     f"{row.handler.__name__}")  # fmt: skip
     for kind, start in STARTS.items():
         lines.append(f"    {IDLE.value} --> {start.to.value} : queued {kind.value} / "
                      f"{start.handler.__name__}")  # fmt: skip
