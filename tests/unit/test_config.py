@@ -9,7 +9,9 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from dataflow.adapters import variables as config
 from dataflow.adapters.config import VARIABLES, Secret, Settings, SettingsError, Topics
+from dataflow.adapters.settings import Derived, shown
 from dataflow.domain import dialects, optimizer
 from dataflow.domain.dialects import seed
 from tests.support import RECORDINGS, ROOT
@@ -156,7 +158,85 @@ def test_the_readme_documents_every_variable_with_its_default() -> None:
         row = next((line for line in readme.splitlines()
                     if line.startswith(f"| `{variable.name}` |")), None)  # fmt: skip
         assert row is not None, f"{variable.name} missing from the README's table"
-        assert f"| {variable.default or '(unset)'} |" in row, row
+        assert f"| {variable.documented or '(unset)'} |" in row, row
+
+
+def test_every_documented_default_reads_back_as_the_default() -> None:
+    for variable in VARIABLES:
+        if variable.documented and not isinstance(variable.default, Derived):
+            assert variable.parse(variable.documented) == variable.default, variable.name
+
+
+#: Where each setting's value lands in ``Settings`` (derived ones: per dialect, below).
+LANDS = {
+    config.BOOTSTRAP: lambda s: s.brokers,
+    config.ENCODING: lambda s: s.encoding,
+    config.DEAD_LETTER_TOPIC: lambda s: s.topics.dead_letters,
+    config.INPUT_START: lambda s: s.input_start,
+    config.PAUSE: lambda s: s.machine.pause_engine,
+    config.WARM_START_FILE: lambda s: s.machine.warm_start or None,
+    config.SESSION_KEYS: lambda s: None if s.machine.keys == ("controller",) else s.machine.keys,
+    config.REPORT_TIMEOUT_S: lambda s: s.machine.report_timeout_ms / 1000,
+    config.MAX_RETRIES: lambda s: s.machine.max_retries,
+    config.TICK_INTERVAL_S: lambda s: s.tick_interval_s,
+    config.INPUT_IDLE_WAIT_MS: lambda s: s.input_idle_wait_ms,
+    config.MIN_GAP: lambda s: s.machine.instruction_min_gap,
+    config.MAX_QUEUED: lambda s: s.machine.max_queued,
+    config.MAX_MESSAGE_BYTES: lambda s: s.max_message_bytes,
+    config.CREATE_TOPICS: lambda s: s.create_topics,
+    config.PARTITIONS: lambda s: s.topic_partitions,
+    config.REPLICATION: lambda s: s.topic_replication,
+    config.STARTUP_TIMEOUT_S: lambda s: s.startup_timeout_s,
+    config.DELIVERY_TIMEOUT_S: lambda s: s.delivery_timeout_s,
+    config.LOG_LEVEL: lambda s: s.log_level,
+    config.LOG_FORMAT: lambda s: s.log_format,
+    **{variable: (lambda s, key=key: s.security.get(key))
+       for variable, key in config.SECURITY.items()},
+}  # fmt: skip
+
+
+def test_settings_read_from_an_empty_environment_are_the_documented_defaults() -> None:
+    settings = Settings.from_env({})
+
+    assert set(VARIABLES) == {*LANDS, config.DIALECT, *DERIVED}, "a setting nobody checks"
+    for variable, where in LANDS.items():
+        assert where(settings) == variable.default, variable.name
+    assert settings.dialect == config.DIALECT.default == config.DIALECT.documented
+
+
+DERIVED = {
+    config.INSTRUCTION_TOPIC: (lambda s: s.topics.instructions,
+                               lambda d: d.topics["instructions"]),
+    config.REPORT_TOPIC: (lambda s: s.topics.reports, lambda d: d.topics["reports"]),
+    config.COMMAND_TOPIC: (lambda s: s.topics.commands, lambda d: d.topics["commands"]),
+    config.SYNC_TOPIC: (lambda s: s.topics.sync, lambda d: d.topics["sync"]),
+    config.TRANSACTIONAL_ID: (lambda s: s.transactional_id,
+                              lambda d: f"rtcef-controller.{d.topics['commands']}."
+                                        f"{d.topics['sync']}"),
+    config.PROFILE: (lambda s: s.machine.profile.name, lambda d: d.profile.name),
+    config.STRATEGY: (lambda s: s.machine.profile.strategy, lambda d: d.profile.strategy),
+    config.SPACE: (lambda s: s.machine.profile.dimensions, lambda d: d.profile.dimensions),
+    config.BUDGET: (lambda s: s.machine.profile.budget, lambda d: d.profile.budget),
+    config.INITIAL_POINTS: (lambda s: s.machine.profile.n_initial, lambda d: d.profile.n_initial),
+    config.KEEP: (lambda s: s.machine.profile.keep, lambda d: d.profile.keep),
+    config.ROUND_BUDGET_S: (lambda s: s.machine.profile.round_budget_s,
+                            lambda d: d.profile.round_budget_s),
+    config.SEED: (lambda s: s.machine.profile.seed, lambda d: d.profile.seed),
+    config.INITIAL_PARAMS: (lambda s: s.machine.initial_params, lambda d: d.initial_params),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("dialect", list(dialects.REGISTRY.values()), ids=lambda d: d.name)
+def test_derived_defaults_follow_the_dialect_as_documented(dialect: dialects.Dialect) -> None:
+    settings = Settings.from_env({"CONTROLLER_DIALECT": dialect.name})
+
+    for variable, (where, expected) in DERIVED.items():
+        assert where(settings) == expected(dialect), variable.name
+        value = expected(dialect)
+        if variable.documented.startswith("the ") or "<" in variable.documented:
+            continue  # documented in words ("the profile's"), or as a pattern
+        assert shown(value) in variable.documented, variable.name
+    assert settings.machine.profile == dialect.profile
 
 
 def test_a_round_budget_in_seconds_and_when_to_pause_are_read_and_checked() -> None:
