@@ -15,10 +15,9 @@ RUN python -m venv /opt/build \
     && /opt/build/bin/pip install --require-hashes --no-deps -r /src/build.lock
 COPY pyproject.toml README.md /src/
 COPY dataflow /src/dataflow
-# Production runs the flow and its tools (probe, recovery, inspection, warm start):
-# the stand-in services, the demo and its process helper stay out of the image.
-RUN rm -r /src/dataflow/sim /src/dataflow/tools/demo.py /src/dataflow/tools/process.py \
-    && /opt/build/bin/pip wheel --no-deps --no-build-isolation --wheel-dir /src/dist . \
+# The wheel holds what pyproject.toml lists: the flow and its tools (probe, recovery,
+# inspection, warm start), not dataflow.sim (the stand-ins, the demo, its process helper).
+RUN /opt/build/bin/pip wheel --no-deps --no-build-isolation --wheel-dir /src/dist . \
     && /opt/venv/bin/pip install --no-deps /src/dist/*.whl
 
 # ---- runtime: slim Python, the virtualenv, the entrypoints, nothing else

@@ -50,7 +50,7 @@ run *args: jars
         {{py}} tests/kafka/broker.py up --state .kafka/demo > /dev/null
         export KAFKA_BOOTSTRAP_SERVERS="$(cat .kafka/demo/bootstrap)"
     fi
-    {{py}} -m dataflow.tools.demo "$@"
+    {{py}} -m dataflow.sim.demo "$@"
 
 # Run everything CI runs: lint, then unit, flow and integration tests (real Kafka broker)
 test *args: lint jars

@@ -16,6 +16,7 @@ from __future__ import annotations
 import ast
 import re
 import sys
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,11 +26,14 @@ MAY_IMPORT: dict[str, set[str]] = {
     "domain": {"domain"},
     "adapters": {"domain", "adapters"},
     "flow": {"domain", "adapters", "flow"},
-    "sim": {"domain", "adapters", "sim"},
-    "tools": {"domain", "adapters", "flow", "sim", "tools"},
+    "tools": {"domain", "adapters", "flow", "tools"},
+    "sim": {"domain", "adapters", "flow", "tools", "sim"},
 }
-#: What the image leaves out (the Dockerfile removes them before building the wheel).
-NOT_SHIPPED = ("dataflow.sim", "dataflow.tools.demo", "dataflow.tools.process")
+#: What the wheel, and so the image, leaves out: the packages ``pyproject.toml`` excludes.
+NOT_SHIPPED = tuple(
+    name for name in tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())["tool"][
+        "setuptools"]["packages"]["find"]["exclude"] if not name.endswith("*")
+)  # fmt: skip
 _MODULE_TEXT = re.compile(r"^(dataflow(?:\.[a-z_]+)+)(?::.*)?$")
 
 

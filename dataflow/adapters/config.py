@@ -2,12 +2,13 @@
 
 Role: the only place that reads the environment. Each variable is one ``Setting``
 in ``dataflow.adapters.variables`` (the machinery: ``dataflow.adapters.settings``):
-its default, its parser and validation, and its README row. The defaults the domain owns (``MachineConfig``'s, ``Profile``'s, a
-dialect's) are referred to, not copied. ``Settings.from_env()`` collects *every*
-problem before raising one ``SettingsError`` that lists them all, so an operator
-fixes a deployment in one go. Secrets are ``Secret`` values whose ``repr`` is
-redacted. Bytewax's own ``BYTEWAX_*`` variables (recovery directory, snapshot
-interval, workers...) stay Bytewax's and are not read here.
+its default, its parser and validation, and its README row. The defaults the
+domain owns (``MachineConfig``'s, ``Profile``'s, a dialect's) are referred to, not
+copied. ``Settings.from_env()`` collects *every* problem before raising one
+``SettingsError`` that lists them all, so an operator fixes a deployment in one go.
+Secrets are ``Secret`` values whose ``repr`` is redacted. Bytewax's own
+``BYTEWAX_*`` variables (recovery directory, snapshot interval, workers...) stay
+Bytewax's and are not read here.
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -30,24 +31,34 @@ from dataflow.domain import messages as msg
 
 Encoding: TypeAlias = Literal["json", "avro"]
 ENCODINGS: Final = ("json", "avro")
-#: Each Avro-speaking dialect's schemas are in ``schemas/<dialect>/`` (its record names them).
+#: Each Avro-speaking dialect's schemas: ``schemas/<dialect>/<topic>-{key,value}.avsc``,
+#: named after the dialect's own topic names (``Dialect.topics``).
 SCHEMAS: Final = Path(__file__).resolve().parent / "schemas"
+#: The record fields each Avro-speaking dialect's services build a topic's key from, in
+#: order (``fastavro.schemaless_writer`` for value and key alike).
+AVRO_KEYS: Final[Mapping[str, Mapping[dialects.TopicRole, tuple[str, ...]]]] = {
+    "rtcef": {
+        "instructions": ("id",), "commands": ("id",), "reports": ("reply_id",),
+        "sync": ("timestamp", "type"),
+    },
+}  # fmt: skip
+if {d.name for d in dialects.REGISTRY.values() if "avro" in d.encodings} != set(AVRO_KEYS):
+    raise ValueError("a dialect speaks avro exactly when its Avro keys (and schemas) are here")
 _INT32: Final = (-(2**31), 2**31 - 1)
 #: The ``metrics`` field of a deadline marker that names its command.
 DEADLINE_FIELD: Final = "deadline_passed"
 
 
-def _topic(dialect: str, role: dialects.TopicRole) -> dialects.AvroTopic:
-    avro = dialects.get(dialect).avro
-    if avro is None:
+def _stem(dialect: str, role: dialects.TopicRole) -> str:
+    if dialect not in AVRO_KEYS:
         raise ValueError(f"the {dialect} dialect has no Avro schemas")
-    return avro[role]
+    return dialects.get(dialect).topics[role]
 
 
 @cache
 def schema(dialect: str, role: dialects.TopicRole, part: Literal["key", "value"]) -> Any:
     """The parsed Avro schema of a dialect's topic's key or value."""
-    path = SCHEMAS / dialect / f"{_topic(dialect, role).stem}-{part}.avsc"
+    path = SCHEMAS / dialect / f"{_stem(dialect, role)}-{part}.avsc"
     return fastavro.parse_schema(json.loads(path.read_text()))
 
 
@@ -64,7 +75,7 @@ def avro_read(
     dialect: str, role: dialects.TopicRole, part: Literal["key", "value"], data: bytes
 ) -> dict[str, Any] | str:
     """The record in ``data``, or why it is not one (as text)."""
-    stem = _topic(dialect, role).stem
+    stem = _stem(dialect, role)
     buffer = io.BytesIO(data)
     try:
         record = fastavro.schemaless_reader(buffer, schema(dialect, role, part), None)
@@ -225,6 +236,6 @@ class Codec:
         return self._avro("instructions", json.loads(value))
 
     def _avro(self, role: dialects.TopicRole, record: dict[str, Any]) -> tuple[bytes, bytes]:
-        key = {name: record[name] for name in _topic(self.dialect, role).key_fields}
+        key = {name: record[name] for name in AVRO_KEYS[self.dialect][role]}
         return (avro_write(self.dialect, role, "key", key),
                 avro_write(self.dialect, role, "value", record))  # fmt: skip

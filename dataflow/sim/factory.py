@@ -32,6 +32,7 @@ from dataflow.domain import messages as msg
 from dataflow.domain.dialects import PROFILES
 from dataflow.domain.optimizer import Profile
 from dataflow.sim.runner import add_wire_arguments, answering, serve
+from dataflow.sim.services import SERVICES
 from dataflow.sim.surfaces import SYNTHETIC, Surface, recorded
 
 #: A report as it goes on the wire: its key (``None``: unkeyed) and value.
@@ -75,7 +76,7 @@ class FactorySimulator:
     def __post_init__(self) -> None:
         self._random = random.Random(self.seed)  # noqa: S311 - simulation, not security
         self.codec = Codec(self.dialect, self.encoding)
-        self._dialect = dialects.get(self.dialect)
+        self._services = SERVICES[dialects.get(self.dialect).name]
 
     @property
     def duplicates(self) -> dict[int | str, int]:
@@ -115,7 +116,7 @@ class FactorySimulator:
         model = self.next_model
         self.next_model += 1
         if command.type == msg.CommandType.TRAIN:
-            params_dict = self._dialect.train_params_dict(command)
+            params_dict = self._services.train_params_dict(command)
             return self._encode(command, model, params_dict, "", "retrain")
         if command.type == msg.CommandType.OPT_STEP:
             if optimisation not in self.steps:  # finalised already, or a copy
@@ -139,7 +140,7 @@ class FactorySimulator:
     def _no_optimisation(self, command: msg.FactoryCommand) -> Reply | None:
         """A step or finalise with no optimisation in progress, as each real factory takes it."""
         self.next_model -= 1
-        if self._dialect.error_report(command, "") is None:  # the original factory: it raises
+        if self._services.error_report(command, "") is None:  # the original factory: it raises
             self.dead = f"{command.type} {command.id!r} without an optimisation in progress"
             return None
         return self._error(command, "No optimization session active")
@@ -152,11 +153,11 @@ class FactorySimulator:
         metrics: str,
         method: str | None,
     ) -> Reply:
-        report = self._dialect.success_report(command, model, params_dict, metrics, method)
+        report = self._services.success_report(command, model, params_dict, metrics, method)
         return self.codec.encode_report(report)
 
     def _error(self, command: msg.FactoryCommand, reason: str) -> Reply | None:
-        report = self._dialect.error_report(command, reason)  # None: a silent factory
+        report = self._services.error_report(command, reason)  # None: a silent factory
         return None if report is None else self.codec.encode_report(report)
 
 

@@ -20,6 +20,7 @@ from dataflow.adapters.wire import Codec
 from dataflow.domain import dialects
 from dataflow.domain import messages as msg
 from dataflow.sim.runner import add_wire_arguments
+from dataflow.sim.services import SERVICES
 
 KINDS = {
     "optimize": msg.InstructionKind.OPTIMIZE,
@@ -87,9 +88,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     kind = KINDS[args.instruction]
     dialect = dialects.get(args.dialect)
-    if kind not in dialect.instruction_kinds or (args.model_id and not dialect.model_ids):
+    services = SERVICES[dialect.name]
+    if kind not in services.instruction_kinds or (args.model_id and not services.model_ids):
         print(f"observer: the {dialect.name} dialect's Observer sends no {kind.value.lower()}"
-              f"{'' if dialect.model_ids else ' and no model_id'}", file=sys.stderr)  # fmt: skip
+              f"{'' if services.model_ids else ' and no model_id'}", file=sys.stderr)  # fmt: skip
         return 2
     if args.encoding not in dialect.encodings:
         print(f"observer: the {dialect.name} dialect is not spoken in {args.encoding} "

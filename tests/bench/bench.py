@@ -63,9 +63,9 @@ from dataflow.domain import machine as m
 from dataflow.domain import messages as msg
 from dataflow.domain import optimizer as o
 from dataflow.sim.factory import Behaviour, FactorySimulator
+from dataflow.sim.process import ControllerProcess
 from dataflow.sim.runner import messages
 from dataflow.sim.surfaces import SYNTHETIC
-from dataflow.tools.process import ControllerProcess
 from tests.bench import costs, optimiser
 from tests.kafka import broker as harness
 from tests.kafka import client

@@ -52,9 +52,9 @@ from threadpoolctl import threadpool_limits
 from dataflow.domain import dialects
 from dataflow.domain import machine as m
 from dataflow.domain import messages as msg
+from dataflow.sim.process import ControllerProcess, parse_log, stop_all
 from dataflow.sim.runner import messages
 from dataflow.tools import inspection
-from dataflow.tools.process import ControllerProcess, parse_log, stop_all
 from tests.integration.harness import ROOT, Controller, Wiring
 from tests.kafka import broker as harness
 from tests.kafka import client

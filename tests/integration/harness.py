@@ -19,9 +19,9 @@ from dataflow.domain import messages as msg
 from dataflow.domain.dialects import PROFILES
 from dataflow.domain.optimizer import Profile
 from dataflow.sim.factory import Behaviour, FactorySimulator
+from dataflow.sim.process import ControllerProcess, stop_all
 from dataflow.sim.runner import answering, serve
 from dataflow.sim.surfaces import bowl
-from dataflow.tools.process import ControllerProcess, stop_all
 from tests.kafka import client
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -28,7 +28,7 @@ def test_the_demo_runs_both_rounds_and_writes_its_summary_trace_and_plot(
 ) -> None:
     env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap}
     run = subprocess.run(
-        [sys.executable, "-m", "dataflow.tools.demo", "--budget", "6", "--output", str(tmp_path)],
+        [sys.executable, "-m", "dataflow.sim.demo", "--budget", "6", "--output", str(tmp_path)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
 
@@ -86,7 +86,7 @@ def test_a_sigterm_to_the_demo_stops_the_controller_it_started(
 ) -> None:
     env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap}
     demo = subprocess.Popen(
-        [sys.executable, "-m", "dataflow.tools.demo", "--output", str(tmp_path)],
+        [sys.executable, "-m", "dataflow.sim.demo", "--output", str(tmp_path)],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:

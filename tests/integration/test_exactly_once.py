@@ -26,8 +26,8 @@ from dataflow.adapters.outbox import FencedError, KafkaLog
 from dataflow.adapters.recovery import EXIT_STALE
 from dataflow.domain import messages as msg
 from dataflow.domain.messages import Instruction, InstructionKind
+from dataflow.sim.process import ControllerProcess
 from dataflow.tools import inspection
-from dataflow.tools.process import ControllerProcess
 from tests.integration.harness import ROOT, Controller, Wiring, factory
 from tests.kafka import client
 from tests.support import RECORDINGS, jsonl

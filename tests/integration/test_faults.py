@@ -24,8 +24,8 @@ from dataflow.adapters.wire import Codec
 from dataflow.domain import dialects
 from dataflow.domain import messages as msg
 from dataflow.domain.messages import Instruction, InstructionKind
+from dataflow.sim import process
 from dataflow.sim.factory import Behaviour
-from dataflow.tools import process
 from tests.integration.harness import ROOT, factory
 from tests.kafka import client
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from dataflow.tools.process import ControllerProcess
+from dataflow.sim.process import ControllerProcess
 from tests.integration.harness import ROOT, Wiring
 
 pytestmark = pytest.mark.integration

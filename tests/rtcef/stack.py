@@ -15,7 +15,7 @@ project's own files only:
   the controller under test, observer, replayer), each with its log in the run
   folder, started in the order they need and all stopped together, by process
   group, on exit, Ctrl-C, SIGTERM or SIGHUP (the controller by its helper,
-  ``dataflow.tools.process``).
+  ``dataflow.sim.process``).
 
 Nothing is written into the vendored tree: Python runs with
 ``PYTHONDONTWRITEBYTECODE`` and every process's working directory is the run folder.
@@ -38,8 +38,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dataflow.tools.process import ControllerProcess, signals_held, stop_all
-from dataflow.tools.process import (
+from dataflow.sim.process import ControllerProcess, signals_held, stop_all
+from dataflow.sim.process import (
     interrupts_as_keyboard_interrupt as interrupts_as_keyboard_interrupt,  # the loops' guard
 )
 from tests.kafka import broker as kafka_broker

@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from dataflow.tools.process import ControllerProcess
+from dataflow.sim.process import ControllerProcess
 
 #: A child that says it is ready, then sleeps (Ctrl-C ends it).
 SLEEPER = "import time; print('ready', flush=True); time.sleep(60)"

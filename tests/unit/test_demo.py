@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import time
@@ -10,8 +11,9 @@ from typing import Any
 
 import pytest
 
+from dataflow.domain import dialects
+from dataflow.sim import demo
 from dataflow.sim.engine import EngineSimulator
-from dataflow.tools import demo
 from dataflow.tools.inspection import SessionView
 
 #: A controller's log events: an OPTIMIZE round of 3 steps, then a RETRAIN round.
@@ -135,3 +137,12 @@ def test_ctrl_c_sigterm_and_sighup_stop_what_the_demo_started(
     assert demo.main(["--output", str(tmp_path)]) == 130
     assert started == ["shutdown"]
     assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGHUP)) == before
+
+
+def test_every_dialect_has_its_stand_ins_record_and_the_domain_record_has_no_stand_in() -> None:
+    from dataflow.domain.dialects.record import Dialect
+    from dataflow.sim.services import SERVICES, Services
+
+    assert set(SERVICES) == set(dialects.REGISTRY)
+    stand_in = {f.name for f in dataclasses.fields(Services)}
+    assert stand_in & {f.name for f in dataclasses.fields(Dialect)} == set()

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from dataflow.tools import process
-from dataflow.tools.process import FLOW
+from dataflow.sim import process
+from dataflow.sim.process import FLOW
 from tests.unit.processes import DEAF, LEAVES_A_CHILD, SLEEPER, StandIn, gone
 
 

@@ -8,9 +8,11 @@ one place per dialect (see ``shared/docs/wire-formats.md``):
 
 A ``Dialect`` names its wire structs (through its decode/encode functions),
 its default topics, its optimiser profile and starting parameters, the
-encodings it is spoken in, its command id format, and what the stand-in
-services (``dataflow.sim``) need to imitate it. Adding a dialect is one new
-module that builds a ``Dialect`` and one line in ``REGISTRY``.
+encodings it is spoken in and its command id format. What its stand-in
+services write is ``dataflow.sim.services``'s; the Avro schemas and keys of a
+dialect that speaks Avro are ``dataflow.adapters.wire``'s. Adding a dialect is
+one new module that builds a ``Dialect``, one line in ``REGISTRY``, and its
+stand-ins' record.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from collections.abc import Mapping
 from typing import Final
 
 from dataflow.domain.dialects import rtcef, seed
-from dataflow.domain.dialects.record import AvroTopic, Dialect, TopicRole
+from dataflow.domain.dialects.record import Dialect, TopicRole
 from dataflow.domain.messages import (
     DEFAULT_MAX_MESSAGE_BYTES,
     Instruction,
@@ -29,7 +31,7 @@ from dataflow.domain.messages import (
 )
 from dataflow.domain.optimizer import Profile
 
-__all__ = ["DIALECTS", "PROFILES", "REGISTRY", "AvroTopic", "Dialect", "TopicRole", "get"]
+__all__ = ["DIALECTS", "PROFILES", "REGISTRY", "Dialect", "TopicRole", "get"]
 
 #: Every dialect, by name. The first is the default.
 REGISTRY: Final[Mapping[str, Dialect]] = {d.name: d for d in (seed.DIALECT, rtcef.DIALECT)}
@@ -38,8 +40,6 @@ DIALECTS: Final = tuple(REGISTRY)
 PROFILES: Final[Mapping[str, Profile]] = {d.profile.name: d.profile for d in REGISTRY.values()}
 if len(PROFILES) != len(REGISTRY):
     raise ValueError("two dialects' profiles share a name: name each profile after its dialect")
-if any(("avro" in d.encodings) != (d.avro is not None) for d in REGISTRY.values()):
-    raise ValueError("a dialect speaks avro exactly when its record names its Avro topics")
 
 
 def get(name: str) -> Dialect:

@@ -12,9 +12,8 @@ from typing import Final
 
 import msgspec
 
-from dataflow.domain.dialects.record import AvroTopic, Dialect
+from dataflow.domain.dialects.record import Dialect
 from dataflow.domain.messages import (
-    FactoryCommand,
     Instruction,
     InstructionKind,
     Rejection,
@@ -95,23 +94,6 @@ def encode_instruction(instruction: Instruction) -> bytes:
     return encode_json(InstructionWire(ident, word, instruction.timestamp))
 
 
-def success_report(
-    command: FactoryCommand, model: int, params_dict: str, metrics: str, method: str | None
-) -> ReportWire:
-    """The four fields."""
-    return ReportWire(int(command.id), params_dict, model, metrics)
-
-
-def error_report(command: FactoryCommand, reason: str) -> None:
-    """None: the original factories have no error reports, an error is silence."""
-    return None
-
-
-def train_params_dict(command: FactoryCommand) -> str:
-    """The command's params text, ``{"params": ...}`` wrapper kept (as the originals do)."""
-    return command.params
-
-
 DIALECT: Final = Dialect(
     name="rtcef",
     summary="the original RTCEF services",
@@ -124,20 +106,8 @@ DIALECT: Final = Dialect(
     profile=PROFILE,
     initial_params=(("confidence", 0.25), ("order", 3), ("pmin", 0.005), ("gamma", 0.005)),
     encodings=("json", "avro"),
-    # fastavro.schemaless_writer for value and key alike, keys built from these fields.
-    avro={
-        "instructions": AvroTopic("optimiser_instructions", ("id",)),
-        "commands": AvroTopic("factory_commands", ("id",)),
-        "reports": AvroTopic("factory_reports", ("reply_id",)),
-        "sync": AvroTopic("engine_sync", ("timestamp", "type")),
-    },
     command_id=command_id,
     decode_instruction=decode_instruction,
     decode_report_wire=decode_report_wire,
     encode_instruction=encode_instruction,
-    instruction_kinds=frozenset({InstructionKind.OPTIMIZE, InstructionKind.RETRAIN}),
-    model_ids=False,
-    success_report=success_report,
-    error_report=error_report,
-    train_params_dict=train_params_dict,
 )

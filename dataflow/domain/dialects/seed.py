@@ -8,14 +8,12 @@ Command ids are strings ``"cmd-N"``.
 
 from __future__ import annotations
 
-import json
 from typing import Any, Final
 
 import msgspec
 
 from dataflow.domain.dialects.record import Dialect
 from dataflow.domain.messages import (
-    FactoryCommand,
     Instruction,
     InstructionKind,
     Rejection,
@@ -118,31 +116,6 @@ def encode_instruction(instruction: Instruction) -> bytes:
     )
 
 
-def success_report(
-    command: FactoryCommand, model: int, params_dict: str, metrics: str, method: str | None
-) -> ReportWire:
-    """A ``status: success`` report; a built model names its path and how it was made."""
-    return ReportWire(
-        reply_id=command.id,
-        params_dict=params_dict,
-        model_id=model,
-        metrics=metrics,
-        status="success",
-        model_path=f"/models/wayeb_{model}.model" if method else None,
-        creation_method=method if command.type == "opt_finalise" else None,
-    )
-
-
-def error_report(command: FactoryCommand, reason: str) -> ReportWire:
-    """A ``status: error`` report."""
-    return ReportWire(command.id, status="error", error=reason)
-
-
-def train_params_dict(command: FactoryCommand) -> str:
-    """The parameters without the command's ``{"params": ...}`` wrapper."""
-    return json.dumps(json.loads(command.params)["params"])
-
-
 DIALECT: Final = Dialect(
     name="seed",
     summary="the Flink/Java services of the PyFlink port",
@@ -155,14 +128,8 @@ DIALECT: Final = Dialect(
     profile=PROFILE,
     initial_params=(("pMin", 0.05), ("gamma", 0.001)),
     encodings=("json",),
-    avro=None,
     command_id=command_id,
     decode_instruction=decode_instruction,
     decode_report_wire=decode_report_wire,
     encode_instruction=encode_instruction,
-    instruction_kinds=frozenset(InstructionKind),
-    model_ids=True,
-    success_report=success_report,
-    error_report=error_report,
-    train_params_dict=train_params_dict,
 )

@@ -2,7 +2,7 @@
 
 Role: a newcomer's first run (``just run``). Needs a broker address in
 ``KAFKA_BOOTSTRAP_SERVERS`` (the Justfile recipe starts a local one). Starts the
-controller as ``python -m bytewax.run`` with recovery on (``dataflow.tools.process``),
+controller as ``python -m bytewax.run`` with recovery on (``dataflow.sim.process``),
 answers its commands with the factory stand-in (a surface with a known optimum),
 follows its pause/play with the engine stand-in, prints live progress and a summary, and
 writes the trace (JSON and CSV) and a convergence plot (PNG) to an output folder.
@@ -35,15 +35,15 @@ from dataflow.domain import dialects
 from dataflow.domain import messages as msg
 from dataflow.sim.engine import EngineSimulator
 from dataflow.sim.factory import Behaviour, FactorySimulator
+from dataflow.sim.process import ControllerProcess, interrupts_as_keyboard_interrupt
 from dataflow.sim.runner import answering, messages, serve
 from dataflow.sim.surfaces import SYNTHETIC
 from dataflow.tools import inspection
 from dataflow.tools.inspection import SessionView
-from dataflow.tools.process import ControllerProcess, interrupts_as_keyboard_interrupt
 
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m dataflow.tools.demo", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m dataflow.sim.demo", description=__doc__)
     parser.add_argument("--dialect", choices=dialects.DIALECTS, default="seed")
     parser.add_argument(
         "--encoding",
