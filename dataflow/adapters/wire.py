@@ -110,15 +110,10 @@ class Codec:
         """Whether messages are schemaless Avro."""
         return self.encoding == "avro"
 
-    def _json_of(
+    def _payload(
         self, role: dialects.TopicRole, data: bytes, what: str, max_bytes: int
-    ) -> bytes | msg.Rejection:
-        """The message as JSON text, size-checked once, on the wire.
-
-        The JSON decoders then get the text's own length as their limit: an Avro
-        record's JSON form is larger than its wire bytes and must not be refused
-        for that.
-        """
+    ) -> msg.Payload | msg.Rejection:
+        """The message, size-checked on the wire: its JSON bytes, or its Avro record."""
         too_large = msg.oversized(data, what, max_bytes)
         if too_large is not None:
             return too_large
@@ -127,7 +122,7 @@ class Codec:
         record = avro_read(self.dialect, role, "value", data)
         if isinstance(record, str):
             return msg.Rejection(f"{what}: {record}")
-        return msgspec.json.encode(record)
+        return record
 
     # ------------------------------------------------------------------ inputs
 
@@ -135,10 +130,10 @@ class Codec:
         self, data: bytes, max_bytes: int = msg.DEFAULT_MAX_MESSAGE_BYTES
     ) -> msg.Instruction | msg.Rejection:
         """An Observer instruction."""
-        text = self._json_of("instructions", data, "instruction", max_bytes)
-        if isinstance(text, msg.Rejection):
-            return text
-        return dialects.decode_instruction(text, self.dialect, len(text))
+        payload = self._payload("instructions", data, "instruction", max_bytes)
+        if isinstance(payload, msg.Rejection):
+            return payload
+        return dialects.decode_instruction(payload, self.dialect, max_bytes)
 
     def decode_report(
         self, data: bytes, max_bytes: int = msg.DEFAULT_MAX_MESSAGE_BYTES
@@ -149,10 +144,10 @@ class Codec:
         while reports carry a ``long``) is refused here: accepted, it would make
         the play unwritable and crash the flow on every replay.
         """
-        text = self._json_of("reports", data, "report", max_bytes)
-        if isinstance(text, msg.Rejection):
-            return text
-        report = dialects.decode_report(text, self.dialect, len(text))
+        payload = self._payload("reports", data, "report", max_bytes)
+        if isinstance(payload, msg.Rejection):
+            return payload
+        report = dialects.decode_report(payload, self.dialect, max_bytes)
         model = report.model_id if isinstance(report, msg.Report) else None
         if self.avro and isinstance(model, int) and not _INT32[0] <= model <= _INT32[1]:
             return msg.Rejection(
@@ -164,11 +159,12 @@ class Codec:
         self, data: bytes, max_bytes: int = msg.DEFAULT_MAX_MESSAGE_BYTES
     ) -> msg.Deadline | msg.Rejection:
         """A deadline marker the controller wrote to the report topic (``encode_deadline``)."""
-        text = self._json_of("reports", data, "deadline marker", max_bytes)
-        if isinstance(text, msg.Rejection):
-            return text
+        payload = self._payload("reports", data, "deadline marker", max_bytes)
+        if isinstance(payload, msg.Rejection):
+            return payload
         try:
-            named = json.loads(json.loads(text)["metrics"])[DEADLINE_FIELD]
+            record = payload if isinstance(payload, dict) else json.loads(payload)
+            named = json.loads(record["metrics"])[DEADLINE_FIELD]
         except (ValueError, KeyError, TypeError) as error:
             return msg.Rejection(f"deadline marker: `$.metrics.{DEADLINE_FIELD}` unreadable "
                                  f"({type(error).__name__}: {error})")  # fmt: skip
@@ -179,17 +175,17 @@ class Codec:
 
     def decode_command(self, data: bytes) -> msg.FactoryCommand | msg.Rejection:
         """A factory command (read by the factory stand-in and the tests)."""
-        text = self._json_of("commands", data, "command", msg.DEFAULT_MAX_MESSAGE_BYTES)
-        if isinstance(text, msg.Rejection):
-            return text
-        return msg.decode_command(text)
+        payload = self._payload("commands", data, "command", msg.DEFAULT_MAX_MESSAGE_BYTES)
+        if isinstance(payload, msg.Rejection):
+            return payload
+        return msg.decode_command(payload)
 
     def decode_sync(self, data: bytes) -> msg.SyncMessage | msg.Rejection:
         """A pause/play message (read by the engine stand-in and the tests)."""
-        text = self._json_of("sync", data, "sync", msg.DEFAULT_MAX_MESSAGE_BYTES)
-        if isinstance(text, msg.Rejection):
-            return text
-        return msg.decode_sync(text)
+        payload = self._payload("sync", data, "sync", msg.DEFAULT_MAX_MESSAGE_BYTES)
+        if isinstance(payload, msg.Rejection):
+            return payload
+        return msg.decode_sync(payload)
 
     # ------------------------------------------------------------------ outputs
 
@@ -230,10 +226,10 @@ class Codec:
 
     def encode_instruction(self, instruction: msg.Instruction) -> tuple[bytes | None, bytes]:
         """An Observer instruction's key and value (the Observer stand-in writes these)."""
-        value = dialects.encode_instruction(instruction, self.dialect)
+        record = dialects.get(self.dialect).encode_instruction(instruction)
         if not self.avro:
-            return None, value
-        return self._avro("instructions", json.loads(value))
+            return None, msg.encode_json(record)
+        return self._avro("instructions", msgspec.structs.asdict(record))
 
     def _avro(self, role: dialects.TopicRole, record: dict[str, Any]) -> tuple[bytes, bytes]:
         key = {name: record[name] for name in AVRO_KEYS[self.dialect][role]}

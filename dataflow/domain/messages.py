@@ -170,8 +170,22 @@ def oversized(data: bytes, what: str, max_bytes: int) -> Rejection | None:
     return None
 
 
-def decode_json(data: bytes, wire: type[_T], what: str, max_bytes: int) -> _T | Rejection:
-    """``data`` as the JSON struct ``wire``, or why not (too large, not JSON, wrong fields)."""
+#: A message as it reaches a decoder: JSON bytes, or the record another encoding (the
+#: originals' Avro) was read into, converted to the wire struct directly.
+Payload: TypeAlias = bytes | dict[str, Any]
+
+
+def decode_payload(data: Payload, wire: type[_T], what: str, max_bytes: int) -> _T | Rejection:
+    """``data`` as the wire struct ``wire``, or why not (too large, not JSON, wrong fields).
+
+    A record (already read from Avro, whose bytes were size-checked) is converted with
+    the same validation as JSON text is decoded with.
+    """
+    if isinstance(data, dict):
+        try:
+            return msgspec.convert(data, wire)
+        except msgspec.ValidationError as error:
+            return Rejection(f"{what}: {error}")
     too_large = oversized(data, what, max_bytes)
     if too_large is not None:
         return too_large
@@ -323,10 +337,10 @@ def encode_command(command: FactoryCommand) -> bytes:
 
 
 def decode_command(
-    data: bytes, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    data: Payload, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
 ) -> FactoryCommand | Rejection:
     """Decode a factory command (the factory stand-in and the tests read them)."""
-    command = decode_json(data, FactoryCommand, "command", max_bytes)
+    command = decode_payload(data, FactoryCommand, "command", max_bytes)
     if isinstance(command, FactoryCommand) and command.type not in set(CommandType):
         return Rejection(f"command: `$.type` has unknown command type {command.type[:32]!r}")
     return command
@@ -337,9 +351,11 @@ def encode_sync(sync: SyncMessage) -> bytes:
     return encode_json(sync)
 
 
-def decode_sync(data: bytes, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> SyncMessage | Rejection:
+def decode_sync(
+    data: Payload, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+) -> SyncMessage | Rejection:
     """Decode a pause/play message; any type but the two words is rejected."""
-    sync = decode_json(data, SyncMessage, "sync", max_bytes)
+    sync = decode_payload(data, SyncMessage, "sync", max_bytes)
     if isinstance(sync, SyncMessage) and sync.type not in set(SyncType):
         return Rejection(f"sync: `$.type` has unknown sync type {sync.type[:32]!r}")
     return sync

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from dataflow.domain import dialects
@@ -226,3 +228,17 @@ def test_an_encoded_instruction_decodes_back_to_itself(dialect: str) -> None:
         dialects.decode_instruction(dialects.encode_instruction(instruction, dialect), dialect)
         == instruction
     )
+
+
+def test_a_decoded_record_is_converted_directly_with_the_same_rejections_as_json() -> None:
+    from dataflow.domain.messages import decode_payload
+
+    record = {"reply_id": 7, "params_dict": "{}", "model_id": 3, "metrics": "{}"}
+    assert decode_payload(record, rtcef.ReportWire, "report", 10) == rtcef.ReportWire(
+        7, "{}", 3, "{}"
+    )  # a record is never size-checked again: its bytes were, on the wire
+    wrong = {**record, "reply_id": "7"}
+    as_json = json.dumps(wrong).encode()
+    assert decode_payload(wrong, rtcef.ReportWire, "report", 1000) == decode_payload(
+        as_json, rtcef.ReportWire, "report", 1000
+    ) == Rejection("report: Expected `int`, got `str` - at `$.reply_id`")  # fmt: skip

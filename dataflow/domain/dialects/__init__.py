@@ -25,8 +25,10 @@ from dataflow.domain.dialects.record import Dialect, TopicRole
 from dataflow.domain.messages import (
     DEFAULT_MAX_MESSAGE_BYTES,
     Instruction,
+    Payload,
     Rejection,
     Report,
+    encode_json,
     report_from_wire,
 )
 from dataflow.domain.optimizer import Profile
@@ -51,14 +53,14 @@ def get(name: str) -> Dialect:
 
 
 def decode_instruction(
-    data: bytes, dialect: str, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    data: Payload, dialect: str, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
 ) -> Instruction | Rejection:
     """An Observer instruction in ``dialect``; unknown words are rejected, not guessed."""
     return get(dialect).decode_instruction(data, max_bytes)
 
 
 def decode_report(
-    data: bytes, dialect: str, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    data: Payload, dialect: str, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
 ) -> Report | Rejection:
     """A factory report in ``dialect``, its JSON-text fields (metrics, params) parsed."""
     wire = get(dialect).decode_report_wire(data, max_bytes)
@@ -66,5 +68,5 @@ def decode_report(
 
 
 def encode_instruction(instruction: Instruction, dialect: str) -> bytes:
-    """An instruction as ``dialect``'s Observer writes it (the stand-ins use this)."""
-    return get(dialect).encode_instruction(instruction)
+    """An instruction as ``dialect``'s Observer writes it in JSON (the stand-ins use this)."""
+    return encode_json(get(dialect).encode_instruction(instruction))

@@ -6,9 +6,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal, TypeAlias
 
+import msgspec
+
 from dataflow.domain.messages import (
     Instruction,
     Params,
+    Payload,
     Rejection,
     ReportWire,
 )
@@ -36,9 +39,10 @@ class Dialect:
     encodings: tuple[str, ...]
     #: The wire form of command counter ``n`` (``command_number`` reads both forms back).
     command_id: Callable[[int], int | str]
-    #: Observer record -> instruction (``max_bytes`` bounds the input before parsing).
-    decode_instruction: Callable[[bytes, int], Instruction | Rejection]
-    #: Report bytes -> the dialect's exact report struct (re-encodes to the same JSON).
-    decode_report_wire: Callable[[bytes, int], ReportWire | Rejection]
-    #: Instruction -> Observer record; ``ValueError`` if the dialect cannot say it.
-    encode_instruction: Callable[[Instruction], bytes]
+    #: Observer record (JSON bytes or a decoded record) -> instruction (``max_bytes``
+    #: bounds JSON bytes before parsing).
+    decode_instruction: Callable[[Payload, int], Instruction | Rejection]
+    #: Report (JSON bytes or a decoded record) -> the dialect's exact report struct.
+    decode_report_wire: Callable[[Payload, int], ReportWire | Rejection]
+    #: Instruction -> the Observer's record struct; ``ValueError`` if it cannot say it.
+    encode_instruction: Callable[[Instruction], msgspec.Struct]

@@ -16,9 +16,9 @@ from dataflow.domain.dialects.record import Dialect
 from dataflow.domain.messages import (
     Instruction,
     InstructionKind,
+    Payload,
     Rejection,
-    decode_json,
-    encode_json,
+    decode_payload,
     instruction_from,
 )
 from dataflow.domain.optimizer import Dimension, Profile
@@ -72,26 +72,26 @@ def command_id(number: int) -> int:
     return number
 
 
-def decode_instruction(data: bytes, max_bytes: int) -> Instruction | Rejection:
+def decode_instruction(data: Payload, max_bytes: int) -> Instruction | Rejection:
     """An Observer record."""
-    rtcef = decode_json(data, InstructionWire, "instruction", max_bytes)
+    rtcef = decode_payload(data, InstructionWire, "instruction", max_bytes)
     if isinstance(rtcef, Rejection):
         return rtcef
     return instruction_from(rtcef.instruction, "instruction", rtcef.timestamp, rtcef.id)
 
 
-def decode_report_wire(data: bytes, max_bytes: int) -> ReportWire | Rejection:
+def decode_report_wire(data: Payload, max_bytes: int) -> ReportWire | Rejection:
     """A report in its exact wire shape."""
-    return decode_json(data, ReportWire, "report", max_bytes)
+    return decode_payload(data, ReportWire, "report", max_bytes)
 
 
-def encode_instruction(instruction: Instruction) -> bytes:
+def encode_instruction(instruction: Instruction) -> InstructionWire:
     """As the original Observer writes it; it has no update_params."""
     word = _WORDS.get(instruction.kind)
     if word is None:
         raise ValueError("the rtcef dialect has no update_params instruction")
     ident = instruction.id if isinstance(instruction.id, int) else None
-    return encode_json(InstructionWire(ident, word, instruction.timestamp))
+    return InstructionWire(ident, word, instruction.timestamp)
 
 
 DIALECT: Final = Dialect(

@@ -16,9 +16,9 @@ from dataflow.domain.dialects.record import Dialect
 from dataflow.domain.messages import (
     Instruction,
     InstructionKind,
+    Payload,
     Rejection,
-    decode_json,
-    encode_json,
+    decode_payload,
     instruction_from,
     numeric_params,
 )
@@ -71,9 +71,9 @@ def command_id(number: int) -> str:
     return f"cmd-{number}"
 
 
-def decode_instruction(data: bytes, max_bytes: int) -> Instruction | Rejection:
+def decode_instruction(data: Payload, max_bytes: int) -> Instruction | Rejection:
     """An Observer record: its word from ``instruction_type``, else ``instruction``."""
-    seed = decode_json(data, InstructionWire, "instruction", max_bytes)
+    seed = decode_payload(data, InstructionWire, "instruction", max_bytes)
     if isinstance(seed, Rejection):
         return seed
     word, field = (
@@ -97,22 +97,20 @@ def decode_instruction(data: bytes, max_bytes: int) -> Instruction | Rejection:
     return decoded
 
 
-def decode_report_wire(data: bytes, max_bytes: int) -> ReportWire | Rejection:
+def decode_report_wire(data: Payload, max_bytes: int) -> ReportWire | Rejection:
     """A report in its exact wire shape."""
-    return decode_json(data, ReportWire, "report", max_bytes)
+    return decode_payload(data, ReportWire, "report", max_bytes)
 
 
-def encode_instruction(instruction: Instruction) -> bytes:
+def encode_instruction(instruction: Instruction) -> InstructionWire:
     """As the seed Observer writes it (both word fields, lower case)."""
-    return encode_json(
-        InstructionWire(
-            id=instruction.id,
-            timestamp=instruction.timestamp,
-            instruction_type=instruction.kind.lower(),
-            instruction=instruction.kind.lower(),
-            model_id=instruction.model_id,
-            parameters=dict(instruction.parameters) if instruction.parameters else None,
-        )
+    return InstructionWire(
+        id=instruction.id,
+        timestamp=instruction.timestamp,
+        instruction_type=instruction.kind.lower(),
+        instruction=instruction.kind.lower(),
+        model_id=instruction.model_id,
+        parameters=dict(instruction.parameters) if instruction.parameters else None,
     )
 
 
