@@ -34,7 +34,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial
-from pathlib import Path
 from typing import Any, TypeAlias
 
 import bytewax.operators as op
@@ -71,6 +70,7 @@ from dataflow.adapters.recovery import (
     TICKS_STEP,
     Claim,
 )
+from dataflow.adapters.runtime import bytewax_epoch_interval, bytewax_recovery
 from dataflow.adapters.sources import EpochClock, PacedKafkaSource, TickSource
 from dataflow.domain import machine
 from dataflow.domain import messages as msg
@@ -309,42 +309,6 @@ def build_flow(settings: Settings, io: FlowIO) -> Dataflow:
     )
     op.output(OUTPUTS_STEP, op.map("to_outbox", messages, _keyed), io.outputs)
     return flow
-
-
-def _bytewax_run_kwargs() -> dict[str, Any] | None:
-    """What ``python -m bytewax.run`` parsed from its command line, if this process is one.
-
-    ``bytewax.run`` works its options out into its module's ``kwargs`` before it
-    imports the flow; ``python -m bytewax.testing -p N`` runs N of those. Elsewhere
-    (``bytewax.testing.run_main``, ``cluster_main``) ``None``. Bytewax offers no API
-    for it: this reads a private module global, checked by ``tests/flow``.
-    """
-    main = sys.modules.get("__main__")
-    spec = getattr(main, "__spec__", None)
-    if spec is None or spec.name != "bytewax.run":
-        return None
-    kwargs = getattr(main, "kwargs", None)
-    return kwargs if isinstance(kwargs, dict) else None
-
-
-def bytewax_epoch_interval() -> timedelta | None:
-    """The epoch interval of the ``python -m bytewax.run`` this process is, if it is one.
-
-    ``-s``, or 10 s without recovery; ``None`` elsewhere: the inputs' epochs are left
-    unaligned.
-    """
-    interval = (_bytewax_run_kwargs() or {}).get("epoch_interval")
-    return interval if isinstance(interval, timedelta) and interval > timedelta(0) else None
-
-
-def bytewax_recovery() -> tuple[Path | None, int]:
-    """The recovery directory (``-r``) of this ``bytewax.run`` process, and its process id."""
-    kwargs = _bytewax_run_kwargs() or {}
-    config = kwargs.get("recovery_config")
-    directory = getattr(config, "db_dir", None)
-    process = kwargs.get("process_id")
-    return (None if directory is None else Path(directory),
-            process if isinstance(process, int) else 0)  # fmt: skip
 
 
 def single_threaded_numerics() -> threadpool_limits:

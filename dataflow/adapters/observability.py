@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import sys
 from typing import Any, Final
 
@@ -105,14 +106,19 @@ def record_note(note: Note) -> None:
     log.log(level, note.kind.replace("_", " "), extra={"fields": fields})
     if note.kind == "round_started":
         ROUNDS_STARTED.labels(note.key, note.detail).inc()
-        BEST_SCORE.labels(note.key).set(float("nan"))
+        _BEST[note.key] = math.nan
+        BEST_SCORE.labels(note.key).set(math.nan)
     elif note.kind == "score" and note.value is not None:
-        gauge = BEST_SCORE.labels(note.key)
-        current = gauge._value.get()
-        if not current <= note.value:  # NaN-safe: a fresh round starts at NaN
-            gauge.set(note.value)
+        if not _BEST.get(note.key, math.nan) <= note.value:  # NaN-safe: a round starts at NaN
+            _BEST[note.key] = note.value
+            BEST_SCORE.labels(note.key).set(note.value)
     elif note.kind in _COUNTERS:
         _COUNTERS[note.kind].labels(note.key).inc()
+
+
+#: The best score of each session's round so far, as ``BEST_SCORE`` shows it (the client
+#: library offers no public read of a gauge's value).
+_BEST: dict[str, float] = {}
 
 
 def record_dead_letter(stage: str, reason: str, fields: dict[str, Any]) -> None:

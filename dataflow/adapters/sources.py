@@ -41,7 +41,7 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
-from bytewax.connectors.kafka import KafkaSource, _list_parts
+from bytewax.connectors.kafka import KafkaSource
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from confluent_kafka import OFFSET_BEGINNING
 from confluent_kafka.admin import AdminClient
@@ -71,7 +71,7 @@ def _now() -> datetime:
 class EpochClock:
     """When the input partitions of one process began their epochs, so that they end them together.
 
-    ``interval`` is Bytewax's epoch interval (``-s``, ``flow.bytewax_epoch_interval``);
+    ``interval`` is Bytewax's epoch interval (``-s``, ``runtime.bytewax_epoch_interval``);
     without it the clock aligns nothing and only measures. Partitions count the
     epochs they have ended since they were built; all of a flow's partitions are
     built at its start, in the same epoch, so equal counts are the same epoch. One
@@ -275,6 +275,24 @@ CONSUMER_ONLY: Final = frozenset(
 _NOT_FOR_LISTER: Final = CONSUMER_ONLY | {"logger"}
 
 
+def partition_names(admin: AdminClient, topics: list[str]) -> list[str]:
+    """Every partition of ``topics`` as ``KafkaSource`` names it: ``"<index>-<topic>"``.
+
+    The names are Bytewax's recovery keys for the input's offsets (``build_part``
+    parses them back), so they must stay exactly this; a test pins the format
+    against ``KafkaSource.build_part``. Topics are listed one by one, so that a
+    broker that creates topics on first use does so.
+    """
+    names = []
+    for topic in topics:
+        metadata = admin.list_topics(topic).topics[topic]
+        if metadata.error is not None:
+            raise RuntimeError(f"error listing partitions for Kafka topic {topic!r}: "
+                               f"{metadata.error.str()}")  # fmt: skip
+        names += [f"{index}-{topic}" for index in metadata.partitions]
+    return names
+
+
 class PacedKafkaSource(KafkaSource):
     """Bytewax's ``KafkaSource`` (same partitions and resume state), paced when idle.
 
@@ -285,10 +303,12 @@ class PacedKafkaSource(KafkaSource):
     """
 
     def __init__(
-        self, *args: Any, idle_wait: timedelta, clock: EpochClock | None = None,
+        self, brokers: list[str], topics: list[str], *, add_config: dict[str, str],
+        idle_wait: timedelta, clock: EpochClock | None = None,
         start: Mapping[int, int] | None = None, **kwargs: Any,
     ) -> None:  # fmt: skip
-        super().__init__(*args, **kwargs)
+        super().__init__(brokers, topics, add_config=add_config, **kwargs)
+        self.brokers, self.topics, self.add_config = list(brokers), list(topics), dict(add_config)
         self.idle_wait = idle_wait
         self.clock = clock or EpochClock()
         self.start = dict(start or {})
@@ -299,13 +319,13 @@ class PacedKafkaSource(KafkaSource):
         Bytewax gives its admin client every consumer setting, and librdkafka logs a
         ``CONFWARN`` line for each one a non-consumer ignores, on every start.
         """
-        config: dict[str, str | int | float | bool] = {"bootstrap.servers": ",".join(self._brokers)}
-        config.update((k, v) for k, v in self._add_config.items() if k not in _NOT_FOR_LISTER)
+        config: dict[str, str | int | float | bool] = {"bootstrap.servers": ",".join(self.brokers)}
+        config.update((k, v) for k, v in self.add_config.items() if k not in _NOT_FOR_LISTER)
         return config
 
     @override
     def list_parts(self) -> list[str]:
-        return list(_list_parts(AdminClient(self.admin_config()), self._topics))
+        return partition_names(AdminClient(self.admin_config()), self.topics)
 
     @override
     def build_part(  # type: ignore[override]

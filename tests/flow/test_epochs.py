@@ -26,8 +26,9 @@ from bytewax.testing import TestingSink, run_main
 
 from dataflow.adapters.config import Settings
 from dataflow.adapters.origin import Origin
+from dataflow.adapters.runtime import bytewax_epoch_interval
 from dataflow.adapters.sources import EpochClock, TickSource
-from dataflow.flow import bytewax_epoch_interval, kafka_io
+from dataflow.flow import kafka_io
 
 EPOCH = timedelta(milliseconds=100)
 RUN_S = 3.0

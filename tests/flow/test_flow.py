@@ -266,9 +266,9 @@ CAPTURED: dict[str, object] = {}
 
 def capture_bytewax_run() -> None:
     """A flow factory that records what the flow reads of ``bytewax.run``, then stops."""
-    from dataflow import flow
+    from dataflow.adapters import runtime
 
-    CAPTURED.update(recovery=flow.bytewax_recovery(), interval=flow.bytewax_epoch_interval())
+    CAPTURED.update(recovery=runtime.bytewax_recovery(), interval=runtime.bytewax_epoch_interval())
     raise SystemExit(0)
 
 
