@@ -106,3 +106,33 @@ def command_fields(command: Any) -> dict[str, Any]:
     if fields["type"] == "train":
         fields["params"] = get("params")
     return fields
+
+
+def wait_for_snapshots(
+    directories: Path | list[Path], holds: Any, timeout: float = 60.0
+) -> list[Any]:
+    """The sessions' newest snapshots, once they satisfy ``holds``; read as the inspector does.
+
+    ``holds`` takes the ``SessionView``s of every session in ``directories``; a
+    partition not written yet (or locked by the writer for a moment) reads as none.
+    Raises ``AssertionError`` with the last views if the condition never holds.
+    """
+    import sqlite3
+    import time
+
+    from dataflow.tools import inspection
+
+    paths = [directories] if isinstance(directories, Path) else directories
+    deadline, views = time.monotonic() + timeout, []
+    while True:
+        views = []
+        for path in paths:
+            try:
+                views += inspection.sessions(path)
+            except (FileNotFoundError, sqlite3.Error):
+                continue  # no partition here (yet), or the writer holds it a moment
+        if holds(views):
+            return views
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no snapshot in {timeout} s satisfied the condition: {views}")
+        time.sleep(0.1)

@@ -18,7 +18,7 @@ import yaml
 from dataflow.adapters.config import VARIABLES, Settings
 from tests.kafka import client
 from tests.kafka.broker import free_port
-from tests.support import ROOT
+from tests.support import ROOT, wait_for_snapshots
 
 K8S = ROOT / "k8s"
 BIN = Path(sys.executable).parent
@@ -238,7 +238,8 @@ def test_the_entrypoint_starts_the_flow_with_the_manifest_variables(
         client.produce(kafka_bootstrap, topics["INSTRUCTION_TOPIC"],
                        [b'{"instruction_type": "retrain", "timestamp": 9}'])  # fmt: skip
         (pause,) = client.read_messages(kafka_bootstrap, topics["SYNC_TOPIC"], count=1, timeout=60)
-        time.sleep(6)  # past the manifests' 5 s snapshot interval: the partition was written
+        # The manifests snapshot every 5 s: the round (paused, training) reaches the volume.
+        wait_for_snapshots(tmp_path, lambda views: any(v.phase == "TRAINING" for v in views))
         probe = subprocess.run(
             [sys.executable, "-m", "dataflow.tools.probe", "--max-age", "6"], cwd=ROOT,
             env={"BYTEWAX_RECOVERY_DIRECTORY": str(tmp_path), "BYTEWAX_REPLICAS": "1"},

@@ -19,6 +19,7 @@ from dataflow.domain import messages as msg
 from dataflow.tools import inspection
 from tests.integration.harness import ROOT, factory
 from tests.kafka import client
+from tests.support import wait_for_snapshots
 
 pytestmark = pytest.mark.integration
 
@@ -152,7 +153,8 @@ def test_the_inspector_shows_a_session_caught_mid_round(wiring_factory, controll
         wiring.send_instruction(msg.Instruction(msg.InstructionKind.OPTIMIZE, 5, 1))
         client.read_messages(wiring.bootstrap, wiring.commands, count=4, timeout=60)
         wiring.send_instruction(msg.Instruction(msg.InstructionKind.RETRAIN, 6, 2))
-        time.sleep(2.5)  # a snapshot (every second) after the queued instruction
+        wait_for_snapshots(controller.recovery, lambda views: any(  # the queued instruction
+            v.pending and v.outstanding and "'cmd-3'" in v.outstanding for v in views))  # fmt: skip
         controller.kill()
         release.set()
 

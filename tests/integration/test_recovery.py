@@ -16,6 +16,7 @@ from tests.data import make_recovery_v1
 from tests.integration.harness import Controller, Wiring, factory
 from tests.kafka import broker as harness
 from tests.kafka import client
+from tests.support import wait_for_snapshots
 
 pytestmark = pytest.mark.integration
 
@@ -49,7 +50,9 @@ def test_a_round_killed_mid_way_completes_after_restart_and_loses_no_instruction
         controller.start()
         wiring.send_instruction(Instruction(InstructionKind.OPTIMIZE, 1000, 1))
         _wait_for_command(wiring, held)
-        time.sleep(1.5)  # let at least one snapshot (every 1 s) include the round
+        # A snapshot holds the round with the held command sent (rtcef ids are the counter).
+        wait_for_snapshots(controller.recovery, lambda views: any(
+            view.next_command > held for view in views))  # fmt: skip
         controller.kill()
         # Sent while the controller is down: it must be read and queued after restart.
         wiring.send_instruction(Instruction(InstructionKind.RETRAIN, 2000, 2))

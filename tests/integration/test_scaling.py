@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import time
 from collections import defaultdict
+from functools import partial
 
 import pytest
 
@@ -11,7 +11,9 @@ from dataflow.adapters import recovery
 from dataflow.adapters.kafka import SESSION_HEADER
 from dataflow.domain import messages as msg
 from dataflow.domain.messages import Instruction, InstructionKind
+from dataflow.tools.inspection import SessionView
 from tests.integration.harness import Cluster, factory
+from tests.support import wait_for_snapshots
 
 pytestmark = pytest.mark.integration
 
@@ -53,6 +55,11 @@ def test_three_sessions_run_their_rounds_side_by_side(
 KEYS = ("m1", "m2", "m3", "m4", "m5", "m6")
 
 
+def _ended(round_: int, views: list[SessionView]) -> bool:
+    """Every session's newest snapshot is idle after round ``round_`` (0-based)."""
+    return sorted(v.key for v in views if v.phase == "IDLE" and v.round > round_) == sorted(KEYS)
+
+
 def test_the_process_count_goes_3_2_4_and_every_session_resumes_where_it_was(
     wiring_factory, tmp_path
 ) -> None:
@@ -70,7 +77,8 @@ def test_the_process_count_goes_3_2_4_and_every_session_resumes_where_it_was(
                     ts = 1000 * (round_ + 1) + index
                     wiring.send_instruction(Instruction(InstructionKind.OPTIMIZE, ts, model_id=key))
                 wiring.wait_for_plays(len(KEYS) * (round_ + 1), timeout=240)
-                time.sleep(3)  # a snapshot (every 1 s) holds the round's end
+                # A snapshot holds every session's round ended (its play is on the topic).
+                wait_for_snapshots(cluster.volumes(max(3, processes)), partial(_ended, round_))
                 cluster.stop()
     finally:
         cluster.stop()

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from dataflow.adapters.wire import Codec
 from dataflow.domain import dialects
 from dataflow.domain import machine as m
+from dataflow.domain import messages as msg
 from dataflow.domain.errors import DomainError
 from dataflow.domain.messages import (
     Instruction,
@@ -153,7 +154,44 @@ def test_no_bytes_make_a_decoder_raise(data: bytes) -> None:
     for codec in (Codec("seed"), Codec("rtcef"), Codec("rtcef", "avro")):
         for decode in (codec.decode_instruction, codec.decode_report, codec.decode_command,
                        codec.decode_sync, codec.decode_deadline):  # fmt: skip
-            decode(data)  # a value or a Rejection, never an exception
+            _check_decoded(decode.__name__, decode(data))
+
+
+#: What each decoder returns when it accepts, and how its rejections begin.
+DECODED = {
+    "decode_instruction": (msg.Instruction, "instruction: "),
+    "decode_report": (msg.Report, "report: "),
+    "decode_command": (msg.FactoryCommand, "command: "),
+    "decode_sync": (msg.SyncMessage, "sync: "),
+    "decode_deadline": (msg.Deadline, "deadline marker: "),
+}
+
+
+def _check_decoded(decoder: str, result: object) -> None:
+    """A well-formed value of the decoder's type, or a rejection that says what it refused."""
+    kind, prefix = DECODED[decoder]
+    if isinstance(result, msg.Rejection):
+        assert result.reason.startswith(prefix), (decoder, result.reason)
+        assert len(result.reason) > len(prefix), (decoder, result.reason)
+        return
+    assert isinstance(result, kind), (decoder, result)
+    if isinstance(result, msg.Instruction):
+        assert result.kind in set(msg.InstructionKind)
+        assert isinstance(result.timestamp, int)
+        assert not isinstance(result.timestamp, bool)
+    elif isinstance(result, msg.Report):
+        assert isinstance(result.reply_id, int | str)
+        assert isinstance(result.ok, bool)
+        assert result.f_val is None or isinstance(result.f_val, float)
+        assert result.params is None or all(isinstance(n, str) for n, _ in result.params)
+    elif isinstance(result, msg.FactoryCommand):
+        assert result.type in set(msg.CommandType)
+    elif isinstance(result, msg.SyncMessage):
+        assert result.type in set(msg.SyncType)
+    else:
+        assert isinstance(result, msg.Deadline)
+        assert isinstance(result.command_id, int | str)
+        assert not isinstance(result.command_id, bool)
 
 
 json_values = st.recursive(
@@ -171,5 +209,5 @@ FIELDS = ["id", "instruction", "instruction_type", "timestamp", "model_id", "par
 def test_no_json_object_makes_a_decoder_raise(fields: dict[str, object]) -> None:
     data = json.dumps(fields).encode()
     for dialect in ("seed", "rtcef"):
-        dialects.decode_instruction(data, dialect)
-        dialects.decode_report(data, dialect)
+        _check_decoded("decode_instruction", dialects.decode_instruction(data, dialect))
+        _check_decoded("decode_report", dialects.decode_report(data, dialect))
