@@ -7,7 +7,7 @@ Kafka inputs and the tick input: the epoch ends of each are recorded and compare
 epoch by epoch: with one clock that knows the epoch interval, and with a clock
 each (as two processes have). How far apart Bytewax alone lets them drift is its
 behaviour, not ours, and depends on the machine's load: it is described in
-``dataflow.adapters.sources`` and measured, not asserted, here.
+``dataflow.adapters.sources``, and not asserted here.
 """
 
 from __future__ import annotations
