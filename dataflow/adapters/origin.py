@@ -216,11 +216,7 @@ def _write(path: Path, origin: Origin) -> None:
     with partial.open("rb") as handle:
         os.fsync(handle.fileno())
     os.replace(partial, path)
-    descriptor = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
+    recovery.sync(path.parent)
 
 
 def _now_ms() -> int:

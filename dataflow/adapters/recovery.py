@@ -267,11 +267,11 @@ def rebalance(volumes: Sequence[Path], partitions: int, processes: int) -> list[
         if not target.exists():
             partial = move.target / f".{name}.moving"
             shutil.copyfile(source, partial)
-            _sync(partial)
+            sync(partial)
             os.replace(partial, target)
-            _sync(move.target)
+            sync(move.target)
         source.unlink()
-        _sync(move.source)
+        sync(move.source)
     return moves
 
 
@@ -290,7 +290,7 @@ def _checkpoint(path: Path) -> None:
         raise RebalanceError(f"{path} is in use: stop every pod of the dataflow first")
 
 
-def _sync(path: Path) -> None:
+def sync(path: Path) -> None:
     """Flush a file or a directory to disk, so a move survives a crash of the node."""
     descriptor = os.open(path, os.O_RDONLY)
     try:
@@ -303,8 +303,8 @@ def _write_marker(directory: Path, name: str, text: str) -> None:
     marker = directory / name
     if not marker.exists():
         marker.write_text(text + "\n")
-        _sync(marker)
-        _sync(directory)
+        sync(marker)
+        sync(directory)
 
 
 def _identical(paths: Sequence[Path]) -> bool:

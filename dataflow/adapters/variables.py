@@ -9,7 +9,6 @@ configuration table and an empty environment are checked against ``VARIABLES``.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -87,15 +86,8 @@ def _input_start(raw: str) -> str | int:
 
 
 def _params(raw: str) -> Params:
-    try:
-        value = json.loads(raw)
-    except ValueError as error:
-        raise ValueError(f"not valid JSON ({error})") from None
-    if not isinstance(value, dict) or not all(
-        isinstance(v, int | float) and not isinstance(v, bool) for v in value.values()
-    ):
-        raise ValueError("must be a JSON object of numbers")
-    return tuple(value.items())
+    """A JSON object of numbers, in its order (``json_as`` refuses anything else)."""
+    return tuple(json_as(dict[str, int | float])(raw).items())
 
 
 def _initial_params(profile: optimizer.Profile) -> Params:

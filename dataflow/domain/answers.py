@@ -108,7 +108,7 @@ def _scored(state: Session, f_val: float, cost_s: float | None, when: When) -> S
         return ScoredLast(snapshot, notes, when)
     point, proposed = strategy.propose(snapshot)
     if strategy.affordable(proposed):
-        return Scored(snapshot, notes, point, proposed, when)
+        return Scored(snapshot, notes, when, point, proposed)
     detail = (
         f"{cost.spent(snapshot):.1f} s spent, the next step predicted "
         f"{proposed.predicted_s or 0.0:.1f} s, ROUND_BUDGET_S "

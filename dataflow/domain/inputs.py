@@ -74,23 +74,23 @@ class InitialiseRefused:
 
 
 @dataclass(frozen=True)
-class Scored:
-    """A step's score, learned; the optimiser's next point fits the round."""
-
-    snapshot: OptimiserSnapshot
-    notes: tuple[Note, ...]
-    point: Point
-    proposed: OptimiserSnapshot
-    when: When
-
-
-@dataclass(frozen=True)
 class ScoredLast:
     """A step's score, learned; the round's steps or its time are spent: finalise."""
 
     snapshot: OptimiserSnapshot
     notes: tuple[Note, ...]
     when: When
+
+
+@dataclass(frozen=True)
+class Scored(ScoredLast):
+    """A step's score, learned; the optimiser's next point fits the round.
+
+    (A subclass for its fields only: the table dispatches on the exact class.)
+    """
+
+    point: Point
+    proposed: OptimiserSnapshot
 
 
 @dataclass(frozen=True)
@@ -102,8 +102,8 @@ class Built:
 
 
 @dataclass(frozen=True)
-class Resend:
-    """The outstanding command failed (an error, or its deadline); retries are left."""
+class Failure:
+    """The outstanding command failed: an error, or its deadline marker read back."""
 
     reason: str
     when: When
@@ -111,13 +111,12 @@ class Resend:
     timed_out: bool
 
 
-@dataclass(frozen=True)
-class GiveUp:
-    """The outstanding command failed and its retries are spent: the round is aborted."""
+class Resend(Failure):
+    """A failure with retries left: the command is resent under a new id."""
 
-    reason: str
-    when: When
-    timed_out: bool
+
+class GiveUp(Failure):
+    """A failure with the retries spent: the round is aborted."""
 
 
 @dataclass(frozen=True)

@@ -22,24 +22,9 @@ from dataclasses import dataclass
 from typing import Any, Final, Generic, TypeVar
 
 from dataflow.domain import admission, answers, holding, retries, rounds
+from dataflow.domain import inputs as i
 from dataflow.domain.config import MachineConfig
 from dataflow.domain.events import DeadlinePassed, Event, InstructionArrived, ReportArrived
-from dataflow.domain.inputs import (
-    Admitted,
-    Built,
-    Due,
-    Early,
-    GiveUp,
-    InitialiseRefused,
-    Input,
-    Quiet,
-    Refused,
-    Resend,
-    Scored,
-    ScoredLast,
-    Spent,
-    Stray,
-)
 from dataflow.domain.messages import Instruction, InstructionKind
 from dataflow.domain.results import Result
 from dataflow.domain.state import Phase, Session
@@ -71,7 +56,7 @@ RESTING: Final = (IDLE, TRAINING, WAITING, FINALIZING)
 _ROUND: Final = (TRAINING, WAITING, FINALIZING)
 
 
-def classify(state: Session, event: Event, config: MachineConfig) -> Input:
+def classify(state: Session, event: Event, config: MachineConfig) -> i.Input:
     """What ``event`` is to the session: read once, by the module of its job."""
     if isinstance(event, InstructionArrived):
         return admission.read_instruction(state, event, config)
@@ -93,21 +78,21 @@ def _in_rounds(cls: type, handler: Callable[..., Result]) -> dict[tuple[Phase, t
 
 
 TABLE: Final[Mapping[tuple[Phase, type], Row[Any]]] = {
-    **_everywhere(Admitted, admission.admit),
-    **_everywhere(Refused, admission.refuse),
-    **_everywhere(Early, holding.hold),
-    **_everywhere(Stray, answers.reject),
-    **_everywhere(Spent, retries.nothing),
-    **_everywhere(Quiet, retries.nothing),
-    **_in_rounds(Due, retries.mark_overdue),
-    **_in_rounds(Resend, retries.resend),
-    **{(phase, GiveUp): Row(retries.give_up, IDLE) for phase in _ROUND},
-    (TRAINING, Built): Row(rounds.complete, IDLE),
-    (WAITING, Scored): Row(rounds.next_step, WAITING),
-    (WAITING, ScoredLast): Row(rounds.finalise, FINALIZING),
-    (WAITING, InitialiseRefused): Row(rounds.abort_refused, IDLE),
-    (FINALIZING, InitialiseRefused): Row(rounds.abort_refused, IDLE),
-    (FINALIZING, Built): Row(rounds.complete, IDLE),
+    **_everywhere(i.Admitted, admission.admit),
+    **_everywhere(i.Refused, admission.refuse),
+    **_everywhere(i.Early, holding.hold),
+    **_everywhere(i.Stray, answers.reject),
+    **_everywhere(i.Spent, retries.nothing),
+    **_everywhere(i.Quiet, retries.nothing),
+    **_in_rounds(i.Due, retries.mark_overdue),
+    **_in_rounds(i.Resend, retries.resend),
+    **{(phase, i.GiveUp): Row(retries.give_up, IDLE) for phase in _ROUND},
+    (TRAINING, i.Built): Row(rounds.complete, IDLE),
+    (WAITING, i.Scored): Row(rounds.next_step, WAITING),
+    (WAITING, i.ScoredLast): Row(rounds.finalise, FINALIZING),
+    (WAITING, i.InitialiseRefused): Row(rounds.abort_refused, IDLE),
+    (FINALIZING, i.InitialiseRefused): Row(rounds.abort_refused, IDLE),
+    (FINALIZING, i.Built): Row(rounds.complete, IDLE),
 }
 STARTS: Final[Mapping[InstructionKind, Start]] = {
     InstructionKind.RETRAIN: Start(rounds.begin_train, TRAINING),

@@ -45,12 +45,8 @@ from dataflow.tools.inspection import SessionView
 def _args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m dataflow.sim.demo", description=__doc__)
     parser.add_argument("--dialect", choices=dialects.DIALECTS, default="seed")
-    parser.add_argument(
-        "--encoding",
-        choices=ENCODINGS,
-        default="json",
-        help="json, or avro (the original services' wire; needs --dialect rtcef)",
-    )
+    parser.add_argument("--encoding", choices=ENCODINGS, default="json",
+                        help="json, or avro (needs --dialect rtcef)")  # fmt: skip
     parser.add_argument("--budget", type=int, default=None, help="opt_step commands per round")
     parser.add_argument("--surface", choices=sorted(SYNTHETIC), default="bowl")
     parser.add_argument("--latency", type=float, default=0.05, help="factory seconds per command")
