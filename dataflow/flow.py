@@ -58,9 +58,10 @@ from dataflow.adapters.kafka import (
     preflight,
     source_config,
 )
+from dataflow.adapters.kafka_log import KafkaLog, fenced_at_start, kafka_outbox
 from dataflow.adapters.origin import Origin as RecordedOrigin
 from dataflow.adapters.origin import establish
-from dataflow.adapters.outbox import PARTITION, KafkaLog, fenced_at_start, kafka_outbox
+from dataflow.adapters.outbox import PARTITION
 from dataflow.adapters.recovery import (
     FLOW_ID,
     INSTRUCTIONS_STEP,

@@ -22,7 +22,8 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 
 from dataflow.adapters.kafka import OutMessage
-from dataflow.adapters.outbox import FencedError, KafkaLog
+from dataflow.adapters.kafka_log import KafkaLog
+from dataflow.adapters.outbox import FencedError
 from dataflow.adapters.recovery import EXIT_STALE
 from dataflow.domain import messages as msg
 from dataflow.domain.messages import Instruction, InstructionKind
