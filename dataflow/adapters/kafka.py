@@ -1,7 +1,7 @@
 """Kafka at the edges: broker preflight, topic set-up, client settings, output messages.
 
 Role: the I/O adapters of the flow. Each works around a Bytewax 0.21.1 Kafka
-connector behaviour (see ``shared/docs/bytewax-notes.md``):
+connector behaviour, each found by running it (and pinned by the integration tier):
 
 * ``KafkaSource`` hangs forever in ``list_topics()`` when the brokers are
   unreachable: ``preflight`` checks reachability first, with a deadline.

@@ -1,7 +1,8 @@
 """Input sources paced for latency and idle cost: the deadline tick and the Kafka inputs.
 
 Role: adapters between time, Kafka and the flow's inputs. Three Bytewax 0.21.1
-behaviours (``shared/docs/bytewax-notes.md``) decide their shape:
+behaviours, found by running them (``tests/flow/test_epochs.py`` pins the first), decide
+their shape:
 
 * A stateful step can only move past an epoch once *every* merged input has
   moved past it, and an input only moves on when it is woken. A tick source

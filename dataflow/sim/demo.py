@@ -36,7 +36,7 @@ from dataflow.domain import messages as msg
 from dataflow.sim.engine import EngineSimulator
 from dataflow.sim.factory import Behaviour, FactorySimulator
 from dataflow.sim.process import ControllerProcess, interrupts_as_keyboard_interrupt
-from dataflow.sim.runner import answering, messages, serve
+from dataflow.sim.runner import answering, client, messages, serve
 from dataflow.sim.surfaces import SYNTHETIC
 from dataflow.tools import inspection
 from dataflow.tools.inspection import SessionView
@@ -163,13 +163,9 @@ class Demo:
         """Follow the sync topic with the engine stand-in from a thread."""
 
         def follow() -> None:
-            consumer = Consumer(
-                {
-                    "bootstrap.servers": self.bootstrap,
-                    "group.id": "demo-engine",
-                    "isolation.level": "read_uncommitted",
-                }
-            )  # as engines read
+            consumer = Consumer(client({"bootstrap.servers": self.bootstrap,  # as engines read
+                                        "group.id": "demo-engine",
+                                        "isolation.level": "read_uncommitted"}))  # fmt: skip
             consumer.assign([TopicPartition(self.topics["SYNC_TOPIC"], 0, 0)])
             for message in messages(consumer, self.stop.is_set, poll_s=0.2, strict=False):
                 self.engine.follow(message, now_ms())
@@ -185,7 +181,7 @@ class Demo:
     def send(self, kind: msg.InstructionKind, ident: int) -> None:
         """Send an instruction as the Observer would."""
         instruction = msg.Instruction(kind, now_ms(), ident)
-        producer = Producer({"bootstrap.servers": self.bootstrap})
+        producer = Producer(client({"bootstrap.servers": self.bootstrap}))
         key, value = self.codec.encode_instruction(instruction)
         producer.produce(self.topics["INSTRUCTION_TOPIC"], value, key)
         producer.flush(10)
@@ -307,9 +303,9 @@ class Demo:
         return Path(path)
 
     def _count(self, topic: str) -> int:
-        consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": "demo-count",
-                             "enable.partition.eof": True,
-                             "isolation.level": "read_uncommitted"})  # fmt: skip
+        consumer = Consumer(client({"bootstrap.servers": self.bootstrap, "group.id": "demo-count",
+                                    "enable.partition.eof": True,
+                                    "isolation.level": "read_uncommitted"}))  # fmt: skip
         consumer.assign([TopicPartition(topic, 0, 0)])
         deadline = time.monotonic() + 5
         read = messages(consumer, lambda: time.monotonic() >= deadline, poll_s=0.2,

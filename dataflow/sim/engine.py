@@ -21,7 +21,7 @@ from dataflow.adapters.kafka import MESSAGE_ID_HEADER
 from dataflow.adapters.wire import Codec
 from dataflow.domain import dialects
 from dataflow.domain import messages as msg
-from dataflow.sim.runner import add_wire_arguments
+from dataflow.sim.runner import add_wire_arguments, client
 
 
 @dataclass
@@ -111,11 +111,13 @@ def main(argv: list[str] | None = None) -> int:
     sync_topic = args.sync_topic or dialects.get(args.dialect).topics["sync"]
     reports_topic = args.reports_topic or dialects.get(args.dialect).topics["reports"]
     consumer = Consumer(
-        {
-            "bootstrap.servers": args.bootstrap,
-            "group.id": "engine-stand-in",
-            "isolation.level": "read_uncommitted",
-        }
+        client(
+            {
+                "bootstrap.servers": args.bootstrap,
+                "group.id": "engine-stand-in",
+                "isolation.level": "read_uncommitted",
+            }
+        )
     )  # as the real engines read
     start = OFFSET_BEGINNING if args.from_start else OFFSET_END
     consumer.assign([TopicPartition(sync_topic, 0, start), TopicPartition(reports_topic, 0, start)])

@@ -19,7 +19,7 @@ from confluent_kafka import Producer
 from dataflow.adapters.wire import Codec
 from dataflow.domain import dialects
 from dataflow.domain import messages as msg
-from dataflow.sim.runner import add_wire_arguments
+from dataflow.sim.runner import add_wire_arguments, client
 from dataflow.sim.services import SERVICES
 
 KINDS = {
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     topic = args.topic or dialect.topics["instructions"]
     failures: list[str] = []
-    producer = Producer({"bootstrap.servers": args.bootstrap, "acks": "all"})
+    producer = Producer(client({"bootstrap.servers": args.bootstrap, "acks": "all"}))
     key, payload = Codec(args.dialect, args.encoding).encode_instruction(instruction)
     producer.produce(
         topic, payload, key, on_delivery=lambda e, _m: failures.append(str(e)) if e else None

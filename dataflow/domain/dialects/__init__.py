@@ -1,7 +1,7 @@
 """Wire dialects: one record per family of services, and the registry of them.
 
 Role: everything that differs between the services the controller talks to, in
-one place per dialect (see ``shared/docs/wire-formats.md``):
+one place per dialect (every field of their messages is in the dialect modules):
 
 * ``seed``: the Flink/Java services of the PyFlink port. Command ids ``"cmd-N"``.
 * ``rtcef``: the original RTCEF services (DEBS 2025). Command ids are integers.
