@@ -275,10 +275,18 @@ def _dead(
     return dataclasses.replace(letter, topic=settings.topics.dead_letters)
 
 
-def _keyed(message: OutMessage | Envelope) -> Keyed:
-    """Every message to the outbox's one partition (its dead letters arrive typed as either)."""
-    if not isinstance(message, OutMessage):
-        raise TypeError(f"not an output message: {message!r}")
+def _envelope(item: Envelope | OutMessage) -> Envelope | None:
+    """A decoded input on its way to its session (None: a dead letter)."""
+    return item if isinstance(item, Envelope) else None
+
+
+def _dead_letter(item: Envelope | OutMessage) -> OutMessage | None:
+    """A dead letter made by a decoder (None: an input on its way to its session)."""
+    return item if isinstance(item, OutMessage) else None
+
+
+def _keyed(message: OutMessage) -> Keyed:
+    """Every message to the outbox's one partition."""
     return PARTITION, message
 
 
@@ -294,19 +302,18 @@ def build_flow(settings: Settings, io: FlowIO) -> Dataflow:
     reports = op.map("decode_reports", op.input(REPORTS_STEP, flow, io.reports),
                      partial(decode_report, settings))  # fmt: skip
     decoded = op.merge("merge_inputs", instructions, reports)
-    accepted = op.branch("accepted", decoded, lambda x: isinstance(x, Envelope))
     ticks = op.input(TICKS_STEP, flow, io.ticks)
     events: Stream[Envelope] = op.merge(
         "merge_ticks",
-        accepted.trues,
+        op.filter_map("accepted", decoded, _envelope),
         op.flat_map("fan_out_ticks", ticks, partial(fan_out_tick, settings.machine.keys, started)),
     )
     keyed = op.key_on("key_by_session", events, lambda envelope: envelope.key)
     outcomes = op.stateful_map(SESSION_STEP, keyed, partial(session_step, settings.machine))
-    messages = op.merge(
+    messages: Stream[OutMessage] = op.merge(
         "merge_outputs",
         op.flat_map("effects_to_messages", outcomes, partial(to_outputs, settings)),
-        accepted.falses,
+        op.filter_map("dead_letters", decoded, _dead_letter),
     )
     op.output(OUTPUTS_STEP, op.map("to_outbox", messages, _keyed), io.outputs)
     return flow
