@@ -151,7 +151,7 @@ PROFILE: Setting[str] = Setting("OPTIMISER_PROFILE", choice(lambda: tuple(dialec
     + "; ".join(f"`{p.name}` ({', '.join(p.names)}; {p.budget} steps, {p.acquisition}"
                 f"{f', keeps {p.keep}' if p.keep else ''})"
                 for p in dialects.PROFILES.values()) + ".")
-STRATEGY = Setting("OPTIMISER_STRATEGY", choice(lambda: tuple(STRATEGIES)),
+STRATEGY = Setting("OPTIMISER_STRATEGY", text,  # checked once, by MachineConfig.validate
     Derived(f"the profile's ({_profile_default('strategy')})", lambda p: p.strategy),
     "How the next point is chosen: "
     + ", ".join(f"`{s.name}` ({s.summary})" for s in STRATEGIES.values()) + ".")

@@ -266,3 +266,11 @@ def test_an_optimiser_seed_is_read_into_the_profile_and_checked() -> None:
     with pytest.raises(SettingsError) as too_big:
         Settings.from_env({"OPTIMISER_SEED": str(2**32)})
     assert too_big.value.problems == [f"OPTIMISER_SEED: {2**32} must be below 2**32"]
+
+
+def test_an_unknown_strategy_is_refused_once_by_the_controllers_own_check() -> None:
+    with pytest.raises(SettingsError) as refused:
+        Settings.from_env({"OPTIMISER_STRATEGY": "random"})
+    assert refused.value.problems == [
+        "controller: optimiser strategy 'random' is not one of ['gp']"
+    ]
