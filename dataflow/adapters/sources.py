@@ -51,6 +51,17 @@ from typing_extensions import override
 from dataflow.adapters.clock import now_ms
 from dataflow.adapters.observability import INPUT_EPOCH_LAG
 
+#: Set when the controller was asked to stop (SIGTERM): every input partition ends at
+#: its next poll, so Bytewax finishes the dataflow as at the end of its input: the last
+#: epoch is snapshotted, the sinks flush and close, and ``bytewax.run`` returns (status 0).
+STOP_REQUESTED: Final = threading.Event()
+
+
+def _ended_if_stopping() -> None:
+    if STOP_REQUESTED.is_set():
+        raise StopIteration
+
+
 #: The tick source's one partition; the same name as Bytewax's ``SimplePollingSource``
 #: used before, so existing recovery stores keep matching it.
 TICK_PARTITION = "singleton"
@@ -198,6 +209,7 @@ class _TickPartition(StatefulSourcePartition[int, None]):
 
     @override
     def next_batch(self) -> list[int]:
+        _ended_if_stopping()
         self._timer.polling()
         now = _now()
         self._awake = now + self._idle_wait
@@ -248,6 +260,7 @@ class _PacedPartition(StatefulSourcePartition[Any, Any]):
 
     @override
     def next_batch(self) -> list[Any]:
+        _ended_if_stopping()
         self._timer.polling()
         batch = list(self._inner.next_batch())
         self._awake = None if batch else _now() + self._idle_wait

@@ -6,7 +6,7 @@ chaos replays, benchmark, real loops). ``command`` builds the command line;
 ``ControllerProcess`` prepares the recovery directory (``recovery.ensure``),
 starts the process in a session of its own with the caller's settings over this
 environment, reads its JSON log, and stops it: a signal to its whole process group
-(SIGINT, as Ctrl-C; the flow handles SIGTERM the same way), a bounded wait for every
+(SIGINT, as Ctrl-C; or SIGTERM, which the flow takes as a clean stop), a bounded wait for every
 process of the group to be gone (``bytewax.testing -p`` runs its processes as
 children of the one started), then SIGKILL. ``kill`` is a crash: SIGKILL at once.
 A stop is not cut short by a second Ctrl-C (``signals_held``); callers that run

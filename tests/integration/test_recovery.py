@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import threading
 import time
 from pathlib import Path
@@ -160,3 +161,34 @@ def test_a_recovery_directory_written_by_state_version_1_resumes_its_round_and_q
     assert syncs == [msg.SyncMessage("play", 1000, 7), msg.SyncMessage("pause", 2000, -1),
                      msg.SyncMessage("play", 2000, 8)]  # fmt: skip
     assert letters == []
+
+
+def test_a_round_stopped_by_sigterm_mid_way_exits_0_and_completes_after_restart(
+    wiring_factory, controller_factory
+) -> None:
+    wiring = wiring_factory("rtcef", OPTIMISER_BUDGET=str(BUDGET))
+    controller = controller_factory(wiring)
+    release = threading.Event()
+
+    def hold(command: msg.FactoryCommand) -> None:
+        if command.id == 3:
+            release.wait(120)  # answered only after the stop and the restart
+
+    with factory(wiring, before=hold):
+        controller.start()
+        wiring.send_instruction(Instruction(InstructionKind.OPTIMIZE, 1000, 1))
+        _wait_for_command(wiring, 3)
+        controller.stop(signal.SIGTERM)
+        stopped = controller.log_text()
+        assert controller.returncode == 0, stopped[-3000:]
+        assert stopped.count("controller stopping: SIGTERM received") == 1
+        for crash in ("Traceback", "KeyboardInterrupt", "panicked"):
+            assert crash not in stopped, stopped[-3000:]
+        controller.start()
+        release.set()
+        wiring.wait_for_plays(1, timeout=180)
+    controller.stop()
+
+    commands = [json.loads(m.value()) for m in wiring.read(wiring.commands, idle=2.0, timeout=30)]
+    assert [c["id"] for c in commands] == list(range(BUDGET + 2))  # each once, in order
+    assert [s.type for s in wiring.syncs_sent(idle=1.0, timeout=30)] == ["pause", "play"]
