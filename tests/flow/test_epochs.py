@@ -12,8 +12,11 @@ behaviour, not ours, and depends on the machine's load: it is described in
 
 from __future__ import annotations
 
+import importlib.machinery
 import statistics
+import sys
 import time
+import types
 from datetime import datetime, timedelta
 
 import bytewax.operators as op
@@ -22,7 +25,11 @@ from bytewax.dataflow import Dataflow
 from bytewax.inputs import StatefulSourcePartition
 from bytewax.testing import TestingSink, run_main
 
+from dataflow.adapters.config import Settings
+from dataflow.adapters.origin import Origin
+from dataflow.adapters.runtime import bytewax_epoch_interval
 from dataflow.adapters.sources import EpochClock, TickSource
+from dataflow.flow import kafka_io
 
 EPOCH = timedelta(milliseconds=100)
 RUN_S = 3.0
@@ -104,3 +111,24 @@ def test_with_a_clock_each_and_no_heed_of_the_wait_the_inputs_drift_apart(
 
     # The fast input sees each epoch begin 3 ms late (its poll), so ends each 3 ms later.
     assert statistics.median(lags[-10:]) >= 30, [round(lag) for lag in lags]
+
+
+def test_the_flow_aligns_its_inputs_on_the_interval_bytewax_run_was_given(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    run = types.ModuleType("__main__")
+    run.__spec__ = importlib.machinery.ModuleSpec("bytewax.run", None)
+    run.kwargs = {"epoch_interval": timedelta(seconds=5), "recovery_config": None}  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "__main__", run)
+    settings = Settings.from_env({"KAFKA_BOOTSTRAP_SERVERS": "unused:9092"})
+
+    io = kafka_io(settings, Origin(0, True, {}, {}))
+
+    assert bytewax_epoch_interval() == timedelta(seconds=5)
+    sources = [io.instructions, io.reports, io.ticks]
+    assert {id(source.clock) for source in sources} == {id(sources[0].clock)}  # type: ignore[attr-defined]
+    assert sources[0].clock.interval == timedelta(seconds=5)  # type: ignore[attr-defined]
+
+
+def test_outside_bytewax_run_the_inputs_are_left_unaligned() -> None:
+    assert bytewax_epoch_interval() is None  # pytest is this process's __main__
