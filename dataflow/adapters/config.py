@@ -60,7 +60,7 @@ class Topics:
 
 @dataclass(frozen=True)
 class Settings:
-    """The controller's whole configuration, validated (defaults: the ``Setting``s above)."""
+    """The controller's whole configuration, validated (defaults: ``adapters.variables``)."""
 
     brokers: str
     topics: Topics
@@ -146,10 +146,8 @@ def _read(reader: Reader) -> Settings:
         max_queued=reader.get(v.MAX_QUEUED),
         pause_engine=cast(PauseEngine, reader.get(v.PAUSE)),
     )
-    try:
-        config.validate()
-    except ConfigError as error:
-        reader.problems.append(f"controller: {error}")
+    # The profile's problems were listed by ``_profile``, under OPTIMISER_*: not twice.
+    reader.problems += [f"controller: {problem}" for problem in config.problems()]
     return Settings(
         brokers=reader.get(v.BOOTSTRAP),
         topics=topics,

@@ -181,13 +181,14 @@ def _baseline(
     consumer: Consumer, settings: Settings, commands: dict[int, int], syncs: dict[int, int]
 ) -> Baseline:
     """Counters after everything on the command and sync topics (up to ``commands``, ``syncs``)."""
-    number = trains = optimisations = rounds = -1
+    counter = trains = optimisations = rounds = -1
     codec = settings.codec
     for message in _read(consumer, settings.topics.commands, commands, settings.startup_timeout_s):
         command = codec.decode_command(message.value() or b"")
         if isinstance(command, msg.Rejection):
             continue  # not a command (someone else's bytes): nothing to continue
-        number = max(number, msg.command_number(command.id) or -1)
+        ref = settings.machine.read_command_id(command.id)
+        counter = max(counter, -1 if ref is None else ref.counter)
         trains, optimisations = (
             max(trains, command.train_id),
             max(optimisations, command.optimisation_id),
@@ -197,8 +198,7 @@ def _baseline(
         parts = (mid.decode(errors="replace") if isinstance(mid, bytes) else str(mid)).split("/")
         if len(parts) >= 3 and parts[-3] == "sync" and parts[-2].isdigit():
             rounds = max(rounds, int(parts[-2]))
-    keys = len(settings.machine.keys)
-    return Baseline(next_command=number // keys + 1, trains=trains + 1,
+    return Baseline(next_command=counter + 1, trains=trains + 1,
                     optimisations=optimisations + 1, rounds=max(rounds, 0))  # fmt: skip
 
 

@@ -12,6 +12,7 @@ deployment in one go.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -139,8 +140,15 @@ def integer(low: int, below: int | None = None) -> Callable[[str], int]:
 
 
 def real(low: float) -> Callable[[str], float]:
-    """A number of at least ``low``."""
-    return lambda raw: _at_least(_number(raw, float), low)
+    """A finite number of at least ``low`` (``nan`` and ``inf`` are refused)."""
+
+    def parse(raw: str) -> float:
+        value = float(_number(raw, float))
+        if not math.isfinite(value):
+            raise ValueError(f"{raw!r} is not a finite number")
+        return float(_at_least(value, low))
+
+    return parse
 
 
 def _number(raw: str, kind: Callable[[str], Any]) -> Any:

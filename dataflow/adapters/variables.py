@@ -86,8 +86,13 @@ def _input_start(raw: str) -> str | int:
 
 
 def _params(raw: str) -> Params:
-    """A JSON object of numbers, in its order (``json_as`` refuses anything else)."""
-    return tuple(json_as(dict[str, int | float])(raw).items())
+    """A JSON object of numbers, in its order."""
+    try:
+        return tuple(json_as(dict[str, int | float])(raw).items())
+    except ValueError as error:
+        if str(error).startswith("not valid JSON"):
+            raise
+        raise ValueError("must be a JSON object of numbers") from None
 
 
 def _initial_params(profile: optimizer.Profile) -> Params:
@@ -151,7 +156,7 @@ PROFILE: Setting[str] = Setting("OPTIMISER_PROFILE", choice(lambda: tuple(dialec
     + "; ".join(f"`{p.name}` ({', '.join(p.names)}; {p.budget} steps, {p.acquisition}"
                 f"{f', keeps {p.keep}' if p.keep else ''})"
                 for p in dialects.PROFILES.values()) + ".")
-STRATEGY = Setting("OPTIMISER_STRATEGY", text,  # checked once, by MachineConfig.validate
+STRATEGY = Setting("OPTIMISER_STRATEGY", choice(lambda: tuple(STRATEGIES)),
     Derived(f"the profile's ({_profile_default('strategy')})", lambda p: p.strategy),
     "How the next point is chosen: "
     + ", ".join(f"`{s.name}` ({s.summary})" for s in STRATEGIES.values()) + ".")

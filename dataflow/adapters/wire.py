@@ -4,13 +4,14 @@ Role: the bytes boundary of every topic, for the flow and the stand-ins. JSON is
 the domain's own encoding (``dataflow.domain.messages``). Avro is what the
 original RTCEF services really write and read: ``fastavro.schemaless_writer``
 for the value and, separately, for the key (no magic byte, no schema id, no
-registry), with the schemas shipped in ``dataflow/adapters/schemas/<dialect>/``
-under the stems the dialect's record names, and keys built from the record
-fields it names, as the originals build them.
+registry), with the schemas shipped in ``dataflow/adapters/schemas/<dialect>/``,
+named after the dialect's topics (``Dialect.topics``), and keys built from the
+record fields ``AVRO_KEYS`` names, as the originals build them.
 
-An Avro record is decoded, then re-checked by the same decoders as JSON, so a
-message means the same in both encodings; bytes that are not a record of the
-topic's schema (truncated, another schema, trailing garbage) are a ``Rejection``.
+An Avro record is read, then converted to the same wire struct with the same
+validation as JSON is decoded with (``messages.decode_payload``), so a message
+means the same in both encodings; bytes that are not a record of the topic's
+schema (truncated, another schema, trailing garbage) are a ``Rejection``.
 """
 
 from __future__ import annotations

@@ -67,8 +67,14 @@ class MachineConfig(msgspec.Struct, frozen=True):
     pause_engine: PauseEngine = "round"
 
     def validate(self) -> None:
-        """Raise ``ConfigError`` listing every inconsistency."""
+        """Raise ``ConfigError`` listing every inconsistency, the profile's first."""
         self.profile.validate()
+        problems = self.problems()
+        if problems:
+            raise ConfigError("; ".join(problems))
+
+    def problems(self) -> list[str]:
+        """Every inconsistency of these settings but the profile's (``Profile.validate``)."""
         problems = []
         if self.dialect not in dialects.REGISTRY:
             problems.append(f"dialect {self.dialect!r} is not one of {list(dialects.REGISTRY)}")
@@ -88,8 +94,7 @@ class MachineConfig(msgspec.Struct, frozen=True):
             problems.append(f"pause_engine {self.pause_engine!r} is not one of {PAUSE_ENGINE}")
         if min(msgspec.structs.astuple(self.baseline)) < 0:
             problems.append(f"baseline counters must be >= 0, got {self.baseline}")
-        if problems:
-            raise ConfigError("; ".join(problems))
+        return problems
 
     def command_id(self, key: str, counter: int) -> int | str:
         """The wire id of session ``key``'s command number ``counter``."""

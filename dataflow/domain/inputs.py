@@ -6,7 +6,7 @@ decides the row of the table: (phase, class) -> one handler and one next phase. 
 report, for instance, is early (its command is not sent yet), stray (a duplicate, a
 stale or foreign one), the refusal of the round's ``opt_initialise``, an answer
 (scored, scored last, or a model built), or a failure (resent, or given up on);
-its command id is decoded once, here, into a ``CommandId``.
+its command id is decoded once (``holding.counter_of``, through ``ids.CommandId``).
 
 Every class is plain data. None is stored: a session's state holds only what the
 handlers make of them.

@@ -190,7 +190,8 @@ def abort_refused(state: Session, refused: InitialiseRefused, config: MachineCon
     optimization session active"). A factory replying in order answers
     ``opt_initialise`` before the first step, so this is read while that step is
     outstanding, in any merge order (a held one is fed in, oldest first, as soon as
-    both are sent).
+    both are sent); the table also takes it while finalising, should a factory
+    answer out of order.
     """
     report = refused.report
     detail = f"opt_initialise refused: {report.error or 'factory reported an error'}"

@@ -1,7 +1,7 @@
 """The controller as a process: ``python -m bytewax.run "dataflow.flow:get_flow()"``, recovery on.
 
 Role: the one place that starts and stops the controller process, for the demo
-(which ships in this package) and for the test tiers (integration harness,
+(``dataflow.sim.demo``; neither ships in the image) and for the test tiers (integration harness,
 chaos replays, benchmark, real loops). ``command`` builds the command line;
 ``ControllerProcess`` prepares the recovery directory (``recovery.ensure``),
 starts the process in a session of its own with the caller's settings over this

@@ -1,1 +1,1 @@
-"""Command-line tools: the demo, recovery store tools, inspection, warm start, the probe."""
+"""The operator's command lines, shipped in the image: recovery, inspection, warm start, probe."""

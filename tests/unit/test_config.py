@@ -268,9 +268,25 @@ def test_an_optimiser_seed_is_read_into_the_profile_and_checked() -> None:
     assert too_big.value.problems == [f"OPTIMISER_SEED: {2**32} must be below 2**32"]
 
 
-def test_an_unknown_strategy_is_refused_once_by_the_controllers_own_check() -> None:
+def test_an_unknown_strategy_is_refused_once_under_its_name_with_the_profiles_problems() -> None:
     with pytest.raises(SettingsError) as refused:
-        Settings.from_env({"OPTIMISER_STRATEGY": "random"})
+        Settings.from_env({"OPTIMISER_STRATEGY": "random", "OPTIMISER_SPACE": "[]"})
     assert refused.value.problems == [
-        "controller: optimiser strategy 'random' is not one of ['gp']"
+        "OPTIMISER_STRATEGY: 'random' is not one of ['gp']",
+        "OPTIMISER_*: optimiser profile 'seed': no dimensions",
     ]
+
+
+@pytest.mark.parametrize("name", ["ROUND_BUDGET_S", "REPORT_TIMEOUT_S", "TICK_INTERVAL_S"])
+@pytest.mark.parametrize("text", ["nan", "inf", "-inf"])
+def test_a_number_that_is_not_finite_is_refused(name: str, text: str) -> None:
+    with pytest.raises(SettingsError) as refused:
+        Settings.from_env({name: text})
+    assert refused.value.problems == [f"{name}: {text!r} is not a finite number"]
+
+
+def test_initial_params_that_are_not_an_object_of_numbers_are_refused_as_such() -> None:
+    for text in ("[1]", '{"pMin": true, "gamma": 0.001}', '{"pMin": "0.05"}'):
+        with pytest.raises(SettingsError) as refused:
+            Settings.from_env({"INITIAL_PARAMS": text})
+        assert refused.value.problems == ["INITIAL_PARAMS: must be a JSON object of numbers"]

@@ -225,7 +225,9 @@ def test_command_ids_round_trip_in_both_dialects() -> None:
 def test_an_encoded_instruction_decodes_back_to_itself(dialect: str) -> None:
     instruction = Instruction(InstructionKind.OPTIMIZE, 99, 3)
     assert (
-        dialects.decode_instruction(dialects.encode_instruction(instruction, dialect), dialect)
+        dialects.decode_instruction(
+            msg.encode_json(dialects.get(dialect).encode_instruction(instruction)), dialect
+        )
         == instruction
     )
 

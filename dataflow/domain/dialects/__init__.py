@@ -28,7 +28,6 @@ from dataflow.domain.messages import (
     Payload,
     Rejection,
     Report,
-    encode_json,
     report_from_wire,
 )
 from dataflow.domain.optimizer import Profile
@@ -65,8 +64,3 @@ def decode_report(
     """A factory report in ``dialect``, its JSON-text fields (metrics, params) parsed."""
     wire = get(dialect).decode_report_wire(data, max_bytes)
     return wire if isinstance(wire, Rejection) else report_from_wire(wire)
-
-
-def encode_instruction(instruction: Instruction, dialect: str) -> bytes:
-    """An instruction as ``dialect``'s Observer writes it in JSON (the stand-ins use this)."""
-    return encode_json(get(dialect).encode_instruction(instruction))
