@@ -231,6 +231,13 @@ def session_step(
 ) -> tuple[machine.Session | None, Outcome]:
     """The ``stateful_map`` mapper: the whole controller is ``advance``."""
     state, effects = machine.advance(state, envelope.event, key=envelope.key, config=config)
+    event = envelope.event
+    if not isinstance(event, machine.Tick) and any(
+        isinstance(e, machine.SendCommand | machine.SendSync) for e in effects
+    ):
+        observability.HOP.observe(max(now_ms() - event.at_ms, 0) / 1000)
+    if state is not None:
+        observability.record_session(envelope.key, len(state.queue), len(state.held))
     return state, Outcome(envelope.origin, effects)
 
 
@@ -250,6 +257,7 @@ def to_outputs(settings: Settings, keyed: tuple[str, Outcome]) -> Iterable[OutMe
             yield OutMessage(record_key or key.encode(), value, session, topics.commands,
                              message_id=effect.message_id)  # fmt: skip
         elif isinstance(effect, machine.SendSync):
+            observability.record_sync(key, effect.sync.type, now_ms() / 1000)
             record_key, value = codec.encode_sync(effect.sync)
             yield OutMessage(record_key or key.encode(), value, session, topics.sync,
                              barrier=True, message_id=effect.message_id)  # fmt: skip
@@ -387,6 +395,10 @@ def get_flow() -> Dataflow:
         log.error(f"controller cannot start: {error}")
         raise SystemExit(3) from None
     settings = settings.with_baseline(origin.baseline)
+    interval = bytewax_epoch_interval()
+    observability.ROUND_LIMIT.set(settings.machine.longest_round_ms() / 1000)
+    observability.SNAPSHOT_INTERVAL.set(interval.total_seconds() if interval else 0)
+    observability.LAST_SNAPSHOT.set_to_current_time()  # no snapshot is overdue at start
     claim = None if directory is None else Claim(directory, process)
     log.info("controller starting", extra={"fields": {
         "brokers": settings.brokers, "dialect": settings.dialect,
@@ -394,6 +406,6 @@ def get_flow() -> Dataflow:
         "topics": list(settings.topics.all()), "transactional_id": settings.transactional_id,
         "recovery_directory": str(directory), "process": process,
         "fence_s": round(fenced_s, 3) if fenced else None,
-        "epoch_interval_s": (interval := bytewax_epoch_interval()) and interval.total_seconds(),
+        "epoch_interval_s": interval and interval.total_seconds(),
     }})  # fmt: skip
     return build_flow(settings, kafka_io(settings, origin, claim, fenced))

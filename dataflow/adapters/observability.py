@@ -14,29 +14,73 @@ import math
 import sys
 from typing import Any, Final
 
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter, Gauge, Histogram
 
 from dataflow.domain.machine import Note
 
+# Names follow Prometheus's conventions: base units in the name (``_seconds``), counters
+# exposed with ``_total``, Unix times as ``_timestamp_seconds``. Labels are bounded: the
+# configured session keys, the instruction kinds, the dead-letter stages and reasons below.
 ROUNDS_STARTED: Final = Counter(
-    "controller_rounds_started", "Rounds started (pause sent).", ["key", "kind"]
+    "controller_rounds_started", "Rounds started, by instruction kind.", ["key", "kind"]
 )
 ROUNDS_COMPLETED: Final = Counter(
-    "controller_rounds_completed", "Rounds that ended with the factory's model played.", ["key"]
-)
+    "controller_rounds_completed", "Rounds that ended with the factory's new model played.",
+    ["key", "kind"],
+)  # fmt: skip
 ROUNDS_ABORTED: Final = Counter(
-    "controller_rounds_aborted", "Rounds given up after retries (old model played).", ["key"]
-)
+    "controller_rounds_aborted", "Rounds given up (retries spent, or opt_initialise refused); "
+    "the old model played.", ["key", "kind"],
+)  # fmt: skip
 STEPS: Final = Counter("controller_steps", "opt_step commands sent (first attempts).", ["key"])
 RETRIES: Final = Counter(
     "controller_retries", "Commands resent after an error or timeout.", ["key"]
 )
 TIMEOUTS: Final = Counter("controller_timeouts", "Deadlines passed without a report.", ["key"])
 DEAD_LETTERS: Final = Counter(
-    "controller_dead_letters", "Input messages sent to the dead-letter topic.", ["stage"]
-)
+    "controller_dead_letters", "Input messages sent to the dead-letter topic, by where they were "
+    "refused and why (a bounded class of the reason; the log line has the whole text).",
+    ["stage", "reason"],
+)  # fmt: skip
 BEST_SCORE: Final = Gauge(
     "controller_round_best_score", "Lowest f_val seen in the current round.", ["key"]
+)
+ENGINE_PAUSED_SINCE: Final = Gauge(
+    "controller_engine_paused_since_timestamp_seconds",
+    "When this controller paused the engine (Unix time); 0 while it plays.", ["key"],
+)  # fmt: skip
+ROUND_LIMIT: Final = Gauge(
+    "controller_round_limit_seconds",
+    "The longest a round can keep the engine paused under this process's settings: every "
+    "awaited command of the longest round (OPTIMISER_BUDGET steps and the finalise) waiting "
+    "out REPORT_TIMEOUT_S on each of its MAX_RETRIES + 1 attempts.",
+)
+INSTRUCTIONS_QUEUED: Final = Gauge(
+    "controller_instructions_queued", "Admitted instructions waiting for their round.", ["key"]
+)
+REPORTS_HELD: Final = Gauge(
+    "controller_reports_held", "Reports and deadline markers read before their command was "
+    "sent (a replay), held until it is.", ["key"],
+)  # fmt: skip
+LAST_SNAPSHOT: Final = Gauge(
+    "controller_last_snapshot_timestamp_seconds",
+    "When this process last snapshotted its outputs' progress (the outbox, at the end of "
+    "every epoch Bytewax snapshots; before the first, when it started; Unix time).",
+)
+SNAPSHOT_INTERVAL: Final = Gauge(
+    "controller_snapshot_interval_seconds", "Bytewax's snapshot interval (-s); 0: unknown."
+)
+EVALUATION: Final = Histogram(
+    "controller_factory_evaluation_seconds",
+    "Factory seconds per opt_step: from what made the controller send it to its report, "
+    "both from the records' own timestamps.", ["key"],
+    buckets=(1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800),
+)  # fmt: skip
+HOP: Final = Histogram(
+    "controller_hop_seconds",
+    "From an input's arrival in the flow to the commands and syncs it caused leaving the "
+    "session step (the controller's own share of a step).",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
 INPUT_EPOCH_LAG: Final = Gauge(
     "controller_input_epoch_lag_seconds",
@@ -45,8 +89,6 @@ INPUT_EPOCH_LAG: Final = Gauge(
 )
 
 _COUNTERS: Final = {
-    "round_completed": ROUNDS_COMPLETED,
-    "round_aborted": ROUNDS_ABORTED,
     "step": STEPS,
     "retry": RETRIES,
     "timeout": TIMEOUTS,
@@ -105,10 +147,16 @@ def record_note(note: Note) -> None:
     level = logging.WARNING if note.kind in warned else logging.INFO
     log.log(level, note.kind.replace("_", " "), extra={"fields": fields})
     if note.kind == "round_started":
+        _KIND[note.key] = note.detail
         ROUNDS_STARTED.labels(note.key, note.detail).inc()
         _BEST[note.key] = math.nan
         BEST_SCORE.labels(note.key).set(math.nan)
+    elif note.kind in ("round_completed", "round_aborted"):
+        ended = ROUNDS_COMPLETED if note.kind == "round_completed" else ROUNDS_ABORTED
+        ended.labels(note.key, _KIND.get(note.key, "unknown")).inc()
     elif note.kind == "score" and note.value is not None:
+        if note.seconds is not None:
+            EVALUATION.labels(note.key).observe(note.seconds)
         if not _BEST.get(note.key, math.nan) <= note.value:  # NaN-safe: a round starts at NaN
             _BEST[note.key] = note.value
             BEST_SCORE.labels(note.key).set(note.value)
@@ -119,9 +167,37 @@ def record_note(note: Note) -> None:
 #: The best score of each session's round so far, as ``BEST_SCORE`` shows it (the client
 #: library offers no public read of a gauge's value).
 _BEST: dict[str, float] = {}
+#: The kind of each session's round in progress ("unknown": started before this process).
+_KIND: dict[str, str] = {}
+#: A dead letter's reason, as a bounded class: the first phrase of this table found in it.
+_REASONS: Final = (
+    ("kafka:", "kafka"), ("exceeds the", "too_large"), ("duplicate", "duplicate"),
+    ("stale", "stale"), ("foreign", "foreign"), ("coalesced", "coalesced"),
+    ("already queued", "queue_full"), ("acknowledges", "acknowledgement"),
+    ("not one of the configured", "unroutable"), ("is not a command id", "unroutable"),
+    ("not valid JSON", "malformed"), ("JSON is malformed", "malformed"),
+    ("not an Avro", "malformed"), ("Expected", "malformed"), ("must", "invalid"),
+    ("unknown", "invalid"),
+)  # fmt: skip
+
+
+def reason_class(reason: str) -> str:
+    """The dead letter's reason as one of a few classes (a label must stay bounded)."""
+    return next((label for phrase, label in _REASONS if phrase in reason), "other")
+
+
+def record_sync(key: str, sync_type: str, now_s: float) -> None:
+    """The engine's state as this controller last set it (pause: since ``now_s``)."""
+    ENGINE_PAUSED_SINCE.labels(key).set(now_s if sync_type == "pause" else 0)
+
+
+def record_session(key: str, queued: int, held: int) -> None:
+    """The session's waiting instructions and held reports after a step."""
+    INSTRUCTIONS_QUEUED.labels(key).set(queued)
+    REPORTS_HELD.labels(key).set(held)
 
 
 def record_dead_letter(stage: str, reason: str, fields: dict[str, Any]) -> None:
     """Log a dead letter and count it."""
-    DEAD_LETTERS.labels(stage).inc()
+    DEAD_LETTERS.labels(stage, reason_class(reason)).inc()
     log.warning("dead letter", extra={"fields": {"stage": stage, "reason": reason, **fields}})

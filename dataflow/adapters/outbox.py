@@ -58,6 +58,7 @@ from dataflow.adapters.kafka import (
     MESSAGE_ID_HEADER,
     OutMessage,
 )
+from dataflow.adapters.observability import LAST_SNAPSHOT
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +169,7 @@ class OutboxPartition(StatefulSinkPartition[OutMessage, OutboxState]):
     def snapshot(self) -> OutboxState:
         with self._stopping_if_stale():
             self._log.settle()  # a failed commit stops the flow before it writes the epoch
+        LAST_SNAPSHOT.set_to_current_time()
         return OutboxState(tuple((t, p, o) for (t, p), o in sorted(self._offsets.items())))
 
     @contextlib.contextmanager

@@ -102,7 +102,7 @@ def _scored(state: Session, f_val: float, cost_s: float | None, when: When) -> S
     before = optimiser_of(round_)
     snapshot = optimizer.learn(before, f_val, cost_s)
     step = len(snapshot.observations) - 1
-    notes = (Note(state.key, "score", round_.number, step=step, value=f_val),
+    notes = (Note(state.key, "score", round_.number, step=step, value=f_val, seconds=cost_s),
              *_over_budget(state.key, round_.number, before, snapshot))  # fmt: skip
     if snapshot.remaining <= 0:
         return ScoredLast(snapshot, notes, when)

@@ -96,6 +96,15 @@ class MachineConfig(msgspec.Struct, frozen=True):
             problems.append(f"baseline counters must be >= 0, got {self.baseline}")
         return problems
 
+    def longest_round_ms(self) -> int:
+        """The longest a round can keep the engine paused (the controller's hops aside).
+
+        Every awaited command of an OPTIMIZE round (its steps and the finalise) waits out
+        its report timeout on each of its attempts.
+        """
+        awaited = self.profile.budget + 1
+        return awaited * self.report_timeout_ms * (self.max_retries + 1)
+
     def command_id(self, key: str, counter: int) -> int | str:
         """The wire id of session ``key``'s command number ``counter``."""
         return CommandId(key, counter).wire(self.keys, dialects.get(self.dialect).command_id)

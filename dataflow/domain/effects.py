@@ -59,6 +59,8 @@ class Note(msgspec.Struct, frozen=True, tag="note"):
     step: int | None = None
     detail: str = ""
     value: float | None = None
+    #: A scored step's factory seconds (``dataflow.domain.cost``), when measured.
+    seconds: float | None = None
 
 
 Effect: TypeAlias = SendCommand | SendSync | MarkDeadline | Reject | Note
