@@ -237,7 +237,8 @@ def session_step(
     ):
         observability.HOP.observe(max(now_ms() - event.at_ms, 0) / 1000)
     if state is not None:
-        observability.record_session(envelope.key, len(state.queue), len(state.held))
+        observability.record_session(envelope.key, state.phase.value, len(state.queue),
+                                     len(state.held))  # fmt: skip
     return state, Outcome(envelope.origin, effects)
 
 

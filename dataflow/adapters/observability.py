@@ -16,7 +16,7 @@ from typing import Any, Final
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from dataflow.domain.machine import Note
+from dataflow.domain.machine import Note, Phase
 
 # Names follow Prometheus's conventions: base units in the name (``_seconds``), counters
 # exposed with ``_total``, Unix times as ``_timestamp_seconds``. Labels are bounded: the
@@ -55,6 +55,10 @@ ROUND_LIMIT: Final = Gauge(
     "awaited command of the longest round (OPTIMISER_BUDGET steps and the finalise) waiting "
     "out REPORT_TIMEOUT_S on each of its MAX_RETRIES + 1 attempts.",
 )
+PHASE: Final = Gauge(
+    "controller_session_phase", "1 for the phase the session rests in, 0 for the others.",
+    ["key", "phase"],
+)  # fmt: skip
 INSTRUCTIONS_QUEUED: Final = Gauge(
     "controller_instructions_queued", "Admitted instructions waiting for their round.", ["key"]
 )
@@ -191,8 +195,10 @@ def record_sync(key: str, sync_type: str, now_s: float) -> None:
     ENGINE_PAUSED_SINCE.labels(key).set(now_s if sync_type == "pause" else 0)
 
 
-def record_session(key: str, queued: int, held: int) -> None:
-    """The session's waiting instructions and held reports after a step."""
+def record_session(key: str, phase: str, queued: int, held: int) -> None:
+    """The session's phase, waiting instructions and held reports after a step."""
+    for each in Phase:
+        PHASE.labels(key, each.value).set(1 if each.value == phase else 0)
     INSTRUCTIONS_QUEUED.labels(key).set(queued)
     REPORTS_HELD.labels(key).set(held)
 

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -73,11 +74,11 @@ def test_every_alert_has_a_summary_a_description_and_a_runbook_in_the_readme() -
         assert f"\n#### {rule['alert']}\n" in readme, f"no runbook section for {rule['alert']}"
 
 
-def test_the_monitoring_kustomization_renders_the_rule_and_the_pod_monitor() -> None:
+def test_the_monitoring_kustomization_renders_the_rule_the_pod_monitor_and_the_dashboard() -> None:
     out = subprocess.run([BIN / "kubectl", "kustomize", MONITORING], capture_output=True,
                          text=True, check=True).stdout  # fmt: skip
     kinds = [doc["kind"] for doc in yaml.safe_load_all(out)]
-    assert sorted(kinds) == ["PodMonitor", "PrometheusRule"]
+    assert sorted(kinds) == ["ConfigMap", "PodMonitor", "PrometheusRule"]
     statefulset = (ROOT / "k8s" / "base" / "statefulset.yaml").read_text()
     assert "name: api" in statefulset  # the port the PodMonitor scrapes
 
@@ -91,3 +92,21 @@ def test_metric_names_follow_prometheus_conventions() -> None:
             assert metric.name.endswith("_seconds"), metric.name
         if "timestamp" in metric.name:
             assert metric.name.endswith("_timestamp_seconds"), metric.name
+
+
+def test_the_dashboard_repeats_a_row_per_session_and_queries_only_served_metrics() -> None:
+    config_map = yaml.safe_load((MONITORING / "dashboard.yaml").read_text())
+    assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"  # the sidecar's label
+    (text,) = config_map["data"].values()
+    dashboard = json.loads(text)
+    rows = [p for p in dashboard["panels"] if p["type"] == "row"]
+    assert rows[0]["repeat"] == "key"  # one row per session
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert "controller_session_phase" in variables["key"]["definition"]
+    served = {metric.name for metric in REGISTRY.collect() if metric.name.startswith("controller_")}
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    assert len(exprs) >= 15
+    for expr in exprs:
+        for name in re.findall(r"\bcontroller_\w+", expr):
+            base = re.sub(r"_(total|bucket|count|sum)$", "", name)
+            assert base in served, (expr, name)
