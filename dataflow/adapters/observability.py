@@ -69,7 +69,8 @@ REPORTS_HELD: Final = Gauge(
 LAST_SNAPSHOT: Final = Gauge(
     "controller_last_snapshot_timestamp_seconds",
     "When this process last snapshotted its outputs' progress (the outbox, at the end of "
-    "every epoch Bytewax snapshots; before the first, when it started; Unix time).",
+    "every epoch Bytewax snapshots; before the first, when it started; Unix time). Only "
+    "the process holding the outbox's partition stamps it: the cluster's is the max.",
 )
 SNAPSHOT_INTERVAL: Final = Gauge(
     "controller_snapshot_interval_seconds", "Bytewax's snapshot interval (-s); 0: unknown."
