@@ -25,18 +25,16 @@ wrote. They are named in ``dataflow.adapters.recovery`` (``FLOW_ID``,
 
 from __future__ import annotations
 
-import _thread
 import dataclasses
 import logging
 import signal
 import sys
-import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial
-from typing import Any, Final, TypeAlias
+from typing import Any, TypeAlias
 
 import bytewax.operators as op
 import msgspec
@@ -46,7 +44,7 @@ from bytewax.inputs import Source
 from bytewax.outputs import Sink
 from threadpoolctl import threadpool_limits
 
-from dataflow.adapters import observability
+from dataflow.adapters import observability, runtime
 from dataflow.adapters.clock import now_ms
 from dataflow.adapters.config import Settings, SettingsError
 from dataflow.adapters.kafka import (
@@ -74,7 +72,7 @@ from dataflow.adapters.recovery import (
     Claim,
 )
 from dataflow.adapters.runtime import bytewax_epoch_interval, bytewax_recovery
-from dataflow.adapters.sources import STOP_REQUESTED, EpochClock, PacedKafkaSource, TickSource
+from dataflow.adapters.sources import EpochClock, PacedKafkaSource, TickSource
 from dataflow.domain import machine
 from dataflow.domain import messages as msg
 
@@ -345,30 +343,6 @@ def single_threaded_numerics() -> threadpool_limits:
     return threadpool_limits(limits=1)
 
 
-#: How long a requested stop may take before the controller is interrupted as by Ctrl-C
-#: (the last resort: a process of a cluster whose other processes were not asked to stop
-#: cannot finish the dataflow alone).
-STOP_GRACE_S: Final = 10.0
-
-
-def stop_on_sigterm(signum: int, frame: object) -> None:
-    """SIGTERM: end the inputs, so the dataflow finishes cleanly (status 0), one log line.
-
-    Bytewax then snapshots the last epoch, the outbox flushes and commits, and
-    ``bytewax.run`` returns. A second SIGTERM, or ``STOP_GRACE_S`` without finishing,
-    interrupts it as Ctrl-C does (status 130, with Bytewax's traceback).
-    """
-    if STOP_REQUESTED.is_set():
-        _thread.interrupt_main()
-        return
-    STOP_REQUESTED.set()
-    log.info("controller stopping: SIGTERM received; the inputs end here, the last epoch is "
-             "snapshotted, then the process exits with status 0")  # fmt: skip
-    timer = threading.Timer(STOP_GRACE_S, _thread.interrupt_main)
-    timer.daemon = True
-    timer.start()
-
-
 def get_flow() -> Dataflow:
     """Entry point for ``python -m bytewax.run "dataflow.flow:get_flow()"``.
 
@@ -377,7 +351,7 @@ def get_flow() -> Dataflow:
     """
     # Bytewax installs nothing for SIGTERM, and as PID 1 of a container the kernel ignores
     # it: every delete would wait out its grace period and end in SIGKILL.
-    signal.signal(signal.SIGTERM, stop_on_sigterm)
+    signal.signal(signal.SIGTERM, runtime.stop_on_sigterm)
     single_threaded_numerics()
     try:
         settings = Settings.from_env()
