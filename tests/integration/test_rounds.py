@@ -43,10 +43,21 @@ def test_an_optimize_round_then_a_retrain_run_end_to_end(
     for line in [
         'controller_rounds_started_total{key="controller",kind="OPTIMIZE"} 1.0',
         'controller_rounds_started_total{key="controller",kind="RETRAIN"} 1.0',
-        'controller_rounds_completed_total{key="controller"} 2.0',
+        'controller_rounds_completed_total{key="controller",kind="OPTIMIZE"} 1.0',
+        'controller_rounds_completed_total{key="controller",kind="RETRAIN"} 1.0',
         'controller_steps_total{key="controller"} 4.0',
+        'controller_session_phase{key="controller",phase="IDLE"} 1.0',
+        'controller_session_phase{key="controller",phase="WAITING_FOR_REPORT"} 0.0',
+        'controller_engine_paused_since_timestamp_seconds{key="controller"} 0.0',
+        'controller_instructions_queued{key="controller"} 0.0',
     ]:
         assert line in metrics.splitlines()
+    # Every hop that sent a command or a sync was timed; the round limit follows the settings.
+    [hops] = [float(line.split()[1]) for line in metrics.splitlines()
+              if line.startswith("controller_hop_seconds_count ")]  # fmt: skip
+    # The OPTIMIZE, its 4 step reports, the finalise's report, the RETRAIN and its report.
+    assert hops == 8
+    assert any(line.startswith("controller_round_limit_seconds ") for line in metrics.splitlines())
     # The inputs end their epochs together (``-s 1``; unaligned they drift ~20 ms an epoch).
     [lag] = [float(line.split()[1]) for line in metrics.splitlines()
              if line.startswith("controller_input_epoch_lag_seconds ")]  # fmt: skip
