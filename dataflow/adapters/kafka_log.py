@@ -34,9 +34,21 @@ from dataflow.adapters.recovery import stop_stale
 log = logging.getLogger(__name__)
 
 #: How old the output transaction gets before a timer commits it (seconds); the broker
-#: aborts one older than ``TRANSACTION_TIMEOUT_MS``, which fences its producer.
+#: aborts one older than its timeout (``transaction_timeout_ms``), which fences its producer.
 COMMIT_EVERY_S: Final = 10.0
 TRANSACTION_TIMEOUT_MS: Final = 60_000
+
+
+def transaction_timeout_ms(delivery_timeout_s: float, commit_every_s: float) -> int:
+    """How old the broker lets the output transaction get before it aborts it.
+
+    At least ``TRANSACTION_TIMEOUT_MS``, and long enough for the transaction's oldest
+    message (written up to ``commit_every_s`` before the commit) to wait out the delivery
+    timeout: librdkafka cuts a transactional producer's message timeout to this, so a
+    shorter one would crash the flow before ``DELIVERY_TIMEOUT_S`` (a broker outage of a
+    minute would not be ridden out however that was set).
+    """
+    return max(TRANSACTION_TIMEOUT_MS, round((delivery_timeout_s + commit_every_s) * 1000))
 
 
 class KafkaLog:
@@ -76,7 +88,8 @@ class KafkaLog:
             # Keyed as Java's and kafka-python's producers key: an Avro key lands where
             # the original services would put it.
             "partitioner": "murmur2_random",
-            "transaction.timeout.ms": str(TRANSACTION_TIMEOUT_MS),
+            "transaction.timeout.ms": str(transaction_timeout_ms(timeout_s, commit_every_s)),
+            "message.timeout.ms": str(max(1, round(timeout_s * 1000))),
         })  # fmt: skip
 
     def fence(self) -> None:

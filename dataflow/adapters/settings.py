@@ -139,13 +139,15 @@ def integer(low: int, below: int | None = None) -> Callable[[str], int]:
     return parse
 
 
-def real(low: float) -> Callable[[str], float]:
-    """A finite number of at least ``low`` (``nan`` and ``inf`` are refused)."""
+def real(low: float, high: float = math.inf) -> Callable[[str], float]:
+    """A finite number from ``low`` to ``high`` (``nan`` and ``inf`` are refused)."""
 
     def parse(raw: str) -> float:
         value = float(_number(raw, float))
         if not math.isfinite(value):
             raise ValueError(f"{raw!r} is not a finite number")
+        if value > high:
+            raise ValueError(f"{value} must be at most {high:g}")
         return float(_at_least(value, low))
 
     return parse

@@ -221,8 +221,15 @@ REPLICATION = Setting("TOPIC_REPLICATION", integer(1), 1,
                       "Replication factor of topics the controller creates.")
 STARTUP_TIMEOUT_S = Setting("STARTUP_TIMEOUT_S", real(0.1), 30.0,
                             "Exit non-zero if the broker is unreachable this long.")
-DELIVERY_TIMEOUT_S = Setting("DELIVERY_TIMEOUT_S", real(0.1), 30.0,
-    "Seconds to wait for the broker to acknowledge output before crashing (to replay).")
+#: The longest ``DELIVERY_TIMEOUT_S``: the output transaction's timeout follows it (plus
+#: the outbox's 10 s commit period, ``kafka_log.transaction_timeout_ms``) and must stay
+#: within a broker's default ``transaction.max.timeout.ms`` (15 minutes).
+MAX_DELIVERY_TIMEOUT_S: Final = 890.0
+DELIVERY_TIMEOUT_S = Setting("DELIVERY_TIMEOUT_S", real(0.1, MAX_DELIVERY_TIMEOUT_S), 30.0,
+    "Seconds to wait for the broker to acknowledge output before crashing (to replay): "
+    "how long a broker outage is ridden out. At most "
+    f"{MAX_DELIVERY_TIMEOUT_S:g}: the output transaction's timeout follows it, and brokers "
+    "refuse one over 15 minutes (their transaction.max.timeout.ms).")
 #: librdkafka's name for each security setting.
 SECURITY: Final[Mapping[Setting[Any], str]] = {
     _security("KAFKA_SECURITY_PROTOCOL", "librdkafka security.protocol (e.g. SASL_SSL)."):

@@ -9,9 +9,11 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from dataflow.adapters import kafka_log
 from dataflow.adapters import variables as config
 from dataflow.adapters.config import VARIABLES, Secret, Settings, SettingsError, Topics
 from dataflow.adapters.settings import Derived, shown
+from dataflow.adapters.variables import MAX_DELIVERY_TIMEOUT_S
 from dataflow.domain import dialects, optimizer
 from dataflow.domain.dialects import seed
 from tests.support import RECORDINGS, ROOT
@@ -290,3 +292,15 @@ def test_initial_params_that_are_not_an_object_of_numbers_are_refused_as_such() 
         with pytest.raises(SettingsError) as refused:
             Settings.from_env({"INITIAL_PARAMS": text})
         assert refused.value.problems == ["INITIAL_PARAMS: must be a JSON object of numbers"]
+
+
+def test_the_output_transaction_lasts_the_delivery_timeout_up_to_the_brokers_limit() -> None:
+    # librdkafka cuts a transactional producer's message timeout to the transaction's: a
+    # minute's transaction would have crashed the flow at 60 s whatever was set.
+    assert kafka_log.transaction_timeout_ms(30.0, kafka_log.COMMIT_EVERY_S) == 60_000
+    assert kafka_log.transaction_timeout_ms(600.0, kafka_log.COMMIT_EVERY_S) == 610_000
+    longest = kafka_log.transaction_timeout_ms(MAX_DELIVERY_TIMEOUT_S, kafka_log.COMMIT_EVERY_S)
+    assert longest == 900_000  # a broker's default transaction.max.timeout.ms
+    assert Settings.from_env({"DELIVERY_TIMEOUT_S": "890"}).delivery_timeout_s == 890.0
+    with pytest.raises(SettingsError, match="DELIVERY_TIMEOUT_S"):
+        Settings.from_env({"DELIVERY_TIMEOUT_S": "891"})
