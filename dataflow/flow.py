@@ -371,6 +371,7 @@ def get_flow() -> Dataflow:
         raise SystemExit(3) from None
     settings = settings.with_baseline(origin.baseline)
     interval = bytewax_epoch_interval()
+    observability.declare(settings.machine.keys)
     observability.ROUND_LIMIT.set(settings.machine.longest_round_ms() / 1000)
     observability.SNAPSHOT_INTERVAL.set(interval.total_seconds() if interval else 0)
     observability.LAST_SNAPSHOT.set_to_current_time()  # no snapshot is overdue at start

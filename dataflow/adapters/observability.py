@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import sys
+from collections.abc import Iterable
 from typing import Any, Final
 
 from prometheus_client import Counter, Gauge, Histogram
@@ -189,6 +190,32 @@ _REASONS: Final = (
 def reason_class(reason: str) -> str:
     """The dead letter's reason as one of a few classes (a label must stay bounded)."""
     return next((label for phrase, label in _REASONS if phrase in reason), "other")
+
+
+#: Where an input can be dead-lettered (``flow._dead``'s stages).
+STAGES: Final = ("consume", "decode", "route", "session")
+#: What a round's ``kind`` label can be.
+KINDS: Final = ("OPTIMIZE", "RETRAIN", "unknown")
+
+
+def declare(keys: Iterable[str]) -> None:
+    """Create every counter's bounded label sets at zero, before anything happens.
+
+    A counter series that first appears at 1 hides its first increase from
+    Prometheus's ``increase()`` (it has no earlier sample): the first aborted round
+    or dead letter would not alert. So each session's and each stage's series exist
+    from the start, as Prometheus's guidance on labelled counters asks.
+    """
+    for key in keys:
+        for kind in KINDS:
+            for counter in (ROUNDS_STARTED, ROUNDS_COMPLETED, ROUNDS_ABORTED):
+                counter.labels(key, kind)
+        for counter in _COUNTERS.values():
+            counter.labels(key)
+    for stage in STAGES:
+        for reason in dict.fromkeys(label for _, label in _REASONS):
+            DEAD_LETTERS.labels(stage, reason)
+        DEAD_LETTERS.labels(stage, "other")
 
 
 def record_sync(key: str, sync_type: str, now_s: float) -> None:
