@@ -43,14 +43,23 @@ kafka-down:
 
 # Run the controller end to end: a local broker, the controller, simulated factory and engine
 run *args: jars
+    {{just_executable()}} _with-broker dataflow.sim.demo "$@"
+
+# The demo with a real Prometheus beside it (the shipped alert rules), held open: prints where to look
+monitor *args: jars
+    {{just_executable()}} _with-broker dataflow.sim.monitor "$@"
+
+# Run a module with a local broker unless KAFKA_BOOTSTRAP_SERVERS names one
+_with-broker module *args:
     #!/usr/bin/env bash
     set -euo pipefail
+    shift  # the module
     if [ -z "${KAFKA_BOOTSTRAP_SERVERS:-}" ]; then
         trap '{{py}} tests/kafka/broker.py down --state .kafka/demo' EXIT
         {{py}} tests/kafka/broker.py up --state .kafka/demo > /dev/null
         export KAFKA_BOOTSTRAP_SERVERS="$(cat .kafka/demo/bootstrap)"
     fi
-    {{py}} -m dataflow.sim.demo "$@"
+    {{py}} -m {{module}} "$@"
 
 # Run everything CI runs: lint, then unit, flow and integration tests (real Kafka broker)
 test *args: lint jars

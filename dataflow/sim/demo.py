@@ -52,6 +52,15 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--latency", type=float, default=0.05, help="factory seconds per command")
     parser.add_argument("--output", type=Path, default=Path("demo-output"))
     parser.add_argument("--timeout", type=float, default=300.0, help="give up after this long")
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=0,
+        help="serve the controller's /metrics on this port (0: off)",
+    )
+    parser.add_argument(
+        "--hold", action="store_true", help="after the rounds, keep everything running until Ctrl-C"
+    )
     return parser.parse_args(argv)
 
 
@@ -144,6 +153,10 @@ class Demo:
                "TICK_INTERVAL_S": "1",
                "OPTIMISER_BUDGET": str(self.profile.budget), "REPORT_TIMEOUT_S": "30",
                "LOG_FORMAT": "json"}  # fmt: skip
+        if self.args.metrics_port:
+            env.update(BYTEWAX_DATAFLOW_API_ENABLED="1",
+                       BYTEWAX_DATAFLOW_API_PORT=str(self.args.metrics_port),
+                       BYTEWAX_DATAFLOW_API_CACHE_PATH=str(self.folder))  # fmt: skip
         self.controller = ControllerProcess(self.folder / "recovery", env, log=self.log_path)
         self.controller.start()
         # It reads from its topics' end as it found it (INPUT_START): instructions go after.
@@ -196,7 +209,19 @@ class Demo:
         self.send(msg.InstructionKind.RETRAIN, 1)
         self.wait_for_rounds(2, began)
         self.wait_until_settled(began)  # the engine read the last play; a snapshot holds it
+        if self.args.hold:
+            self.hold()
         return simulator
+
+    def hold(self) -> None:
+        """Keep the controller and the stand-ins running until Ctrl-C (or SIGTERM)."""
+        print("\ndemo: holding; Ctrl-C stops everything and writes the summary")
+        try:
+            while self.controller and self.controller.running():
+                time.sleep(1)
+        except KeyboardInterrupt:
+            return
+        raise RuntimeError(f"the controller exited; see {self.log_path}")
 
     def shutdown(self) -> None:
         """Stop the controller (Ctrl-C, then kill) and the stand-in threads."""
