@@ -40,8 +40,9 @@ from tests.kafka import broker, client
 pytestmark = pytest.mark.integration
 
 TIMESTAMP = 1_600_000_000_000
-#: CPU seconds a refused start may cost: Python, Bytewax and the optimiser's imports.
-CPU_BUDGET_S = 8.0
+#: CPU seconds a refused start may cost: Python, Bytewax and the optimiser's imports
+#: (measured: 2.7-3.4 s of CPU in 5-8.6 s of wall time, on 2 loaded cores).
+CPU_BUDGET_S = 6.0
 
 
 @pytest.fixture(scope="module")
