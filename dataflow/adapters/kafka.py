@@ -145,6 +145,24 @@ def refusal(error: ConfluentKafkaError, config: Mapping[str, Any]) -> str | None
     return None  # other TLS failures may pass (a broker restarting): retried
 
 
+#: What librdkafka names when it cannot use a file, and the settings to check for it.
+_FILES: Final = (
+    ("ssl.key.location", "KAFKA_SSL_KEY_LOCATION={ssl.key.location} and KAFKA_SSL_KEY_PASSWORD"),
+    ("ssl.certificate.location", "KAFKA_SSL_CERTIFICATE_LOCATION={ssl.certificate.location}"),
+    ("ssl.ca.location", "KAFKA_SSL_CA_LOCATION={ssl.ca.location}"),
+)
+
+
+def unusable(error: ConfluentKafkaError, config: Mapping[str, Any]) -> str:
+    """Why a client could not even be made (a file, a key's password), and what to check."""
+    for name, settings in _FILES:
+        if name in error.str():
+            check = settings.replace(f"{{{name}}}", str(config.get(name, "(unset)")))
+            return f"cannot set up a Kafka client ({error.str()}): check {check}"
+    return (f"cannot set up a Kafka client ({error.str()}): check KAFKA_SECURITY_PROTOCOL and "
+            "the KAFKA_SSL_* settings")  # fmt: skip
+
+
 def not_authorised(what: str, operations: list[str], resource: str, config: Mapping[str, Any],
                    setting: str | None = None) -> str:  # fmt: skip
     """The one line for a missing ACL: what is refused and which ACL to grant to whom."""
@@ -208,8 +226,7 @@ def preflight(settings: Settings) -> None:
     try:
         admin = AdminClient(admin_config)
     except KafkaException as error:  # a file that cannot be read, a key that cannot be decrypted
-        raise StartupError(f"cannot set up a Kafka client: {error}; check KAFKA_SECURITY_PROTOCOL "
-                           "and the KAFKA_SSL_* settings") from None  # fmt: skip
+        raise StartupError(unusable(error.args[0], config)) from None
     metadata = None
     last_error: Exception | None = None
     while time.monotonic() < deadline:

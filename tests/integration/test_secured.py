@@ -329,6 +329,29 @@ def test_an_untrusted_broker_certificate_stops_the_controller_at_once_naming_the
     assert_no_secret_in(controller.log_text(), security)
 
 
+def test_a_wrong_key_password_stops_the_controller_naming_the_key_settings_not_the_password(
+    secured_wiring: Callable[..., Wiring], security: broker.Security, tmp_path: Path
+) -> None:
+    wiring = secured_wiring(KAFKA_SSL_KEY_PASSWORD="not-" + security.key_password)
+    secured.grant(wiring.bootstrap, "controller", secured.controller_acls(wiring))
+    sent = send_instruction(wiring)
+    controller = Controller(wiring, tmp_path / "c")
+
+    status, seconds, cpu = refused_at_start(controller)
+
+    assert status == 3
+    key = wiring.extra["KAFKA_SSL_KEY_LOCATION"]
+    assert error_lines(controller) == [
+        "controller cannot start: cannot set up a Kafka client (Failed to create admin client: "
+        "ssl.key.location failed: error:0A080009:SSL routines::PEM lib): check "
+        f"KAFKA_SSL_KEY_LOCATION={key} and KAFKA_SSL_KEY_PASSWORD"
+    ]
+    assert_stopped_without_spinning(seconds, cpu, within=30)
+    assert_input_untouched(wiring, sent)
+    assert_no_secret_in(controller.log_text(), security)
+    assert wiring.extra["KAFKA_SSL_KEY_PASSWORD"] not in controller.log_text()
+
+
 def test_the_operators_acl_script_and_the_readme_grant_the_controller_exactly_the_tested_acls() -> (
     None
 ):
