@@ -341,11 +341,10 @@ def test_a_wrong_key_password_stops_the_controller_naming_the_key_settings_not_t
 
     assert status == 3
     key = wiring.extra["KAFKA_SSL_KEY_LOCATION"]
-    assert error_lines(controller) == [
-        "controller cannot start: cannot set up a Kafka client (Failed to create admin client: "
-        "ssl.key.location failed: error:0A080009:SSL routines::PEM lib): check "
-        f"KAFKA_SSL_KEY_LOCATION={key} and KAFKA_SSL_KEY_PASSWORD"
-    ]
+    [line] = error_lines(controller)  # OpenSSL's reason between: "...::PEM lib" (bundled)
+    assert line.startswith("controller cannot start: cannot set up a Kafka client (Failed to "
+                           "create admin client: ssl.key.location failed: ")  # fmt: skip
+    assert line.endswith(f"): check KAFKA_SSL_KEY_LOCATION={key} and KAFKA_SSL_KEY_PASSWORD")
     assert_stopped_without_spinning(seconds, cpu, within=30)
     assert_input_untouched(wiring, sent)
     assert_no_secret_in(controller.log_text(), security)
