@@ -57,6 +57,7 @@ from dataflow.adapters.kafka import (
     dead_letter,
     preflight,
     source_config,
+    stop_if_refused,
 )
 from dataflow.adapters.kafka_log import KafkaLog, fenced_at_start, kafka_outbox
 from dataflow.adapters.origin import Origin as RecordedOrigin
@@ -144,15 +145,16 @@ def kafka_io(
         bytewax_epoch_interval(), on_epoch_end=None if claim is None else claim.stop_if_stale
     )
 
-    def source(topic: str) -> PacedKafkaSource:
+    def source(topic: str, setting: str) -> PacedKafkaSource:
         return PacedKafkaSource(
             brokers, [topic], tail=True, add_config=extra, raise_on_errors=False,
             batch_size=100, idle_wait=idle_wait, clock=clock, start=origin.input_offsets(topic),
+            setting=setting,
         )  # fmt: skip
 
     return FlowIO(
-        instructions=source(settings.topics.instructions),
-        reports=source(settings.topics.reports),
+        instructions=source(settings.topics.instructions, "INSTRUCTION_TOPIC"),
+        reports=source(settings.topics.reports, "REPORT_TOPIC"),
         # The tick input only has to keep epochs moving, and the clock wakes it at each
         # epoch's end: it can sleep five times longer than the Kafka inputs.
         ticks=TickSource(timedelta(seconds=settings.tick_interval_s), idle_wait * 5, clock),
@@ -173,6 +175,8 @@ def decode_instruction(settings: Settings, item: RawInput) -> Envelope | OutMess
     """Bytes from the instruction topic to an event for its session, or a dead letter."""
     origin = _origin(item)
     if isinstance(item, KafkaError):
+        stop_if_refused(item.err, settings.topics.instructions, "INSTRUCTION_TOPIC",
+                        source_config(settings))  # fmt: skip
         return _dead(settings, origin, f"kafka: {item.err}", "consume")
     decoded = settings.codec.decode_instruction(item.value or b"", settings.max_message_bytes)
     if isinstance(decoded, msg.Rejection):
@@ -197,6 +201,7 @@ def decode_report(settings: Settings, item: RawInput) -> Envelope | OutMessage:
     """Bytes from the report topic to an event (a report, or one of our deadline markers)."""
     origin = _origin(item)
     if isinstance(item, KafkaError):
+        stop_if_refused(item.err, settings.topics.reports, "REPORT_TOPIC", source_config(settings))
         return _dead(settings, origin, f"kafka: {item.err}", "consume")
     data, codec = item.value or b"", settings.codec
     event: machine.Event

@@ -12,17 +12,23 @@ connector behaviour, each found by running it (and pinned by the integration tie
   twice.
 * Offsets live only in Bytewax's recovery store; ``auto.offset.reset`` is set
   explicitly so that an offset removed by retention does not skip data silently.
+* On a secured broker librdkafka retries a refused login or an untrusted certificate
+  forever, and an unauthorised topic looks missing: ``preflight`` stops at the first
+  such refusal with one line naming the setting or the ACL to fix (``refusal``,
+  ``not_authorised``), and never shows a secret's value.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from confluent_kafka import Consumer, KafkaException, Message
+from confluent_kafka import Consumer, KafkaException, Message, TopicCollection
 from confluent_kafka import KafkaError as ConfluentKafkaError
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic, TopicPartition
@@ -48,7 +54,7 @@ DLQ_STAGE: Final = "dlq-stage"
 
 
 class StartupError(RuntimeError):
-    """The controller cannot start: broker unreachable, topics missing or not creatable."""
+    """The controller cannot start: broker unreachable or refusing, topics missing or not made."""
 
 
 class DeliveryError(RuntimeError):
@@ -95,33 +101,151 @@ def source_config(settings: Settings) -> dict[str, Any]:
     # transaction a crash left open is read like the copy the outbox reads back.
     config["isolation.level"] = "read_uncommitted"
     config["fetch.message.max.bytes"] = str(max(1_048_576, settings.max_message_bytes * 2))
+    # Bytewax keeps the offsets; the group is for a secured broker's ACLs (consumer_group).
+    config["group.id"] = consumer_group(settings.transactional_id, "input")
     return config
+
+
+def consumer_group(transactional_id: str, reader: str) -> str:
+    """The group id of one of the controller's readers (``input``, ``origin``, ``read-back``).
+
+    None commits an offset, but librdkafka looks the group's coordinator up, which a
+    secured broker authorises (Describe on the group): every group is named after the
+    transactional id, so one prefixed ACL covers them.
+    """
+    return f"{transactional_id}.{reader}"
+
+
+#: The controller's readers' groups (``consumer_group``).
+READERS: Final = ("input", "origin", "read-back")
+
+
+def principal(config: Mapping[str, Any]) -> str:
+    """Whom the broker sees: ``User:<KAFKA_SASL_USERNAME>``, or a description without SASL."""
+    user = config.get("sasl.username")
+    return f"User:{user}" if user else "the controller's principal"
+
+
+def refusal(error: ConfluentKafkaError, config: Mapping[str, Any]) -> str | None:
+    """What a client error means for the settings, if no retry can cure it; else ``None``.
+
+    Names the setting to fix; shows the user name and the CA file, never a password.
+    """
+    code = error.code()
+    detail = error.str()
+    if code == ConfluentKafkaError._AUTHENTICATION:
+        mechanism = config.get("sasl.mechanism", "(unset)")
+        return (f"Kafka refused authentication for KAFKA_SASL_USERNAME="
+                f"{config.get('sasl.username', '(unset)')}: check KAFKA_SASL_PASSWORD and "
+                f"KAFKA_SASL_MECHANISM={mechanism} ({detail})")  # fmt: skip
+    if code == ConfluentKafkaError._SSL and "verif" in detail:
+        return (f"TLS handshake failed: the broker's certificate is not trusted by "
+                f"KAFKA_SSL_CA_LOCATION={config.get('ssl.ca.location', '(unset)')} "
+                f"or does not name the host in KAFKA_BOOTSTRAP_SERVERS ({detail})")  # fmt: skip
+    return None  # other TLS failures may pass (a broker restarting): retried
+
+
+#: What librdkafka names when it cannot use a file, and the settings to check for it.
+_FILES: Final = (
+    ("ssl.key.location", "KAFKA_SSL_KEY_LOCATION={ssl.key.location} and KAFKA_SSL_KEY_PASSWORD"),
+    ("ssl.certificate.location", "KAFKA_SSL_CERTIFICATE_LOCATION={ssl.certificate.location}"),
+    ("ssl.ca.location", "KAFKA_SSL_CA_LOCATION={ssl.ca.location}"),
+)
+
+
+def unusable(error: ConfluentKafkaError, config: Mapping[str, Any]) -> str:
+    """Why a client could not even be made (a file, a key's password), and what to check."""
+    for name, settings in _FILES:
+        if name in error.str():
+            check = settings.replace(f"{{{name}}}", str(config.get(name, "(unset)")))
+            return f"cannot set up a Kafka client ({error.str()}): check {check}"
+    return (f"cannot set up a Kafka client ({error.str()}): check KAFKA_SECURITY_PROTOCOL and "
+            "the KAFKA_SSL_* settings")  # fmt: skip
+
+
+def not_authorised(what: str, operations: list[str], resource: str, config: Mapping[str, Any],
+                   setting: str | None = None) -> str:  # fmt: skip
+    """The one line for a missing ACL: what is refused and which ACL to grant to whom."""
+    verbs = " and ".join(op.lower() for op in operations)
+    named = f" ({setting})" if setting else ""
+    return (f"not authorised to {verbs} {what}{named}: grant {' and '.join(operations)} on "
+            f"{resource} to {principal(config)} (README, Secured Kafka)")  # fmt: skip
+
+
+#: Exit status of a controller the broker refuses (at start-up, or an input at first use).
+EXIT_REFUSED: Final = 3
+
+
+def stop_if_refused(error: ConfluentKafkaError, topic: str, setting: str | None,
+                    config: Mapping[str, Any]) -> None:  # fmt: skip
+    """End the process at once, with one line, if an input's error is a refusal.
+
+    Not a dead letter: it is no message, and the input's offsets stay at the last
+    snapshot, so the next start reads from there. At once, as ``recovery.stop_stale``:
+    nothing more is written.
+    """
+    line = refusal(error, config)
+    if error.code() == ConfluentKafkaError.TOPIC_AUTHORIZATION_FAILED:
+        line = not_authorised(f"topic {topic!r}", ["Read"], f"Topic:{topic}", config, setting)
+    elif error.code() == ConfluentKafkaError.GROUP_AUTHORIZATION_FAILED:
+        group = config.get("group.id", "(unset)")
+        line = not_authorised(f"consumer group {group!r}", ["Describe"], f"Group:{group}", config)
+    if line is None:
+        return
+    logging.getLogger("dataflow.controller").error(f"controller stops: {line}")
+    for handler in logging.getLogger("dataflow").handlers:
+        handler.flush()
+    sys.stderr.flush()
+    os._exit(EXIT_REFUSED)
+
+
+def _topic_needs(settings: Settings) -> list[tuple[str, str, tuple[str, ...]]]:
+    """Each topic, the variable naming it, and what the controller does with it (ACL operations)."""
+    topics = settings.topics
+    read, write = "Read", "Write"
+    return [("INSTRUCTION_TOPIC", topics.instructions, (read,)),
+            ("REPORT_TOPIC", topics.reports, (read, write)),  # deadline markers
+            ("COMMAND_TOPIC", topics.commands, (read, write)),  # read back
+            ("SYNC_TOPIC", topics.sync, (read, write)),  # read back
+            ("DEAD_LETTER_TOPIC", topics.dead_letters, (write,))]  # fmt: skip
 
 
 def preflight(settings: Settings) -> None:
     """Fail fast, with a clear message, unless the broker answers and the topics exist.
 
     Missing topics are created when ``CREATE_TOPICS`` is on; otherwise listed in
-    the error. Never hangs: every call has a deadline of ``STARTUP_TIMEOUT_S``.
+    the error. Never hangs: every call has a deadline of ``STARTUP_TIMEOUT_S``. A
+    refused login or an untrusted certificate stops it at once (``refusal``), and so
+    does a missing ACL on a topic or a reader's group (``not_authorised``).
     """
+    config = client_config(settings)
     deadline = time.monotonic() + settings.startup_timeout_s
-    admin = AdminClient({**client_config(settings), "socket.connection.setup.timeout.ms": "5000"})
+    errors: list[ConfluentKafkaError] = []
+    admin_config = {**config, "socket.connection.setup.timeout.ms": "5000",
+                    "error_cb": errors.append}  # fmt: skip
+    try:
+        admin = AdminClient(admin_config)
+    except KafkaException as error:  # a file that cannot be read, a key that cannot be decrypted
+        raise StartupError(unusable(error.args[0], config)) from None
     metadata = None
     last_error: Exception | None = None
     while time.monotonic() < deadline:
         try:
-            metadata = admin.list_topics(timeout=max(0.5, min(5.0, deadline - time.monotonic())))
+            metadata = admin.list_topics(timeout=max(0.5, min(1.0, deadline - time.monotonic())))
             break
         except KafkaException as error:
             last_error = error
             time.sleep(0.2)
         finally:
-            admin.poll(0)  # serves librdkafka's queued log lines to CLIENT_LOG
+            admin.poll(0)  # serves librdkafka's queued log lines to CLIENT_LOG, and errors
+        for refused in filter(None, (refusal(error, config) for error in errors)):
+            raise StartupError(refused)
     if metadata is None:
         raise StartupError(
             f"Kafka brokers {settings.brokers} unreachable for {settings.startup_timeout_s:g}s"
-            f" (KAFKA_BOOTSTRAP_SERVERS); last error: {last_error}"
+            f" (KAFKA_BOOTSTRAP_SERVERS); last error: {errors[-1].str() if errors else last_error}"
         )
+    _check_authorised(settings, admin, metadata.topics, config)
     missing = [t for t in settings.topics.all() if t not in metadata.topics]
     if not missing:
         return
@@ -136,6 +260,52 @@ def preflight(settings: Settings) -> None:
         except KafkaException as error:
             if error.args[0].code() != ConfluentKafkaError.TOPIC_ALREADY_EXISTS:
                 raise StartupError(f"cannot create topic {topic!r}: {error}") from error
+
+
+def _check_authorised(
+    settings: Settings, admin: AdminClient, listed: Mapping[str, Any], config: Mapping[str, Any]
+) -> None:
+    """Raise ``StartupError`` for the first topic or group the controller may not use.
+
+    A broker lists only the topics its client may describe: one not listed is either
+    missing (created later, or reported missing) or refused, which a lookup by name
+    tells apart. A listed one's authorised operations must include the controller's.
+    """
+    timeout = settings.startup_timeout_s
+    needs = _topic_needs(settings)
+    for setting, topic, operations in needs:
+        if topic in listed:
+            continue
+        found = admin.list_topics(topic, timeout=timeout).topics.get(topic)
+        if (
+            found is not None
+            and found.error is not None
+            and found.error.code() == ConfluentKafkaError.TOPIC_AUTHORIZATION_FAILED
+        ):
+            raise StartupError(not_authorised(
+                f"topic {topic!r}", list(operations), f"Topic:{topic}",
+                config, setting))  # fmt: skip
+    present = [(setting, topic, ops) for setting, topic, ops in needs if topic in listed]
+    if present:
+        described = admin.describe_topics(TopicCollection([topic for _, topic, _ in present]),
+                                          include_authorized_operations=True)  # fmt: skip
+        for setting, topic, operations in present:
+            allowed = described[topic].result(timeout=timeout).authorized_operations
+            names = {op.name.title() for op in allowed or []}
+            lacking = [op for op in operations if allowed is not None and op not in names]
+            if lacking:
+                raise StartupError(not_authorised(f"topic {topic!r}", lacking,
+                                                  f"Topic:{topic}", config, setting))  # fmt: skip
+    groups = [consumer_group(settings.transactional_id, reader) for reader in READERS]
+    for group, future in admin.describe_consumer_groups(groups).items():
+        try:
+            future.result(timeout=timeout)
+        except KafkaException as error:
+            if error.args[0].code() == ConfluentKafkaError.GROUP_AUTHORIZATION_FAILED:
+                raise StartupError(not_authorised(
+                    f"consumer group {group!r}", ["Describe"],
+                    f"Group:{group} (or the prefix {settings.transactional_id}.)", config,
+                )) from None  # fmt: skip
 
 
 def end_offset(

@@ -25,8 +25,11 @@ from dataflow.adapters.kafka import (
     DeliveryError,
     OutMessage,
     client_config,
+    consumer_group,
     end_offset,
+    not_authorised,
     read_to_ends,
+    refusal,
 )
 from dataflow.adapters.outbox import FencedError, Offsets, Outbox, read_back_from
 from dataflow.adapters.recovery import stop_stale
@@ -103,7 +106,14 @@ class KafkaLog:
         try:
             self._producer.init_transactions(self._timeout)
         except KafkaException as error:
-            raise DeliveryError(f"cannot start the transactional producer "
+            code = error.args[0].code()
+            if code == ConfluentKafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED:
+                raise DeliveryError(not_authorised(
+                    f"transactional id {self._transactional_id!r}", ["Write"],
+                    f"TransactionalId:{self._transactional_id}", self._config,
+                    "KAFKA_TRANSACTIONAL_ID")) from None  # fmt: skip
+            refused = refusal(error.args[0], self._config)
+            raise DeliveryError(refused or f"cannot start the transactional producer "
                                 f"{self._transactional_id!r}: {error}") from error  # fmt: skip
         self._fenced = True
 
@@ -131,7 +141,7 @@ class KafkaLog:
             return ahead[1], ahead[2]
         consumer = Consumer({
             **self._config,
-            "group.id": f"{self._transactional_id}.read-back",
+            "group.id": consumer_group(self._transactional_id, "read-back"),
             "enable.auto.commit": "false",
             "isolation.level": "read_uncommitted",
             "auto.offset.reset": "earliest",

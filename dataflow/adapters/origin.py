@@ -48,6 +48,7 @@ from dataflow.adapters.kafka import (
     MESSAGE_ID_HEADER,
     StartupError,
     client_config,
+    consumer_group,
     end_offset,
     read_to_ends,
 )
@@ -143,7 +144,7 @@ def _found(settings: Settings, fresh: bool) -> Origin:
 def _consumer(settings: Settings) -> Consumer:
     return Consumer({
         **client_config(settings),
-        "group.id": f"{settings.transactional_id}.origin",
+        "group.id": consumer_group(settings.transactional_id, "origin"),
         "enable.auto.commit": "false",
         "isolation.level": "read_uncommitted",
         "enable.partition.eof": "true",

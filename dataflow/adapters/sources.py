@@ -49,6 +49,7 @@ from confluent_kafka.admin import AdminClient
 from typing_extensions import override
 
 from dataflow.adapters.clock import now_ms
+from dataflow.adapters.kafka import stop_if_refused
 from dataflow.adapters.observability import INPUT_EPOCH_LAG
 
 #: Set when the controller was asked to stop (SIGTERM): every input partition ends at
@@ -282,25 +283,32 @@ class _PacedPartition(StatefulSourcePartition[Any, Any]):
 
 #: librdkafka properties only a consumer understands: any other client warns (CONFWARN).
 CONSUMER_ONLY: Final = frozenset(
-    {"auto.offset.reset", "fetch.message.max.bytes", "isolation.level"}
+    {"auto.offset.reset", "fetch.message.max.bytes", "isolation.level", "group.id"}
 )
 #: Not given to the partition lister: nothing polls it, so its log lines would be lost;
 #: without a logger librdkafka writes them to stderr itself.
 _NOT_FOR_LISTER: Final = CONSUMER_ONLY | {"logger"}
 
 
-def partition_names(admin: AdminClient, topics: list[str]) -> list[str]:
+def partition_names(
+    admin: AdminClient, topics: list[str], config: Mapping[str, Any] | None = None,
+    setting: str | None = None,
+) -> list[str]:  # fmt: skip
     """Every partition of ``topics`` as ``KafkaSource`` names it: ``"<index>-<topic>"``.
 
     The names are Bytewax's recovery keys for the input's offsets (``build_part``
     parses them back), so they must stay exactly this; a test pins the format
     against ``KafkaSource.build_part``. Topics are listed one by one, so that a
-    broker that creates topics on first use does so.
+    broker that creates topics on first use does so. A topic the broker refuses
+    (an ACL removed since the start-up check) stops the process with one line
+    (``kafka.stop_if_refused``; ``config``: the client's, ``setting``: the variable
+    naming the topic).
     """
     names = []
     for topic in topics:
         metadata = admin.list_topics(topic).topics[topic]
         if metadata.error is not None:
+            stop_if_refused(metadata.error, topic, setting, config or {})
             raise RuntimeError(f"error listing partitions for Kafka topic {topic!r}: "
                                f"{metadata.error.str()}")  # fmt: skip
         names += [f"{index}-{topic}" for index in metadata.partitions]
@@ -319,9 +327,10 @@ class PacedKafkaSource(KafkaSource):
     def __init__(
         self, brokers: list[str], topics: list[str], *, add_config: dict[str, str],
         idle_wait: timedelta, clock: EpochClock | None = None,
-        start: Mapping[int, int] | None = None, **kwargs: Any,
+        start: Mapping[int, int] | None = None, setting: str | None = None, **kwargs: Any,
     ) -> None:  # fmt: skip
         super().__init__(brokers, topics, add_config=add_config, **kwargs)
+        self.setting = setting
         self.brokers, self.topics, self.add_config = list(brokers), list(topics), dict(add_config)
         self.idle_wait = idle_wait
         self.clock = clock or EpochClock()
@@ -339,7 +348,8 @@ class PacedKafkaSource(KafkaSource):
 
     @override
     def list_parts(self) -> list[str]:
-        return partition_names(AdminClient(self.admin_config()), self.topics)
+        return partition_names(AdminClient(self.admin_config()), self.topics, self.add_config,
+                               self.setting)  # fmt: skip
 
     @override
     def build_part(  # type: ignore[override]

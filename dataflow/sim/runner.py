@@ -13,7 +13,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Protocol
 
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, Message, Producer
@@ -102,15 +102,21 @@ def serve(
     from_start: bool = False,
     partitions: int = 1,
     delay_s: float = 0.0,
+    security: Mapping[str, str] | None = None,
 ) -> None:
-    """Call ``handler(value, headers)`` per message; produce the (topic, key, value) it yields."""
-    consumer = Consumer(client({"bootstrap.servers": bootstrap, "group.id": "stand-in",
+    """Call ``handler(value, headers)`` per message; produce the (topic, key, value) it yields.
+
+    ``security``: librdkafka settings added to both clients (e.g. SASL_SSL as its own user).
+    """
+    extra = dict(security or {})
+    consumer = Consumer(client({"bootstrap.servers": bootstrap, **extra, "group.id": "stand-in",
                                 "enable.auto.commit": False,
                                 # as the real services read: what a crash's transaction left
                                 "isolation.level": "read_uncommitted"}))  # fmt: skip
     start = OFFSET_BEGINNING if from_start else OFFSET_END
     consumer.assign([TopicPartition(topic, p, start) for p in range(partitions)])
-    producer = Producer(client({"bootstrap.servers": bootstrap, "enable.idempotence": True}))
+    producer = Producer(client({"bootstrap.servers": bootstrap, **extra,
+                                "enable.idempotence": True}))  # fmt: skip
     try:
         for message in messages(consumer, stop.is_set, what=f"stand-in consuming {topic}"):
             if delay_s:

@@ -22,7 +22,7 @@ from tests.support import ROOT, wait_for_snapshots
 
 K8S = ROOT / "k8s"
 BIN = Path(sys.executable).parent
-OVERLAYS = ["single-process", "multi-process"]
+OVERLAYS = ["single-process", "multi-process", "secured"]
 # Bytewax's own variables, and the three the entrypoints add (README, "Deploying").
 BYTEWAX = {
     "BYTEWAX_POD_NAME", "BYTEWAX_STATEFULSET_NAME", "BYTEWAX_REPLICAS",
@@ -96,6 +96,38 @@ def test_pods_mount_no_token_bound_tmp_and_need_the_kafka_secret(overlay: str) -
     assert [e for e in controller["envFrom"] if "secretRef" in e] == [
         {"secretRef": {"name": "rtcef-controller-kafka", "optional": False}}
     ]
+
+
+def test_the_secured_overlay_mounts_the_brokers_ca_where_kafka_ssl_ca_location_points() -> None:
+    docs = render("secured")
+    ca = config_maps(docs)["KAFKA_SSL_CA_LOCATION"]
+    pod = statefulset(docs)["spec"]["template"]["spec"]
+    (controller,) = pod["containers"]
+    [mount] = [m for m in controller["volumeMounts"] if m["name"] == "kafka-ca"]
+    assert mount == {"name": "kafka-ca", "mountPath": str(Path(ca).parent), "readOnly": True}
+    [volume] = [v for v in pod["volumes"] if v["name"] == "kafka-ca"]
+    assert volume["secret"]["secretName"] == "rtcef-controller-kafka-ca"
+    assert volume["secret"]["optional"] is False
+    assert volume["secret"]["items"] == [{"key": "ca.crt", "path": Path(ca).name}]
+    # The init container reads no Kafka: it gets neither the CA nor the credentials.
+    assert all(m["name"] != "kafka-ca" for m in pod["initContainers"][0]["volumeMounts"])
+    # Everything else is single-process's.
+    plain = render("single-process")
+    assert config_maps(plain) == {k: v for k, v in config_maps(docs).items()
+                                  if k != "KAFKA_SSL_CA_LOCATION"}  # fmt: skip
+
+
+def test_the_secured_secret_example_makes_valid_sasl_ssl_settings_with_the_overlays_ca() -> None:
+    example = (K8S / "secured" / "secret.example.yaml").read_text()
+    secrets = {doc["metadata"]["name"]: doc["stringData"] for doc in yaml.safe_load_all(example)}
+    assert set(secrets) == {"rtcef-controller-kafka", "rtcef-controller-kafka-ca"}
+    assert set(secrets["rtcef-controller-kafka-ca"]) == {"ca.crt"}
+    credentials = secrets["rtcef-controller-kafka"]
+    assert set(credentials) <= KNOWN
+    settings = Settings.from_env({**config_maps(render("secured")), **credentials})
+    assert settings.kafka_config()["security.protocol"] == "SASL_SSL"
+    assert settings.kafka_config()["ssl.ca.location"] == "/etc/rtcef/kafka-ca/ca.crt"
+    assert "change-me" not in repr(settings)
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)

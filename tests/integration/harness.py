@@ -167,11 +167,13 @@ def factory(
     before: Callable[[msg.FactoryCommand], None] | None = None,
     *,
     from_start: bool = True,
+    security: dict[str, str] | None = None,
 ) -> Iterator[FactorySimulator]:
     """A simulated factory answering the test's command topic from a thread.
 
     ``before(command)`` runs before each answer: a test can hold one there.
     ``from_start``: it answers the commands already on the topic too (else only new ones).
+    ``security``: its clients' security settings (a secured broker's ``factory`` user).
     """
     score = surface or bowl(wiring.profile)
     simulator = FactorySimulator(wiring.dialect, wiring.profile, score, behaviour or Behaviour(),
@@ -184,7 +186,8 @@ def factory(
     stop = threading.Event()
     thread = threading.Thread(
         target=serve, args=(wiring.bootstrap, wiring.commands, handle, stop),
-        kwargs={"from_start": from_start, "partitions": wiring.partitions}, daemon=True,
+        kwargs={"from_start": from_start, "partitions": wiring.partitions,
+                "security": security}, daemon=True,
     )  # fmt: skip
     thread.start()
     try:

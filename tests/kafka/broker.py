@@ -12,6 +12,12 @@ Command line (used by the Justfile)::
     python tests/kafka/broker.py up   --state .kafka   # prints the bootstrap address
     python tests/kafka/broker.py down --state .kafka
     python tests/kafka/broker.py jars                  # only fill the jar cache
+
+``start(..., secured=Security.generate(...))`` starts the same broker secured instead:
+clients on a SASL_SSL listener (a CA and a broker certificate made per run with
+``openssl``, hostname verification on), SCRAM-SHA-512 users written at format time,
+the standard authorizer with no ACL meaning no access, and ``admin`` its only super
+user besides the KRaft controller listener's (see ``SECURED_OVERRIDES``).
 """
 
 from __future__ import annotations
@@ -22,16 +28,18 @@ import contextlib
 import hashlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
+import ssl
 import struct
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -110,6 +118,175 @@ def _cluster_id() -> str:
             return cluster_id
 
 
+#: The SCRAM users a secured broker is formatted with: ``admin`` (the harness's super
+#: user, to create topics and ACLs), the controller, and the services around it.
+SECURED_USERS = ("admin", "controller", "factory", "engine", "observer")
+#: The secured listener's name (SASL_SSL): clients and the broker itself use it.
+SECURED_LISTENER = "SECURE"
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    done = subprocess.run(["openssl", *args], cwd=cwd, capture_output=True, text=True,
+                          check=False)  # fmt: skip
+    if done.returncode != 0:
+        raise BrokerError(f"openssl {args[0]} failed: {done.stderr.strip()}")
+
+
+def make_ca(directory: Path, name: str) -> Path:
+    """A self-signed CA (``<name>.pem`` and ``<name>.key``) in ``directory``."""
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+             "-keyout", f"{name}.key", "-out", f"{name}.pem", "-subj", f"/CN=rtcef test {name}",
+             "-addext", "basicConstraints=critical,CA:TRUE",
+             "-addext", "keyUsage=critical,keyCertSign,cRLSign", cwd=directory)  # fmt: skip
+    return directory / f"{name}.pem"
+
+
+def make_certificate(
+    directory: Path, name: str, ca: str, *, server: bool, key_password: str | None = None
+) -> tuple[Path, Path]:
+    """A certificate signed by CA ``ca`` and its PKCS#8 key; a server's names 127.0.0.1, localhost.
+
+    ``key_password``: the key is encrypted with it (AES-256).
+    """
+    encrypt = ["-aes256", "-pass", f"pass:{key_password}"] if key_password else []
+    _openssl("genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048",
+             *encrypt, "-out", f"{name}.key", cwd=directory)  # fmt: skip
+    passin = ["-passin", f"pass:{key_password}"] if key_password else []
+    _openssl("req", "-new", "-key", f"{name}.key", *passin, "-out", f"{name}.csr",
+             "-subj", f"/CN={'localhost' if server else name}", cwd=directory)  # fmt: skip
+    usage = "serverAuth" if server else "clientAuth"
+    extensions = [f"extendedKeyUsage={usage}", "keyUsage=critical,digitalSignature,keyEncipherment"]
+    if server:
+        extensions.append("subjectAltName=IP:127.0.0.1,DNS:localhost")
+    (directory / f"{name}.ext").write_text("\n".join(extensions) + "\n")
+    _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key",
+             "-CAcreateserial", "-days", "2", "-out", f"{name}.pem",
+             "-extfile", f"{name}.ext", cwd=directory)  # fmt: skip
+    return directory / f"{name}.pem", directory / f"{name}.key"
+
+
+@dataclass(frozen=True)
+class Security:
+    """What a secured broker is started with, and what its clients need to reach it.
+
+    ``directory`` holds ``ca.pem`` (the broker's CA), ``broker.pem``/``broker.key``,
+    a client certificate with an encrypted key (``client.pem``, ``client.key``,
+    ``key_password``) and a CA the broker does not use (``other-ca.pem``).
+    """
+
+    directory: str
+    passwords: dict[str, str] = field(default_factory=dict)
+    key_password: str = ""
+
+    @classmethod
+    def generate(cls, directory: str | os.PathLike[str]) -> Security:
+        """New CAs, certificates and random passwords for every user in ``directory``."""
+        where = ensure_dir(Path(directory))
+        make_ca(where, "ca")
+        make_ca(where, "other-ca")
+        make_certificate(where, "broker", "ca", server=True)
+        key_password = secrets.token_urlsafe(12)
+        make_certificate(where, "client", "ca", server=False, key_password=key_password)
+        passwords = {user: secrets.token_urlsafe(16) for user in SECURED_USERS}
+        return cls(str(where), passwords, key_password)
+
+    @property
+    def ca_location(self) -> str:
+        """The CA file that signed the broker's certificate."""
+        return str(Path(self.directory) / "ca.pem")
+
+    @property
+    def other_ca_location(self) -> str:
+        """A CA that did not sign the broker's certificate."""
+        return str(Path(self.directory) / "other-ca.pem")
+
+    def client_config(self, user: str, password: str | None = None) -> dict[str, str]:
+        """The librdkafka settings of a SASL_SSL + SCRAM-SHA-512 client as ``user``."""
+        return {
+            "security.protocol": "SASL_SSL",
+            "sasl.mechanism": "SCRAM-SHA-512",
+            "sasl.username": user,
+            "sasl.password": self.passwords[user] if password is None else password,
+            "ssl.ca.location": self.ca_location,
+        }
+
+    def controller_env(self, user: str = "controller") -> dict[str, str]:
+        """The controller's ``KAFKA_*`` security settings as ``user`` (with a client key)."""
+        directory = Path(self.directory)
+        return {
+            "KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+            "KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+            "KAFKA_SASL_USERNAME": user,
+            "KAFKA_SASL_PASSWORD": self.passwords[user],
+            "KAFKA_SSL_CA_LOCATION": self.ca_location,
+            "KAFKA_SSL_CERTIFICATE_LOCATION": str(directory / "client.pem"),
+            "KAFKA_SSL_KEY_LOCATION": str(directory / "client.key"),
+            "KAFKA_SSL_KEY_PASSWORD": self.key_password,
+        }
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """A TLS context that trusts the broker's CA (for the readiness probe)."""
+        return ssl.create_default_context(cafile=self.ca_location)
+
+    def scram_arguments(self) -> list[str]:
+        """The storage tool's ``--add-scram`` arguments: one per user."""
+        return [argument for user, password in self.passwords.items() for argument in
+                ("--add-scram", f"SCRAM-SHA-512=[name={user},password={password}]")]  # fmt: skip
+
+    def overrides(self, port: int, controller_port: int) -> dict[str, str]:
+        """The broker properties that differ from the plaintext template."""
+        directory = Path(self.directory)
+        name = SECURED_LISTENER
+        jaas = "org.apache.kafka.common.security.scram.ScramLoginModule required"
+        return {
+            "listeners": f"{name}://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
+            "advertised.listeners": f"{name}://127.0.0.1:{port}",
+            "inter.broker.listener.name": name,
+            "listener.security.protocol.map": f"CONTROLLER:PLAINTEXT,{name}:SASL_SSL",
+            "sasl.enabled.mechanisms": "SCRAM-SHA-512",
+            "sasl.mechanism.inter.broker.protocol": "SCRAM-SHA-512",
+            # Server side, and the broker's own client side on the same listener (as admin).
+            f"listener.name.{name.lower()}.scram-sha-512.sasl.jaas.config": (
+                f'{jaas} username="admin" password="{self.passwords["admin"]}";'
+            ),
+            "ssl.keystore.type": "PEM",
+            "ssl.keystore.location": str(directory / "broker-keystore.pem"),
+            "ssl.truststore.type": "PEM",
+            "ssl.truststore.location": self.ca_location,
+            "ssl.endpoint.identification.algorithm": "https",
+            "ssl.client.auth": "none",
+            "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+            "allow.everyone.if.no.acl.found": "false",
+            # The KRaft controller listener stays PLAINTEXT on loopback (KRaft supports no
+            # SCRAM there): the broker reaches its controller as ANONYMOUS, which must be a
+            # super user. It is not advertised; every client comes in on SECURE.
+            "super.users": "User:admin;User:ANONYMOUS",
+        }
+
+    def write_keystore(self) -> None:
+        """The broker's PEM keystore: its key, then its certificate chain."""
+        directory = Path(self.directory)
+        (directory / "broker-keystore.pem").write_text(
+            (directory / "broker.key").read_text()
+            + (directory / "broker.pem").read_text()
+            + (directory / "ca.pem").read_text()
+        )
+
+
+def _with_overrides(template: str, overrides: dict[str, str]) -> str:
+    """``template`` with each overridden property's line replaced, the new ones appended."""
+    lines, seen = [], set()
+    for line in template.splitlines():
+        key = line.split("=", 1)[0].strip()
+        if "=" in line and not line.lstrip().startswith("#") and key in overrides:
+            lines.append(f"{key}={overrides[key]}")
+            seen.add(key)
+        else:
+            lines.append(line)
+    lines += [f"{key}={value}" for key, value in overrides.items() if key not in seen]
+    return "\n".join(lines) + "\n"
+
+
 @dataclass
 class Broker:
     """A running broker: where it listens, where it keeps its files, and its pid."""
@@ -119,6 +296,8 @@ class Broker:
     controller_port: int
     workdir: str
     startup_seconds: float
+    #: A secured broker's TLS and SCRAM material (``None``: plaintext).
+    security: Security | None = None
 
     @property
     def bootstrap(self) -> str:
@@ -187,8 +366,11 @@ def start(
     controller_port: int | None = None,
     deadline: float = 90.0,
     heap: str = "512m",
+    secured: Security | None = None,
 ) -> Broker:
     """Start a broker and return once it serves clients.
+
+    ``secured``: the broker is secured with it (module docstring); plaintext otherwise.
 
     A new ``workdir`` is formatted; an existing formatted one (a restart of the
     same broker, same ports) keeps its data. Raises ``BrokerError`` with the
@@ -206,17 +388,20 @@ def start(
     port = port or free_port()
     controller_port = controller_port or free_port()
     log_dir = work / "data"
-    properties.write_text(
-        SERVER_TEMPLATE.read_text().format(
-            port=port, controller_port=controller_port, log_dir=log_dir
-        )
+    text = SERVER_TEMPLATE.read_text().format(
+        port=port, controller_port=controller_port, log_dir=log_dir
     )
+    if secured is not None:
+        secured.write_keystore()
+        text = _with_overrides(text, secured.overrides(port, controller_port))
+    properties.write_text(text)
     (work / "ports.json").write_text(json.dumps({"port": port, "controller_port": controller_port}))
     classpath = f"{libs}/*"
     if not (log_dir / "meta.properties").exists():
         formatted = subprocess.run(
             [java, "-cp", classpath, "kafka.tools.StorageTool", "format",
-             "-t", _cluster_id(), "-c", str(properties)],
+             "-t", _cluster_id(), "-c", str(properties),
+             *(secured.scram_arguments() if secured else [])],
             capture_output=True, text=True, check=False,
         )  # fmt: skip
         if formatted.returncode != 0:
@@ -233,7 +418,7 @@ def start(
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True,  # Ctrl-C in the terminal is ours to handle, not the broker's
         )  # fmt: skip
-    broker = Broker(process.pid, port, controller_port, str(work), 0.0)
+    broker = Broker(process.pid, port, controller_port, str(work), 0.0, secured)
     try:
         _wait_ready(process, broker, began + deadline, deadline)
     except BaseException:  # a failed start or a Ctrl-C: the broker is in its own session
@@ -253,7 +438,7 @@ def _wait_ready(
                 f"broker exited with code {process.returncode} during start-up; log tail:\n"
                 + broker.log_tail()
             )
-        if _ready(port):
+        if _ready(port, broker.security.ssl_context() if broker.security else None):
             break
         if time.monotonic() > limit:
             raise BrokerError(
@@ -263,16 +448,20 @@ def _wait_ready(
         time.sleep(0.1)
 
 
-def _ready(port: int) -> bool:
+def _ready(port: int, tls: ssl.SSLContext | None = None) -> bool:
     """Whether the broker answers an ApiVersions request (v0) without error.
 
     Speaking the protocol, rather than waiting for a log line, keeps readiness
-    independent of the logging configuration.
+    independent of the logging configuration. ``tls``: over TLS (a SASL listener
+    answers ApiVersions before the SASL handshake).
     """
     client_id = b"kafka-harness"
     header = struct.pack(">hhih", 18, 0, 1, len(client_id)) + client_id
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=2.0) as sock:
+        with contextlib.ExitStack() as stack:
+            sock = stack.enter_context(socket.create_connection(("127.0.0.1", port), timeout=2.0))
+            if tls is not None:
+                sock = stack.enter_context(tls.wrap_socket(sock, server_hostname="127.0.0.1"))
             sock.sendall(struct.pack(">i", len(header)) + header)
             size = struct.unpack(">i", _recv_exact(sock, 4))[0]
             body = _recv_exact(sock, size)

@@ -3,6 +3,10 @@
 Output topics are read back by **partition assignment** (``Consumer.assign``),
 never by consumer-group subscription: there is no rebalance to wait for and no
 committed offset to leak between tests.
+
+A secured broker's clients need more than its address: ``SECURITY`` maps a
+bootstrap address to the settings every helper here adds for it (the harness's
+``admin`` on a secured broker, ``tests/integration/test_secured.py``).
 """
 
 from __future__ import annotations
@@ -14,10 +18,18 @@ from collections.abc import Iterable, Sequence
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
+#: Bootstrap address -> the librdkafka security settings of the helpers' clients for it.
+SECURITY: dict[str, dict[str, str]] = {}
+
+
+def connection(bootstrap: str) -> dict[str, str]:
+    """``bootstrap.servers``, and the security settings registered for it, if any."""
+    return {"bootstrap.servers": bootstrap, **SECURITY.get(bootstrap, {})}
+
 
 def admin(bootstrap: str) -> AdminClient:
     """An admin client for ``bootstrap``."""
-    return AdminClient({"bootstrap.servers": bootstrap})
+    return AdminClient(connection(bootstrap))
 
 
 def create_topics(bootstrap: str, names: Iterable[str], partitions: int = 1) -> None:
@@ -67,7 +79,7 @@ def produce(
             failures.append(error)
 
     producer = Producer(
-        {"bootstrap.servers": bootstrap, "enable.idempotence": True, "acks": "all",
+        {**connection(bootstrap), "enable.idempotence": True, "acks": "all",
          "message.max.bytes": 4_000_000}
     )  # fmt: skip
     for value in values:
@@ -92,7 +104,7 @@ def read_messages(
     or at ``timeout`` (returning what was read).
     """
     consumer = Consumer(
-        {"bootstrap.servers": bootstrap, "group.id": f"reader-{uuid.uuid4().hex}",
+        {**connection(bootstrap), "group.id": f"reader-{uuid.uuid4().hex}",
          "enable.auto.commit": False, "auto.offset.reset": "earliest",
          # As the services read (Java's and kafka-python's default): every copy they see.
          "isolation.level": "read_uncommitted"}
