@@ -23,10 +23,12 @@ Run (root, as CI runs)
     kubelet would run the StatefulSet's pod: the root bound read-only, a
     256 MiB tmpfs at ``/tmp``, a host folder owned by 65532 at
     ``/var/recovery`` (the volume), ``/proc`` and ``/dev``; then, as uid/gid
-    65532 and with only the rendered ConfigMaps' variables, the pod's own
-    variables and the test's broker and topics, the init container's
-    ``entrypoint-recovery.sh`` and then ``entrypoint.sh``, whose Python is PID 1
-    of the namespace.
+    65532 and with only the rendered ConfigMaps' variables (and, for a secured
+    broker, the Secret's), the pod's own variables and the test's broker and
+    topics, the init container's ``entrypoint-recovery.sh`` and then
+    ``entrypoint.sh``, whose Python is PID 1 of the namespace. Files a Secret
+    volume would hold (the broker's CA) are written into the root, read-only,
+    before it starts.
 """
 
 from __future__ import annotations
@@ -185,12 +187,30 @@ def shipped_package(root: str | Path) -> set[str]:
 class Pod:
     """The image's pod, running; ``stop`` sends SIGTERM as the kubelet does."""
 
-    def __init__(self, env: Mapping[str, str], volume: Path, log: Path) -> None:
+    def __init__(
+        self,
+        env: Mapping[str, str],
+        volume: Path,
+        log: Path,
+        files: Mapping[str, bytes] | None = None,
+    ) -> None:
+        """Start the pod.
+
+        ``files`` (an absolute path in the container: its content) are written into
+        the container's root first, read-only (0444), as a Secret volume's files are.
+        """
         self.log = log
         self.process: subprocess.Popen[bytes] | None = None
         self.container = buildah("from", "--pull-never", IMAGE).strip()
         try:
             self.root = buildah("mount", self.container).strip()
+            for name, content in (files or {}).items():
+                if not name.startswith("/"):
+                    raise ImageCheckError(f"not an absolute path in the container: {name}")
+                placed = Path(self.root, name.lstrip("/"))
+                placed.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+                placed.write_bytes(content)
+                placed.chmod(0o444)
             volume.mkdir(parents=True, exist_ok=True)
             os.chown(volume, UID, UID)
             image_path = "/opt/venv/bin:/usr/local/bin:/usr/bin:/bin"
@@ -239,11 +259,18 @@ class Pod:
 
 
 def pod_env(
-    config_maps: Mapping[str, str], bootstrap: str, topics: Mapping[str, str]
+    config_maps: Mapping[str, str],
+    bootstrap: str,
+    topics: Mapping[str, str],
+    secret: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
-    """The pod's variables: the ConfigMaps, its own (pod name, namespace), broker and topics."""
-    return {**config_maps, "BYTEWAX_POD_NAME": "rtcef-controller-0", "POD_NAMESPACE": "check",
-            "KAFKA_BOOTSTRAP_SERVERS": bootstrap, **topics}  # fmt: skip
+    """The pod's variables: the ConfigMaps, the Secret's, its own, broker and topics.
+
+    The ConfigMaps then the Secret, as the StatefulSet's ``envFrom`` lists them; then
+    the pod's own (pod name, namespace), the broker and the topics (its ``env``).
+    """
+    return {**config_maps, **(secret or {}), "BYTEWAX_POD_NAME": "rtcef-controller-0",
+            "POD_NAMESPACE": "check", "KAFKA_BOOTSTRAP_SERVERS": bootstrap, **topics}  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:
