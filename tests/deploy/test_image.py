@@ -47,7 +47,9 @@ class Served:
     log: str
 
 
-def build_image() -> None:
+@pytest.fixture(scope="module")
+def built() -> None:
+    """The image, built once for the module's pods."""
     image.check_tools()
     image.ensure_base(quiet=True)
     image.build()
@@ -109,9 +111,8 @@ def assert_served_and_stopped(served: Served) -> None:
 
 
 def test_the_image_runs_as_the_statefulsets_pod_answers_an_instruction_and_stops_on_sigterm(
-    kafka_bootstrap: str, topic_factory: Callable[..., str], tmp_path: Path
+    built: None, kafka_bootstrap: str, topic_factory: Callable[..., str], tmp_path: Path
 ) -> None:
-    build_image()
     topics = {name: topic_factory(name.split("_")[0].lower()) for name in TOPICS}
     env = image.pod_env(config_maps(render("single-process")), kafka_bootstrap, topics)
 
@@ -152,12 +153,11 @@ def ca_mount(docs: list[dict]) -> str:
 
 
 def test_the_image_runs_as_the_secured_overlays_pod_against_a_secured_broker_with_the_readmes_acls(
-    secured_broker: broker.Broker, tmp_path: Path
+    built: None, secured_broker: broker.Broker, tmp_path: Path
 ) -> None:
     security = secured_broker.security
     assert security is not None
     bootstrap = secured_broker.bootstrap
-    build_image()
     topics = {name: client.unique_topic(name.split("_")[0].lower()) for name in TOPICS}
     client.create_topics(bootstrap, topics.values())
     docs = render("secured")
