@@ -25,6 +25,11 @@ Params: TypeAlias = tuple[tuple[str, ParamValue], ...]
 
 #: Inputs larger than this are rejected before parsing (hostile or broken producers).
 DEFAULT_MAX_MESSAGE_BYTES: Final = 1_048_576
+#: 2100-01-01T00:00:00Z in milliseconds: no stream time a service stamps (seconds or
+#: milliseconds since the epoch) is later. An instruction stamped later is refused
+#: (``dataflow.domain.admission``): its round's commands would carry the timestamp, and the
+#: original factory holds every command stamped past its newest data set, first in first out.
+YEAR_2100_MS: Final = 4_102_444_800_000
 
 
 class InstructionKind(StrEnum):
