@@ -371,6 +371,47 @@ def test_a_late_success_of_an_earlier_attempt_is_judged_against_the_resend() -> 
     assert (late.phase, late.model_id) == (m.Phase.IDLE, 7)
 
 
+def test_a_flood_of_reports_forged_ahead_fills_the_hold_and_the_round_still_takes_its_answers() -> (
+    None
+):
+    # In a live run no genuine report is ever early (the factory answers a command it
+    # has read), so a full hold only refuses forgeries; each held one is refused when
+    # its command is sent.
+    config = seed_config(report_clock_skew_ms=0, max_held=8)
+    state, _ = step(None, arrived(RETRAIN, 1000, logged_ms=T0), config)
+    refused = []
+    for n in range(20):
+        state, effects = step(state, answer(f"cmd-{1 + n % 4}", T0 + 1 + n, model_id=666), config)
+        refused += rejects(effects)
+    assert state is not None
+    assert len(state.held) == 8
+    assert len(refused) == 12
+    assert all("foreign reply_id (no such command was sent; 8 held already)" in r for r in refused)
+    played, forged = [], []
+    for number in (0, 1, 2):
+        sent_at = T0 + 1000 * (number + 1)
+        state, effects = step(state, answer(f"cmd-{number}", sent_at, model_id=10 + number), config)
+        played += [e.sync.model_id for e in effects if isinstance(e, m.SendSync)
+                   and e.sync.type == "play"]  # fmt: skip
+        forged += rejects(effects)
+        if number < 2:
+            state, effects = step(state, arrived(RETRAIN, 2000 + number, logged_ms=sent_at + 1),
+                                  config)  # fmt: skip
+            forged += rejects(effects)
+            assert [e.command.id for e in effects if isinstance(e, m.SendCommand)] == [
+                f"cmd-{number + 1}"
+            ]
+    # The held forgeries for cmd-1 and cmd-2 were refused when each was sent.
+    assert [r.split(":")[0] for r in forged if "forged" in r] == ["report 'cmd-1'"] * 2 + [
+        "report 'cmd-2'"
+    ] * 2
+    assert len(forged) == 4
+    assert played == [10, 11, 12]
+    assert state is not None
+    # Those for commands never sent (cmd-3, cmd-4) stay held, and cost nothing but room.
+    assert [h.reply_id for h in state.held] == ["cmd-3", "cmd-4", "cmd-3", "cmd-4"]
+
+
 # --------------------------------------------------------------------------- any merge order
 
 
