@@ -240,4 +240,7 @@ def _settle(state: Session, effects: list[Effect], at_ms: int, config: MachineCo
         event: Event = (ReportArrived(item, at_ms) if isinstance(item, Report)
                         else DeadlinePassed(item, at_ms))  # fmt: skip
         state, more = _step(state, event, config)
-        effects = [*effects, *more]
+        # A refusal here is of the held item, not of the input that released it.
+        refused = [msgspec.structs.replace(e, source=item.source) if isinstance(e, Reject)
+                   else e for e in more]  # fmt: skip
+        effects = [*effects, *refused]

@@ -103,6 +103,9 @@ class Report(msgspec.Struct, frozen=True):
     #: The record's timestamp in its topic (ms), when the log gave one: a step's cost is
     #: measured from it (``dataflow.domain.cost``), never from the clock.
     logged_ms: int | None = None
+    #: The record's partition and offset in the report topic, when read from it: a held
+    #: one refused later is dead-lettered under its own (``effects.Reject.source``).
+    source: tuple[int, int] | None = None
 
 
 class Deadline(msgspec.Struct, frozen=True):
@@ -118,6 +121,8 @@ class Deadline(msgspec.Struct, frozen=True):
     command_id: int | str
     #: The marker's timestamp in the report topic (ms), when the log gave one.
     logged_ms: int | None = None
+    #: Its partition and offset in the report topic (as ``Report.source``).
+    source: tuple[int, int] | None = None
 
 
 class ReportWire(Protocol):

@@ -261,6 +261,23 @@ def test_a_report_forged_ahead_for_a_command_not_sent_yet_is_dead_lettered_when_
     assert (state.phase, state.model_id) == (m.Phase.IDLE, 8)
 
 
+def test_a_held_report_refused_when_released_names_its_own_place_in_the_report_topic() -> None:
+    # Its dead letter must point at it, not at the input that released it.
+    held = m.ReportArrived(Report("cmd-0", True, 666, logged_ms=T0, source=(0, 3)), 0)
+    state, _ = step(None, held)
+
+    _, effects = step(state, arrived(RETRAIN, 1000, logged_ms=T0 + 5000))
+
+    assert effects[-1] == m.Reject(
+        KEY, "report 'cmd-0': forged (appended at 1780000000000 ms, before its command was "
+             "sent: it followed a record appended at 1780000005000 ms; REPORT_CLOCK_SKEW_MS 0)",
+        source=(0, 3),
+    )  # fmt: skip
+    # One refused as it arrives is the input itself: no source.
+    sent, _ = step(None, arrived(RETRAIN, 1000, logged_ms=T0 + 5000))
+    assert step(sent, held)[1] == [m.Reject(KEY, effects[-1].reason)]  # type: ignore[union-attr]
+
+
 def test_a_forged_score_held_for_a_later_step_does_not_steer_the_optimisation() -> None:
     state, effects = step(None, arrived(OPTIMIZE, 1000, logged_ms=T0))  # cmd-0 init, cmd-1 step
     state, _ = step(state, answer("cmd-2", T0 + 10, f_val=-99.0))  # the next step, forged
