@@ -210,14 +210,16 @@ def decode_report(settings: Settings, item: RawInput) -> Envelope | OutMessage:
         if isinstance(deadline, msg.Rejection):
             return _dead(settings, origin, deadline.reason, "decode")
         key = machine.route_deadline(deadline, settings.machine)
-        deadline = msgspec.structs.replace(deadline, logged_ms=_logged_ms(item))
+        deadline = msgspec.structs.replace(deadline, logged_ms=_logged_ms(item),
+                                           source=(item.partition, item.offset))  # fmt: skip
         event = machine.DeadlinePassed(deadline, now_ms())
     else:
         report = codec.decode_report(data, settings.max_message_bytes)
         if isinstance(report, msg.Rejection):
             return _dead(settings, origin, report.reason, "decode")
         key = machine.route_report(report, settings.machine)
-        report = msgspec.structs.replace(report, logged_ms=_logged_ms(item))
+        report = msgspec.structs.replace(report, logged_ms=_logged_ms(item),
+                                         source=(item.partition, item.offset))  # fmt: skip
         event = machine.ReportArrived(report, now_ms())
     if isinstance(key, msg.Rejection):
         return _dead(settings, origin, key.reason, "route")
@@ -272,6 +274,8 @@ def to_outputs(settings: Settings, keyed: tuple[str, Outcome]) -> Iterable[OutMe
                              message_id=effect.message_id)  # fmt: skip
         elif isinstance(effect, machine.Reject):
             origin = outcome.origin or Origin(None, None, None, None, None)
+            if effect.source is not None:  # a held report, released by this input: its bytes
+                origin = Origin(topics.reports, *effect.source, None, None)  # are not kept
             yield _dead(settings, origin, effect.reason, "session", key)
         else:
             observability.record_note(effect)

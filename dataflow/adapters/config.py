@@ -144,6 +144,9 @@ def _read(reader: Reader) -> Settings:
         warm_start=_warm_start(reader, profile),
         instruction_min_gap=reader.get(v.MIN_GAP),
         max_queued=reader.get(v.MAX_QUEUED),
+        instruction_max_jump=reader.get(v.MAX_JUMP),
+        instruction_max_timestamp=reader.get(v.MAX_TIMESTAMP, dialect),
+        report_clock_skew_ms=reader.get(v.CLOCK_SKEW),
         pause_engine=cast(PauseEngine, reader.get(v.PAUSE)),
     )
     # The profile's problems were listed by ``_profile``, under OPTIMISER_*: not twice.

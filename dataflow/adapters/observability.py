@@ -177,7 +177,8 @@ _BEST: dict[str, float] = {}
 _KIND: dict[str, str] = {}
 #: A dead letter's reason, as a bounded class: the first phrase of this table found in it.
 _REASONS: Final = (
-    ("kafka:", "kafka"), ("exceeds the", "too_large"), ("duplicate", "duplicate"),
+    ("kafka:", "kafka"), ("implausible", "implausible"), ("forged", "forged"),
+    ("exceeds the", "too_large"), ("duplicate", "duplicate"),
     ("stale", "stale"), ("foreign", "foreign"), ("coalesced", "coalesced"),
     ("already queued", "queue_full"), ("acknowledges", "acknowledgement"),
     ("not one of the configured", "unroutable"), ("is not a command id", "unroutable"),

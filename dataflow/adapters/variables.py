@@ -208,6 +208,23 @@ MIN_GAP = Setting("INSTRUCTION_MIN_GAP", integer(0), machine_default("instructio
     "An OPTIMIZE or RETRAIN less than this after an admitted instruction of at least its "
     "rank (OPTIMIZE > RETRAIN), in the instructions' own timestamp units, is coalesced "
     "(dead-lettered); 0: only instructions no newer than that one are.")
+MAX_JUMP = Setting("INSTRUCTION_MAX_JUMP", integer(0), machine_default("instruction_max_jump"),
+    "An instruction stamped more than this past the newest admitted OPTIMIZE or RETRAIN, in "
+    "the instructions' own timestamp units, is implausible (dead-lettered): its round's "
+    "commands would carry that stream time, and the original factory holds every command "
+    "stamped past its newest data set. The default is two years in milliseconds (twice the "
+    "largest gap of the recorded runs); for a stream stamped in seconds, e.g. 63072000. 0: "
+    "no limit.")
+MAX_TIMESTAMP: Setting[int] = Setting("INSTRUCTION_MAX_TIMESTAMP", integer(0),
+    Derived(f"the dialect's: {_per_dialect(lambda d: d.latest_timestamp)} (2100 in ms)",
+            lambda dialect: dialect.latest_timestamp),
+    "An instruction stamped later than this (or below 0) is implausible (dead-lettered); "
+    "for a stream stamped in seconds, e.g. 4102444800 (2100).")
+CLOCK_SKEW = Setting("REPORT_CLOCK_SKEW_MS", integer(0), machine_default("report_clock_skew_ms"),
+    "A report or deadline marker stamped in the report topic more than this many ms "
+    "before the record that made the controller send its command is forged "
+    "(dead-lettered, not taken as the answer): the most the producers' clocks may "
+    "disagree (none with LogAppendTime topics).")
 MAX_QUEUED = Setting("MAX_QUEUED_INSTRUCTIONS", integer(1), machine_default("max_queued"),
     "Admitted instructions waiting for their round; more are dead-lettered (a safety "
     "valve outside the replay guarantee: keep it unreached with INSTRUCTION_MIN_GAP).")
@@ -258,8 +275,9 @@ VARIABLES: Final[tuple[Setting[Any], ...]] = (
     DEAD_LETTER_TOPIC, INPUT_START, TRANSACTIONAL_ID, PROFILE, STRATEGY, SPACE, BUDGET,
     INITIAL_POINTS, KEEP, ROUND_BUDGET_S, SEED, PAUSE, INITIAL_PARAMS, WARM_START_FILE,
     SESSION_KEYS, REPORT_TIMEOUT_S, MAX_RETRIES, TICK_INTERVAL_S, INPUT_IDLE_WAIT_MS, MIN_GAP,
-    MAX_QUEUED, MAX_MESSAGE_BYTES, CREATE_TOPICS, PARTITIONS, REPLICATION, STARTUP_TIMEOUT_S,
-    DELIVERY_TIMEOUT_S, *SECURITY, LOG_LEVEL, LOG_FORMAT,
+    MAX_JUMP, MAX_TIMESTAMP, CLOCK_SKEW, MAX_QUEUED, MAX_MESSAGE_BYTES, CREATE_TOPICS,
+    PARTITIONS, REPLICATION, STARTUP_TIMEOUT_S, DELIVERY_TIMEOUT_S, *SECURITY, LOG_LEVEL,
+    LOG_FORMAT,
 )
 #: The variable naming each of a dialect's topics.
 TOPIC_VARIABLES: Final[Mapping[dialects.TopicRole, str]] = {

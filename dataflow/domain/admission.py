@@ -5,6 +5,15 @@ own content and the instructions admitted before it (never from the phase it
 finds), so that the sequence of rounds is a function of the instruction topic
 (``dataflow.domain.machine``, "Replay in any interleaving"). ``table.STARTS`` says
 how the queue's head begins once the session is idle.
+
+An instruction's timestamp is copied into every command of its round, and the
+original factory holds, first in first out, every command stamped past its newest
+data set: one absurd timestamp would stall every round behind it (and, admitted,
+make every later instruction look old). So a timestamp that is no plausible stream
+time is refused first (``_implausible``): negative, later than the dialect's latest
+(``MachineConfig.latest_timestamp``), or further past the newest admitted OPTIMIZE
+or RETRAIN than ``instruction_max_jump``. Like coalescing, this reads the
+instructions alone.
 """
 
 from __future__ import annotations
@@ -24,8 +33,11 @@ from dataflow.domain.state import Phase, Session
 def read_instruction(
     state: Session, event: InstructionArrived, config: MachineConfig
 ) -> Admitted | Refused:
-    """Admitted, or refused: invalid parameters, coalesced, or the queue is full."""
+    """Admitted, or refused: implausible, invalid parameters, coalesced, or the queue is full."""
     instruction = event.instruction
+    implausible = _implausible(state, instruction, config)
+    if implausible:
+        return Refused(implausible)
     if instruction.kind is InstructionKind.UPDATE_PARAMS:
         problem = optimizer.params_problem(config.profile, instruction.parameters or ())
         if problem:
@@ -63,6 +75,31 @@ def admit(state: Session, admitted: Admitted, config: MachineConfig) -> Result:
 def refuse(state: Session, refused: Refused, config: MachineConfig) -> Result:
     """Dead-letter the instruction, with the reason."""
     return state, [Reject(state.key, refused.reason)]
+
+
+def _implausible(state: Session, instruction: Instruction, config: MachineConfig) -> str | None:
+    """Why an instruction's timestamp is no plausible stream time, or None (every kind).
+
+    The jump is measured from the newest admitted OPTIMIZE or RETRAIN (older ones are
+    coalesced anyway); the first instruction of a session is bounded by the latest alone.
+    """
+    ts, latest, jump = instruction.timestamp, config.latest_timestamp(), config.instruction_max_jump
+    what = f"instruction: {instruction.kind.value} at {_digits(ts)}"
+    if ts < 0:
+        return f"{what} implausible: a stream time is never negative"
+    if ts > latest:
+        return f"{what} implausible: later than INSTRUCTION_MAX_TIMESTAMP {latest}"
+    last = state.last_admitted
+    if jump and last is not None and ts - last > jump:
+        return (f"{what} implausible: {_digits(ts - last)} past the newest admitted instruction "
+                f"(at {last}), more than INSTRUCTION_MAX_JUMP {jump}")  # fmt: skip
+    return None
+
+
+def _digits(number: int) -> str:
+    """A number for a reason, shortened when absurdly long (a hostile timestamp)."""
+    text = str(number)
+    return text if len(text) <= 24 else f"{text[:12]}...({len(text)} digits)"
 
 
 def _coalesced(state: Session, instruction: Instruction, config: MachineConfig) -> str | None:

@@ -7,6 +7,15 @@ the round's ``opt_initialise``, or a stray one (duplicate, stale or foreign),
 whatever the merge order: one for a command not sent yet is early
 (``dataflow.domain.holding``). An answer's score is learned here, and the
 optimiser asked for its next point, so that the class says where the round goes.
+
+A report or marker that would be taken, but was appended to the report topic
+before its command was sent, is forged (``forged``): a genuine one is written after
+its command, and the command after the record that made the controller send it
+(``Outstanding.sent_ms``). Both times are the records' own, in the logs, so a
+replay decides the same. This catches a report written ahead for a command not
+sent yet (held, then fed in when it is sent); one written for the command already
+awaited cannot be told from the factory's own, and only the report topic's ACL
+(the factory's principal alone may write it) keeps it out.
 """
 
 from __future__ import annotations
@@ -15,7 +24,7 @@ from dataflow.domain import cost, optimizer, strategy
 from dataflow.domain.config import MachineConfig
 from dataflow.domain.effects import Note, Reject
 from dataflow.domain.events import DeadlinePassed, ReportArrived
-from dataflow.domain.holding import counter_of, read_early
+from dataflow.domain.holding import counter_of, named, read_early
 from dataflow.domain.inputs import (
     Built,
     Early,
@@ -28,7 +37,7 @@ from dataflow.domain.inputs import (
     Stray,
     When,
 )
-from dataflow.domain.messages import CommandType, Report
+from dataflow.domain.messages import CommandType, Deadline, Report
 from dataflow.domain.optimizer import OptimiserSnapshot
 from dataflow.domain.results import Result, optimiser_of, round_of
 from dataflow.domain.state import Session
@@ -44,6 +53,9 @@ def read_report(state: Session, event: ReportArrived, config: MachineConfig) -> 
     early = read_early(state, report, counter, config)
     if early is not None:
         return early
+    reason = forged(state, report, counter, config)
+    if reason:
+        return Stray(reason)
     round_, outstanding = state.round, state.outstanding
     if round_ is not None and round_.kind == "optimise" and counter == round_.first_command:
         if report.ok:
@@ -77,9 +89,39 @@ def read_deadline(state: Session, event: DeadlinePassed, config: MachineConfig) 
     outstanding = state.outstanding
     if outstanding is None or counter != outstanding.number:
         return Spent()
+    reason = forged(state, event.deadline, counter, config)
+    if reason:
+        return Stray(reason)
     when = When(event.at_ms, event.deadline.logged_ms)
     reason = "deadline passed without a report"
     return failed(outstanding.attempt, reason, when, config, timed_out=True)
+
+
+def forged(
+    state: Session, item: Report | Deadline, counter: int | None, config: MachineConfig
+) -> str | None:
+    """Why a report or marker the session would take was not written by its answerer, or None.
+
+    It would be taken if it names the awaited attempt, an earlier attempt (a success),
+    or refuses the round's ``opt_initialise`` (sent with the round's first step, from
+    the same record). It is forged if the report topic stamped it more than
+    ``report_clock_skew_ms`` before the record that made the controller send the
+    awaited attempt: its command was not sent yet. Unknown times decide nothing.
+    """
+    outstanding, round_ = state.outstanding, state.round
+    if outstanding is None or outstanding.sent_ms is None or item.logged_ms is None:
+        return None
+    ok = isinstance(item, Deadline) or item.ok
+    refusal = (not ok and round_ is not None and round_.kind == "optimise"
+               and counter == round_.first_command)  # fmt: skip
+    taken = counter == outstanding.number or (ok and counter in outstanding.earlier) or refusal
+    skew = config.report_clock_skew_ms
+    if not taken or item.logged_ms + skew >= outstanding.sent_ms:
+        return None
+    what = "report" if isinstance(item, Report) else "deadline marker"
+    return (f"{what} {named(item)!r:.40}: forged (appended at {item.logged_ms} ms, before its "
+            f"command was sent: it followed a record appended at {outstanding.sent_ms} ms; "
+            f"REPORT_CLOCK_SKEW_MS {skew})")  # fmt: skip
 
 
 def failed(

@@ -65,6 +65,17 @@ class MachineConfig(msgspec.Struct, frozen=True):
     baseline: Baseline = Baseline()
     #: When an OPTIMIZE round pauses the engine (``PauseEngine``); RETRAIN: always at once.
     pause_engine: PauseEngine = "round"
+    #: An instruction stamped more than this past the newest admitted OPTIMIZE or RETRAIN,
+    #: in the instructions' own timestamp units, is implausible (refused). 0: no limit. The
+    #: default is two years in milliseconds, twice the largest gap of the recorded runs.
+    instruction_max_jump: int = 63_072_000_000
+    #: An instruction stamped later than this is implausible (refused); None: the dialect's
+    #: ``latest_timestamp`` (2100 in milliseconds).
+    instruction_max_timestamp: int | None = None
+    #: How much earlier (ms) than its command's cause a report or deadline marker may be
+    #: stamped in its topic before it is refused as forged (``answers.forged``): the
+    #: producers' clocks may disagree by this much (none at all with ``LogAppendTime``).
+    report_clock_skew_ms: int = 1000
 
     def validate(self) -> None:
         """Raise ``ConfigError`` listing every inconsistency, the profile's first."""
@@ -90,6 +101,10 @@ class MachineConfig(msgspec.Struct, frozen=True):
             problems.append("report_timeout_ms must be > 0 and max_retries >= 0")
         if self.instruction_min_gap < 0 or self.max_queued < 1 or self.max_held < 1:
             problems.append("instruction_min_gap must be >= 0, max_queued and max_held >= 1")
+        if self.instruction_max_jump < 0 or self.report_clock_skew_ms < 0:
+            problems.append("instruction_max_jump and report_clock_skew_ms must be >= 0")
+        if self.instruction_max_timestamp is not None and self.instruction_max_timestamp < 0:
+            problems.append("instruction_max_timestamp must be >= 0")
         if self.pause_engine not in PAUSE_ENGINE:
             problems.append(f"pause_engine {self.pause_engine!r} is not one of {PAUSE_ENGINE}")
         if min(msgspec.structs.astuple(self.baseline)) < 0:
@@ -104,6 +119,12 @@ class MachineConfig(msgspec.Struct, frozen=True):
         """
         awaited = self.profile.budget + 1
         return awaited * self.report_timeout_ms * (self.max_retries + 1)
+
+    def latest_timestamp(self) -> int:
+        """The latest plausible instruction timestamp: the setting's, or the dialect's."""
+        if self.instruction_max_timestamp is not None:
+            return self.instruction_max_timestamp
+        return dialects.get(self.dialect).latest_timestamp
 
     def command_id(self, key: str, counter: int) -> int | str:
         """The wire id of session ``key``'s command number ``counter``."""

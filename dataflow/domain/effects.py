@@ -41,6 +41,9 @@ class Reject(msgspec.Struct, frozen=True, tag="reject"):
 
     key: str
     reason: str
+    #: The report topic's partition and offset of a held report or marker refused when
+    #: another input released it (None: the input being advanced is the one refused).
+    source: tuple[int, int] | None = None
 
 
 NoteKind: TypeAlias = Literal[

@@ -6,6 +6,15 @@ round sends its command. Such an item is *early*: it waits in ``Session.held``
 until its command is sent, and ``advance`` then feeds it in as if it had just
 arrived (``machine._settle``). So each command sees exactly its own reports, in
 the report topic's order, whatever the merge order.
+
+A held item appended to the report topic before the latest cause the session
+knows (the awaited command's, ``Outstanding.sent_ms``, or, idle, the end of its
+last round, ``Session.ended_ms``) can be no genuine early one: its own command
+comes later, from a cause no earlier than that, and a genuine report follows its
+command's cause. It is refused as forged at once (``forged_ahead``), not kept until
+its command is sent, so that a flood of them fills the hold for one command at
+most. (Fed in at its command, it would be refused as forged too: only the moment
+changes, never a command.)
 """
 
 from __future__ import annotations
@@ -13,7 +22,7 @@ from __future__ import annotations
 import msgspec
 
 from dataflow.domain.config import MachineConfig
-from dataflow.domain.effects import Note
+from dataflow.domain.effects import Note, Reject
 from dataflow.domain.inputs import Early, Stray
 from dataflow.domain.messages import Deadline, Report
 from dataflow.domain.results import Result
@@ -52,6 +61,31 @@ def hold(state: Session, early: Early, config: MachineConfig) -> Result:
     detail = f"{early.what} {named(early.item)!r:.40} held until its command is sent"
     held = msgspec.structs.replace(state, held=(*state.held, early.item))
     return held, [Note(state.key, "held", number, detail=detail)]
+
+
+def forged_ahead(state: Session, config: MachineConfig) -> tuple[Session, list[Reject]]:
+    """Refuse the held items appended before the session's latest cause (see above)."""
+    outstanding = state.outstanding
+    cause = state.ended_ms if outstanding is None else outstanding.sent_ms
+    if cause is None:
+        return state, []
+    skew = config.report_clock_skew_ms
+    before = (f"{outstanding.command.id!r}, sent before it, followed" if outstanding
+              else "the last round ended on")  # fmt: skip
+    kept: list[Report | Deadline] = []
+    refused: list[Reject] = []
+    for item in state.held:
+        if item.logged_ms is None or item.logged_ms + skew >= cause:
+            kept.append(item)
+            continue
+        what = "report" if isinstance(item, Report) else "deadline marker"
+        reason = (f"{what} {named(item)!r:.40}: forged (appended at {item.logged_ms} ms, "
+                  f"before its command was sent: {before} a record appended at {cause} ms; "
+                  f"REPORT_CLOCK_SKEW_MS {skew})")  # fmt: skip
+        refused.append(Reject(state.key, reason, item.source))
+    if not refused:
+        return state, []
+    return msgspec.structs.replace(state, held=tuple(kept)), refused
 
 
 def is_ripe(state: Session, item: Report | Deadline, config: MachineConfig) -> bool:

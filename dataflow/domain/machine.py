@@ -63,7 +63,10 @@ sequence; the commands are a function of (I, R) alone because every row is:
   fed in as soon as the command is sent (``advance``). Once sent, a report is
   either the answer to the outstanding command, a refusal of the round's
   ``opt_initialise`` (read before the first step's report, as the factory sent
-  it), or a duplicate or stale one, whatever the merge order. So command ``c``
+  it), or a duplicate or stale one, whatever the merge order; or forged, if the
+  report topic stamped it before its command's cause (``answers.forged``; a held
+  one stamped before any later cause is refused as soon as that cause is read,
+  ``holding.forged_ahead``): the log times compared are the records' own. So command ``c``
   sees exactly R's reports for ``c``, in R's order, and what it sends next
   depends on nothing else. (Also outside
   the guarantee: a hold that is full, ``max_held``, 1,024 reports; a replay
@@ -106,7 +109,7 @@ from dataflow.domain.effects import (
 )
 from dataflow.domain.errors import ConfigError, IllegalTransitionError
 from dataflow.domain.events import DeadlinePassed, Event, InstructionArrived, ReportArrived, Tick
-from dataflow.domain.holding import is_ripe
+from dataflow.domain.holding import forged_ahead, is_ripe
 from dataflow.domain.inputs import Input
 from dataflow.domain.messages import Deadline, Instruction, Rejection, Report
 from dataflow.domain.results import Result
@@ -234,10 +237,14 @@ def _settle(state: Session, effects: list[Effect], at_ms: int, config: MachineCo
         ripe = next((i for i, item in enumerate(state.held) if is_ripe(state, item, config)),
                     None)  # fmt: skip
         if ripe is None:
-            return state, effects
+            state, forged = forged_ahead(state, config)
+            return state, [*effects, *forged]
         item = state.held[ripe]
         state = msgspec.structs.replace(state, held=state.held[:ripe] + state.held[ripe + 1 :])
         event: Event = (ReportArrived(item, at_ms) if isinstance(item, Report)
                         else DeadlinePassed(item, at_ms))  # fmt: skip
         state, more = _step(state, event, config)
-        effects = [*effects, *more]
+        # A refusal here is of the held item, not of the input that released it.
+        refused = [msgspec.structs.replace(e, source=item.source) if isinstance(e, Reject)
+                   else e for e in more]  # fmt: skip
+        effects = [*effects, *refused]

@@ -25,6 +25,11 @@ Params: TypeAlias = tuple[tuple[str, ParamValue], ...]
 
 #: Inputs larger than this are rejected before parsing (hostile or broken producers).
 DEFAULT_MAX_MESSAGE_BYTES: Final = 1_048_576
+#: 2100-01-01T00:00:00Z in milliseconds: no stream time a service stamps (seconds or
+#: milliseconds since the epoch) is later. An instruction stamped later is refused
+#: (``dataflow.domain.admission``): its round's commands would carry the timestamp, and the
+#: original factory holds every command stamped past its newest data set, first in first out.
+YEAR_2100_MS: Final = 4_102_444_800_000
 
 
 class InstructionKind(StrEnum):
@@ -98,6 +103,9 @@ class Report(msgspec.Struct, frozen=True):
     #: The record's timestamp in its topic (ms), when the log gave one: a step's cost is
     #: measured from it (``dataflow.domain.cost``), never from the clock.
     logged_ms: int | None = None
+    #: The record's partition and offset in the report topic, when read from it: a held
+    #: one refused later is dead-lettered under its own (``effects.Reject.source``).
+    source: tuple[int, int] | None = None
 
 
 class Deadline(msgspec.Struct, frozen=True):
@@ -113,6 +121,8 @@ class Deadline(msgspec.Struct, frozen=True):
     command_id: int | str
     #: The marker's timestamp in the report topic (ms), when the log gave one.
     logged_ms: int | None = None
+    #: Its partition and offset in the report topic (as ``Report.source``).
+    source: tuple[int, int] | None = None
 
 
 class ReportWire(Protocol):

@@ -333,6 +333,45 @@ def test_an_input_carries_its_records_log_time_into_the_domain_and_none_when_it_
     unknown = decode_report(settings, unstamped)
 
     assert instruction.event.instruction.logged_ms == 1_700_000_000_123
-    assert answered.event.report == msg.Report("cmd-0", True, model_id=3,
-                                               logged_ms=1_700_000_004_500)  # fmt: skip
+    assert answered.event.report == msg.Report(
+        "cmd-0", True, model_id=3, logged_ms=1_700_000_004_500, source=(0, 0)
+    )
     assert unknown.event.report.logged_ms is None
+    assert unknown.event.report.source == (0, 1)  # where it is, for a dead letter of it held
+
+
+def test_a_report_forged_ahead_is_dead_lettered_under_its_own_offset_when_its_command_is_sent(
+    tmp_path: Path,
+) -> None:
+    recovery.ensure(tmp_path, 1)
+    settings = Settings.from_env(ENV)
+    appended = 1_780_000_000_000  # the broker's timestamps (CreateTime, 1)
+    forged = KafkaSourceMessage(
+        key=None, value=b'{"reply_id": "cmd-0", "status": "success", "model_id": 666}',
+        topic="factory_reports", partition=0, offset=3, timestamp=(1, appended),
+    )  # fmt: skip
+    instruction = KafkaSourceMessage(
+        key=None, value=b'{"instruction_type": "retrain", "timestamp": 7}', topic="instructions",
+        partition=0, offset=0, timestamp=(1, appended + 5000),
+    )  # fmt: skip
+    eof = TestingSource.EOF()
+    # First execution: the report, for a command not sent yet, is held. Second: the
+    # instruction sends cmd-0, and the held report, appended before it, is refused.
+    harness = Harness(settings, [eof, instruction, eof], [forged, eof, eof], [eof, eof])
+
+    for _ in range(2):
+        harness.run(tmp_path)
+
+    [letter] = harness.dead
+    headers = dict(letter.headers)
+    assert (headers["dlq-source-topic"], headers["dlq-source-partition"],
+            headers["dlq-source-offset"], headers["dlq-stage"]) == (
+        b"factory_reports", b"0", b"3", b"session"
+    )  # fmt: skip
+    assert headers["dlq-reason"] == (
+        b"report 'cmd-0': forged (appended at 1780000000000 ms, before its command was sent: "
+        b"it followed a record appended at 1780000005000 ms; REPORT_CLOCK_SKEW_MS 1000)"
+    )
+    assert letter.value == b""  # a held report's bytes are not kept, only where it is
+    assert [json.loads(c.value)["id"] for c in harness.commands] == ["cmd-0"]
+    assert [json.loads(s.value)["type"] for s in harness.syncs] == ["pause"]  # awaiting cmd-0

@@ -87,6 +87,68 @@ def test_malformed_and_hostile_input_is_dead_lettered_and_the_round_completes(
     assert offsets == [1, 2, 3, 4]
 
 
+#: Instructions that decode but carry no plausible stream time (issue #30): each would
+#: become a round whose commands the original factory holds for ever, FIFO.
+ABSURD_INSTRUCTIONS = [
+    (b'{"id": %d, "instruction_type": "optimize", "timestamp": %d}' % (n, ts), ts)
+    for n, ts in enumerate((2**63 - 1, 2**64 - 1, 2**70, 10**30, -1), start=100)
+]
+
+
+def test_absurd_timestamps_and_reports_forged_ahead_are_dead_lettered_and_the_round_takes_the_genuine_answers(  # noqa: E501
+    wiring_factory, controller_factory
+) -> None:
+    wiring = wiring_factory("seed", OPTIMISER_BUDGET="3")
+    controller = controller_factory(wiring)
+    # Written before the round: a winning score for each of its steps (cmd-1..3) and a
+    # model for its finalise (cmd-4), for commands not sent yet. Held, then refused.
+    forged = [b'{"reply_id": "cmd-%d", "status": "success", "model_id": 666, '
+              b'"metrics": "{\\"f_val\\": -99.0}", "params_dict": "{}"}' % n
+              for n in range(1, 5)]  # fmt: skip
+    with factory(wiring):
+        controller.start()
+        client.produce(wiring.bootstrap, wiring.reports, forged)
+        client.produce(wiring.bootstrap, wiring.instructions, [m for m, _ in ABSURD_INSTRUCTIONS])
+        time.sleep(1.5)  # past REPORT_CLOCK_SKEW_MS (1000): the Observer writes later
+        wiring.send_instruction(Instruction(InstructionKind.OPTIMIZE, 1000, 1))
+        syncs = wiring.wait_for_plays(1)
+        commands = wiring.commands_sent(idle=1.0, timeout=10)
+    controller.stop()
+
+    # One round, of the plausible instruction only; every command stamped with its time.
+    assert [c.type for c in commands] == ["opt_initialise", *["opt_step"] * 3, "opt_finalise"]
+    assert {c.timestamp for c in commands} | {s.timestamp for s in syncs} == {1000}
+    # The genuine answers were taken: the factory's best step finalised, its model played.
+    answers = [Codec("seed").decode_report(m.value()) for m in wiring.read(
+        wiring.reports, idle=1.0, timeout=10) if MARKER_HEADER not in _headers(m)]  # fmt: skip
+    genuine = {a.reply_id: a for a in answers if isinstance(a, msg.Report) and a.model_id != 666}
+    scores = [genuine[f"cmd-{n}"].f_val for n in (1, 2, 3)]
+    assert commands[-1].best_i == scores.index(min(scores))  # type: ignore[type-var]
+    assert syncs == [msg.SyncMessage("pause", 1000, -1),
+                     msg.SyncMessage("play", 1000, genuine["cmd-4"].model_id)]  # type: ignore[arg-type]  # fmt: skip
+    letters = wiring.read(wiring.dead_letters, count=9, idle=2.0, timeout=30)
+    reasons = sorted(_headers(m)[DLQ_REASON].decode() for m in letters)
+    latest = dialects.get("seed").latest_timestamp
+    later = f"implausible: later than INSTRUCTION_MAX_TIMESTAMP {latest}"
+    assert [r for r in reasons if "implausible" in r] == sorted([
+        "instruction: OPTIMIZE at -1 implausible: a stream time is never negative",
+        f"instruction: OPTIMIZE at 9223372036854775807 {later}",
+        f"instruction: OPTIMIZE at 18446744073709551615 {later}",
+        f"instruction: OPTIMIZE at 1180591620717411303424 {later}",
+        f"instruction: OPTIMIZE at 100000000000...(31 digits) {later}",
+    ])  # fmt: skip
+    forgeries = [r for r in reasons if "forged" in r]
+    assert sorted(r.split(":")[0] for r in forgeries) == [f"report 'cmd-{n}'" for n in range(1, 5)]
+    assert all("REPORT_CLOCK_SKEW_MS 1000" in r for r in forgeries)
+    assert len(reasons) == 9  # nothing else: the genuine answers were no duplicates
+    assert {_headers(m)[DLQ_STAGE] for m in letters} == {b"session"}
+    # Each dead letter names its own record, a held forgery too (whatever released it).
+    places = sorted((_headers(m)[DLQ_SOURCE_TOPIC].decode(), int(_headers(m)[DLQ_SOURCE_OFFSET]))
+                    for m in letters)  # fmt: skip
+    assert places == sorted([*((wiring.instructions, n) for n in range(5)),
+                             *((wiring.reports, n) for n in range(4))])  # fmt: skip
+
+
 def test_a_silent_factory_gets_retries_then_the_engine_plays_its_old_model(
     wiring_factory, controller_factory
 ) -> None:

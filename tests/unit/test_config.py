@@ -183,6 +183,8 @@ LANDS = {
     config.TICK_INTERVAL_S: lambda s: s.tick_interval_s,
     config.INPUT_IDLE_WAIT_MS: lambda s: s.input_idle_wait_ms,
     config.MIN_GAP: lambda s: s.machine.instruction_min_gap,
+    config.MAX_JUMP: lambda s: s.machine.instruction_max_jump,
+    config.CLOCK_SKEW: lambda s: s.machine.report_clock_skew_ms,
     config.MAX_QUEUED: lambda s: s.machine.max_queued,
     config.MAX_MESSAGE_BYTES: lambda s: s.max_message_bytes,
     config.CREATE_TOPICS: lambda s: s.create_topics,
@@ -225,6 +227,7 @@ DERIVED = {
                             lambda d: d.profile.round_budget_s),
     config.SEED: (lambda s: s.machine.profile.seed, lambda d: d.profile.seed),
     config.INITIAL_PARAMS: (lambda s: s.machine.initial_params, lambda d: d.initial_params),
+    config.MAX_TIMESTAMP: (lambda s: s.machine.latest_timestamp(), lambda d: d.latest_timestamp),
 }  # fmt: skip
 
 
@@ -255,6 +258,22 @@ def test_a_round_budget_in_seconds_and_when_to_pause_are_read_and_checked() -> N
     assert refused.value.problems == [
         "ROUND_BUDGET_S: 0.0 must be at least 0.001",
         "PAUSE_ENGINE: 'never' is not one of ['round', 'finalise']",
+    ]
+
+
+def test_the_plausibility_settings_are_read_into_the_machine_and_checked() -> None:
+    read = Settings.from_env({"INSTRUCTION_MAX_JUMP": "0", "INSTRUCTION_MAX_TIMESTAMP":
+                              "4102444800", "REPORT_CLOCK_SKEW_MS": "250"})  # fmt: skip
+    assert (read.machine.instruction_max_jump, read.machine.latest_timestamp(),
+            read.machine.report_clock_skew_ms) == (0, 4_102_444_800, 250)  # fmt: skip
+
+    with pytest.raises(SettingsError) as refused:
+        Settings.from_env({"INSTRUCTION_MAX_JUMP": "-1", "INSTRUCTION_MAX_TIMESTAMP": "soon",
+                           "REPORT_CLOCK_SKEW_MS": "-5"})  # fmt: skip
+    assert refused.value.problems == [
+        "INSTRUCTION_MAX_JUMP: -1 must be at least 0",
+        "INSTRUCTION_MAX_TIMESTAMP: 'soon' is not a valid int",
+        "REPORT_CLOCK_SKEW_MS: -5 must be at least 0",
     ]
 
 

@@ -52,6 +52,10 @@ def test_dead_letter_reasons_fall_into_a_few_classes() -> None:
         "report: Expected `int`, got `str` - at `$.reply_id`": "malformed",
         "kafka: Broker: Unknown topic or partition": "kafka",
         "instruction: `$.model_id` 'm9' is not one of the configured models ['m1']": "unroutable",
+        "instruction: OPTIMIZE at 1180591620717411303424 implausible: later than "
+        "INSTRUCTION_MAX_TIMESTAMP 4102444800000": "implausible",
+        "report 'cmd-4': forged (appended at 10 ms, before its command was sent: it followed a "
+        "record appended at 20 ms; REPORT_CLOCK_SKEW_MS 1000)": "forged",
         "something nobody wrote yet": "other",
     }
     assert {reason: observability.reason_class(reason) for reason in reasons} == reasons

@@ -46,3 +46,6 @@ class Dialect:
     decode_report_wire: Callable[[Payload, int], ReportWire | Rejection]
     #: Instruction -> the Observer's record struct; ``ValueError`` if it cannot say it.
     encode_instruction: Callable[[Instruction], msgspec.Struct]
+    #: The latest plausible instruction timestamp (stream time, in the finest unit its
+    #: services stamp): a later one is refused (``INSTRUCTION_MAX_TIMESTAMP`` overrides it).
+    latest_timestamp: int

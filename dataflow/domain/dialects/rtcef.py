@@ -14,6 +14,7 @@ import msgspec
 
 from dataflow.domain.dialects.record import Dialect
 from dataflow.domain.messages import (
+    YEAR_2100_MS,
     Instruction,
     InstructionKind,
     Payload,
@@ -110,4 +111,7 @@ DIALECT: Final = Dialect(
     decode_instruction=decode_instruction,
     decode_report_wire=decode_report_wire,
     encode_instruction=encode_instruction,
+    # Its Observer stamps stream time in seconds (maritime) or milliseconds (the recorded
+    # card runs, 2016-2017): none is later than 2100 in milliseconds.
+    latest_timestamp=YEAR_2100_MS,
 )
