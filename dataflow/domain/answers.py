@@ -102,11 +102,14 @@ def forged(
 ) -> str | None:
     """Why a report or marker the session would take was not written by its answerer, or None.
 
-    It would be taken if it names the awaited attempt, an earlier attempt (a success),
-    or refuses the round's ``opt_initialise`` (sent with the round's first step, from
-    the same record). It is forged if the report topic stamped it more than
-    ``report_clock_skew_ms`` before the record that made the controller send the
-    awaited attempt: its command was not sent yet. Unknown times decide nothing.
+    Judged: a report naming the awaited attempt, or refusing the round's
+    ``opt_initialise`` (sent with the round's first step, from the same record). It is
+    forged if the report topic stamped it more than ``report_clock_skew_ms`` before
+    the record that made the controller send the awaited attempt: its command was not
+    sent yet. A late success of an earlier attempt is not judged against the awaited
+    one's cause (a deadline marker, later than its own): it was judged when that
+    attempt was sent if it was held then, and otherwise its command was out already.
+    Unknown times decide nothing.
     """
     outstanding, round_ = state.outstanding, state.round
     if outstanding is None or outstanding.sent_ms is None or item.logged_ms is None:
@@ -114,7 +117,7 @@ def forged(
     ok = isinstance(item, Deadline) or item.ok
     refusal = (not ok and round_ is not None and round_.kind == "optimise"
                and counter == round_.first_command)  # fmt: skip
-    taken = counter == outstanding.number or (ok and counter in outstanding.earlier) or refusal
+    taken = counter == outstanding.number or refusal
     skew = config.report_clock_skew_ms
     if not taken or item.logged_ms + skew >= outstanding.sent_ms:
         return None

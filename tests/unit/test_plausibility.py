@@ -389,6 +389,23 @@ def test_a_late_success_of_an_earlier_attempt_is_judged_against_the_resend() -> 
     assert (late.phase, late.model_id) == (m.Phase.IDLE, 7)
 
 
+def test_a_late_success_stamped_before_the_deadline_marker_that_resent_is_taken() -> None:
+    # The first attempt's answer was appended after the marker but stamped before it (a
+    # producer retrying through a leader election, a factory clock behind): genuine.
+    state, _ = step(None, arrived(RETRAIN, 1000, logged_ms=T0))
+    marker = m.DeadlinePassed(Deadline("cmd-0", logged_ms=T0 + 60_000), 0)
+    state, _ = step(state, marker)  # timed out: resent as cmd-1, caused by the marker
+    assert state is not None
+    assert state.outstanding is not None
+    assert (state.outstanding.number, state.outstanding.sent_ms) == (1, T0 + 60_000)
+
+    late, effects = step(state, answer("cmd-0", T0 + 30_000, model_id=7))
+
+    assert rejects(effects) == []
+    assert late is not None
+    assert (late.phase, late.model_id) == (m.Phase.IDLE, 7)
+
+
 def test_a_report_for_a_later_command_appended_before_the_last_round_ended_is_refused_at_once() -> (
     None
 ):
