@@ -20,6 +20,7 @@ connector behaviour, each found by running it (and pinned by the integration tie
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import os
 import sys
@@ -245,7 +246,7 @@ def preflight(settings: Settings) -> None:
             f"Kafka brokers {settings.brokers} unreachable for {settings.startup_timeout_s:g}s"
             f" (KAFKA_BOOTSTRAP_SERVERS); last error: {errors[-1].str() if errors else last_error}"
         )
-    _check_authorised(settings, admin, metadata.topics, config)
+    _check_authorised(settings, admin, config)
     missing = [t for t in settings.topics.all() if t not in metadata.topics]
     if not missing:
         return
@@ -262,50 +263,59 @@ def preflight(settings: Settings) -> None:
                 raise StartupError(f"cannot create topic {topic!r}: {error}") from error
 
 
-def _check_authorised(
-    settings: Settings, admin: AdminClient, listed: Mapping[str, Any], config: Mapping[str, Any]
-) -> None:
+def _check_authorised(settings: Settings, admin: AdminClient, config: Mapping[str, Any]) -> None:
     """Raise ``StartupError`` for the first topic or group the controller may not use.
 
-    A broker lists only the topics its client may describe: one not listed is either
-    missing (created later, or reported missing) or refused, which a lookup by name
-    tells apart. A listed one's authorised operations must include the controller's.
+    Every topic is described by name: that tells a missing topic from a refused one (a
+    broker lists only what its client may describe) and, unlike a metadata lookup by
+    name, never makes a broker that creates topics on first use create one with its
+    defaults before ``CREATE_TOPICS`` could. A topic's authorised operations must
+    include the controller's. A broker that cannot answer is a ``StartupError`` too.
     """
+    try:
+        _check_topics(settings, admin, config)
+        _check_groups(settings, admin, config)
+    except (KafkaException, concurrent.futures.TimeoutError) as error:
+        raise StartupError(f"cannot check what the broker lets the controller do: "
+                           f"{error!r}") from None  # fmt: skip
+
+
+def _check_topics(settings: Settings, admin: AdminClient, config: Mapping[str, Any]) -> None:
     timeout = settings.startup_timeout_s
     needs = _topic_needs(settings)
+    names = list(dict.fromkeys(topic for _, topic, _ in needs))
+    described = admin.describe_topics(TopicCollection(names), include_authorized_operations=True)
     for setting, topic, operations in needs:
-        if topic in listed:
-            continue
-        found = admin.list_topics(topic, timeout=timeout).topics.get(topic)
-        if (
-            found is not None
-            and found.error is not None
-            and found.error.code() == ConfluentKafkaError.TOPIC_AUTHORIZATION_FAILED
-        ):
-            raise StartupError(not_authorised(
-                f"topic {topic!r}", list(operations), f"Topic:{topic}",
-                config, setting))  # fmt: skip
-    present = [(setting, topic, ops) for setting, topic, ops in needs if topic in listed]
-    if present:
-        described = admin.describe_topics(TopicCollection([topic for _, topic, _ in present]),
-                                          include_authorized_operations=True)  # fmt: skip
-        for setting, topic, operations in present:
+        try:
             allowed = described[topic].result(timeout=timeout).authorized_operations
-            names = {op.name.title() for op in allowed or []}
-            lacking = [op for op in operations if allowed is not None and op not in names]
-            if lacking:
-                raise StartupError(not_authorised(f"topic {topic!r}", lacking,
-                                                  f"Topic:{topic}", config, setting))  # fmt: skip
+        except KafkaException as error:
+            code = error.args[0].code()
+            if code == ConfluentKafkaError.UNKNOWN_TOPIC_OR_PART:
+                continue  # missing: created, or reported missing, by ``preflight``
+            if code == ConfluentKafkaError.TOPIC_AUTHORIZATION_FAILED:  # not even visible
+                raise StartupError(not_authorised(
+                    f"topic {topic!r}", list(operations), f"Topic:{topic}",
+                    config, setting)) from None  # fmt: skip
+            raise
+        names_allowed = {op.name.title() for op in allowed or []}
+        lacking = [op for op in operations if allowed is not None and op not in names_allowed]
+        if lacking:
+            raise StartupError(not_authorised(f"topic {topic!r}", lacking,
+                                              f"Topic:{topic}", config, setting))  # fmt: skip
+
+
+def _check_groups(settings: Settings, admin: AdminClient, config: Mapping[str, Any]) -> None:
     groups = [consumer_group(settings.transactional_id, reader) for reader in READERS]
     for group, future in admin.describe_consumer_groups(groups).items():
         try:
-            future.result(timeout=timeout)
+            future.result(timeout=settings.startup_timeout_s)
         except KafkaException as error:
             if error.args[0].code() == ConfluentKafkaError.GROUP_AUTHORIZATION_FAILED:
                 raise StartupError(not_authorised(
                     f"consumer group {group!r}", ["Describe"],
                     f"Group:{group} (or the prefix {settings.transactional_id}.)", config,
                 )) from None  # fmt: skip
+            raise
 
 
 def end_offset(
