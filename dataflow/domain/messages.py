@@ -103,6 +103,7 @@ class Report(msgspec.Struct, frozen=True):
     #: The record's timestamp in its topic (ms), when the log gave one: a step's cost is
     #: measured from it (``dataflow.domain.cost``), never from the clock.
     logged_ms: int | None = None
+    # State version 5 (a held report is pickled with the session): new fields go last.
     #: The record's partition and offset in the report topic, when read from it: a held
     #: one refused later is dead-lettered under its own (``effects.Reject.source``).
     source: tuple[int, int] | None = None

@@ -31,7 +31,7 @@ from dataflow.domain.messages import (
 )
 from dataflow.domain.optimizer import Observation, OptimiserSnapshot
 
-STATE_VERSION: Final = 4
+STATE_VERSION: Final = 5
 
 
 class Phase(StrEnum):
@@ -138,11 +138,16 @@ def upgrade(state: Session) -> Session:
     """The state in the current version: version 1 is migrated, a newer one refused."""
     if state.version == STATE_VERSION:
         return state
+    if state.version == 4:
+        # v5 gave held reports and deadline markers their place in the report topic
+        # (``source``, a field with a default, read as None: such an item refused later is
+        # dead-lettered under the input that released it, as before).
+        return msgspec.structs.replace(state, version=STATE_VERSION)
     if state.version == 3:
         # v4 added fields with defaults (read as they are): the log times costs are measured
         # from (unknown for a command sent before, so that step's cost is unknown), and
         # whether a round paused the engine (every round did, before).
-        return msgspec.structs.replace(state, version=STATE_VERSION)
+        return upgrade(msgspec.structs.replace(state, version=4))
     if state.version == 2:
         # v3 added fields with defaults (read as they are) and changed what a resend is
         # (a new id) and when a timeout is decided (its marker read back): nothing to move.

@@ -828,8 +828,11 @@ def test_the_version_1_recovery_fixture_unpickles_and_migrates() -> None:
 
 
 def test_a_state_from_a_newer_controller_is_refused_naming_both_versions() -> None:
-    newer = msgspec.structs.replace(TRAINING, version=5)
+    newer = msgspec.structs.replace(TRAINING, version=m.STATE_VERSION + 1)
 
     with pytest.raises(StateVersionError) as refused:
         step(newer, m.Tick(0))
-    assert "with state version 5; this controller reads versions 1 to 4." in str(refused.value)
+    assert (
+        f"with state version {m.STATE_VERSION + 1}; this controller reads versions 1 to "
+        f"{m.STATE_VERSION}."
+    ) in str(refused.value)
