@@ -245,8 +245,10 @@ MAX_DELIVERY_TIMEOUT_S: Final = 890.0
 DELIVERY_TIMEOUT_S = Setting("DELIVERY_TIMEOUT_S", real(0.1, MAX_DELIVERY_TIMEOUT_S), 30.0,
     "Seconds to wait for the broker to acknowledge output before crashing (to replay): "
     "how long a broker outage is ridden out. At most "
-    f"{MAX_DELIVERY_TIMEOUT_S:g}: the output transaction's timeout follows it, and brokers "
-    "refuse one over 15 minutes (their transaction.max.timeout.ms).")
+    f"{MAX_DELIVERY_TIMEOUT_S:g}: the output transaction's timeout follows it (10 s more, "
+    "and at least 60), and brokers refuse one over 15 minutes (their "
+    "transaction.max.timeout.ms). A process that dies and is not restarted leaves its "
+    "open transaction holding up read_committed readers for as long.")
 #: librdkafka's name for each security setting.
 SECURITY: Final[Mapping[Setting[Any], str]] = {
     _security("KAFKA_SECURITY_PROTOCOL", "librdkafka security.protocol (e.g. SASL_SSL)."):
