@@ -64,3 +64,19 @@ def topic_factory(kafka_bootstrap: str) -> Iterator[Callable[..., str]]:
 
     yield make
     client.delete_topics(kafka_bootstrap, made)
+
+
+@pytest.fixture(scope="module")
+def secured_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[harness.Broker]:
+    """A secured broker (TLS, SCRAM-SHA-512, ACLs enforced) generated for one test module.
+
+    While it runs, ``tests.kafka.client``'s helpers act on it as its ``admin`` user.
+    """
+    security = harness.Security.generate(tmp_path_factory.mktemp("certificates"))
+    running = harness.start(tmp_path_factory.mktemp("secured-kafka"), secured=security)
+    client.SECURITY[running.bootstrap] = security.client_config("admin")
+    try:
+        yield running
+    finally:
+        client.SECURITY.pop(running.bootstrap, None)
+        running.stop()

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -119,19 +119,6 @@ def test_the_image_runs_as_the_statefulsets_pod_answers_an_instruction_and_stops
     served = serve_one_instruction(kafka_bootstrap, topics, env, tmp_path)
 
     assert_served_and_stopped(served)
-
-
-@pytest.fixture
-def secured_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[broker.Broker]:
-    """A secured broker generated for the test; ``tests.kafka.client``'s helpers act as admin."""
-    security = broker.Security.generate(tmp_path_factory.mktemp("certificates"))
-    running = broker.start(tmp_path_factory.mktemp("secured-kafka"), secured=security)
-    client.SECURITY[running.bootstrap] = security.client_config("admin")
-    try:
-        yield running
-    finally:
-        client.SECURITY.pop(running.bootstrap, None)
-        running.stop()
 
 
 def secret_variables() -> set[str]:

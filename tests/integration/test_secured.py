@@ -45,19 +45,6 @@ TIMESTAMP = 1_600_000_000_000
 CPU_BUDGET_S = 6.0
 
 
-@pytest.fixture(scope="module")
-def secured_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[broker.Broker]:
-    """A secured broker for this module; the helpers in ``tests.kafka.client`` act as admin."""
-    security = broker.Security.generate(tmp_path_factory.mktemp("certificates"))
-    running = broker.start(tmp_path_factory.mktemp("secured-kafka"), secured=security)
-    client.SECURITY[running.bootstrap] = security.client_config("admin")
-    try:
-        yield running
-    finally:
-        client.SECURITY.pop(running.bootstrap, None)
-        running.stop()
-
-
 @pytest.fixture
 def security(secured_broker: broker.Broker) -> broker.Security:
     assert secured_broker.security is not None
