@@ -270,7 +270,9 @@ def _check_authorised(settings: Settings, admin: AdminClient, config: Mapping[st
     broker lists only what its client may describe) and, unlike a metadata lookup by
     name, never makes a broker that creates topics on first use create one with its
     defaults before ``CREATE_TOPICS`` could. A topic's authorised operations must
-    include the controller's. A broker that cannot answer is a ``StartupError`` too.
+    include the controller's. Only a refusal stops the start: other errors of a broker
+    still settling are left to the first use; a broker that does not answer within
+    ``STARTUP_TIMEOUT_S`` is a ``StartupError`` (not a traceback).
     """
     try:
         _check_topics(settings, admin, config)
@@ -296,7 +298,7 @@ def _check_topics(settings: Settings, admin: AdminClient, config: Mapping[str, A
                 raise StartupError(not_authorised(
                     f"topic {topic!r}", list(operations), f"Topic:{topic}",
                     config, setting)) from None  # fmt: skip
-            raise
+            continue  # a broker still settling (a leader, a coordinator): its use will tell
         names_allowed = {op.name.title() for op in allowed or []}
         lacking = [op for op in operations if allowed is not None and op not in names_allowed]
         if lacking:
@@ -315,7 +317,8 @@ def _check_groups(settings: Settings, admin: AdminClient, config: Mapping[str, A
                     f"consumer group {group!r}", ["Describe"],
                     f"Group:{group} (or the prefix {settings.transactional_id}.)", config,
                 )) from None  # fmt: skip
-            raise
+            # Anything else (NOT_COORDINATOR, COORDINATOR_LOAD_IN_PROGRESS: a broker that
+            # just started) is no refusal: the readers look the coordinator up again.
 
 
 def end_offset(
