@@ -38,7 +38,7 @@ from dataflow.domain.messages import (
 from tests.support import ROOT, SEED_PARAMS, jsonl, recorded_runs, seed_config
 from tests.unit.test_replay_interleavings import (
     Outputs,
-    distinct,
+    assert_same_decisions,
     feed,
     overdue,
     run_with_crashes,
@@ -581,10 +581,4 @@ def test_forgeries_and_absurd_instructions_are_refused_alike_in_any_merge_order_
     crashes = data.draw(st.integers(1, 3), label="crashes")
     replayed, _ = run_with_crashes(config, instruction_topic, report_topic, data, crashes)
 
-    by_id = distinct(replayed.commands, lambda c: c.id)
-    assert {i: p for i, p in by_id.items() if len(p) > 1} == {}
-    assert by_id == distinct(first.commands, lambda c: c.id)
-    by_sync = distinct(replayed.syncs, lambda s: s[0])
-    assert {i: p for i, p in by_sync.items() if len(p) > 1} == {}
-    assert by_sync == distinct(first.syncs, lambda s: s[0])
-    assert set(replayed.timeouts) == set(first.timeouts)
+    assert_same_decisions(replayed, first)

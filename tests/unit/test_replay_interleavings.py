@@ -305,6 +305,20 @@ def live_run(
     return outputs, reports
 
 
+def assert_same_decisions(replayed: Outputs, first: Outputs) -> None:
+    """A replay sent the first run's commands, syncs and timeouts, one payload per id.
+
+    Replayed timeouts are logged again, decided by the same markers.
+    """
+    by_id = distinct(replayed.commands, lambda c: c.id)
+    assert {i: p for i, p in by_id.items() if len(p) > 1} == {}
+    assert by_id == distinct(first.commands, lambda c: c.id)
+    by_sync = distinct(replayed.syncs, lambda s: s[0])
+    assert {i: p for i, p in by_sync.items() if len(p) > 1} == {}
+    assert by_sync == distinct(first.syncs, lambda s: s[0])
+    assert set(replayed.timeouts) == set(first.timeouts)
+
+
 def overdue(sessions: Sessions) -> bool:
     """Whether a session awaits a report and has not asked for its deadline marker yet."""
     return any(s is not None and s.outstanding is not None and not s.outstanding.marked
@@ -327,14 +341,7 @@ def test_a_misbehaving_factory_and_any_instructions_replay_to_the_same_commands(
     events = [m.InstructionArrived(i, 0) for i in instructions]
     outputs, _ = run_with_crashes(config, events, reports, data, crashes)
 
-    by_id = distinct(outputs.commands, lambda c: c.id)
-    assert {i: p for i, p in by_id.items() if len(p) > 1} == {}
-    assert by_id == distinct(first.commands, lambda c: c.id)
-    by_sync = distinct(outputs.syncs, lambda s: s[0])
-    assert {i: p for i, p in by_sync.items() if len(p) > 1} == {}
-    assert by_sync == distinct(first.syncs, lambda s: s[0])
-    # The same timeouts (replayed ones logged again), decided by the same markers.
-    assert set(outputs.timeouts) == set(first.timeouts)
+    assert_same_decisions(outputs, first)
     markers = distinct(outputs.markers, lambda e: e.message_id)
     assert {i: p for i, p in markers.items() if len(p) > 1} == {}
     # A replay asks for no marker the first run did not write: no clock decides anything.
