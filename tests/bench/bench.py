@@ -327,9 +327,11 @@ class Factory:
                 time.sleep(self.delay_s(command))
             session = dict(message.headers() or []).get(SESSION_HEADER, b"").decode() or None
             for key, value in self.simulator.respond(command, session):
+                # Stamped as the report leaves: after the flush, the controller could
+                # already have answered it (a play seen before its report's stamp).
+                self.sent[command.id] = time.perf_counter()
                 self.producer.produce(self.topics["REPORT_TOPIC"], value, key)
                 self.producer.flush(5)
-                self.sent[command.id] = time.perf_counter()
 
     def close(self) -> None:
         self.stop.set()
