@@ -17,7 +17,11 @@ pauses the engine for as long as it lasts. Three pure pieces:
   fitted on every costed observation the round knows (carried-over ones too).
 * **Spent.** A step fits if the round's spent seconds, its predicted cost, and
   the finalised model's (the best step's configuration built once more: the best
-  so far, or this one if it becomes the best) stay within the budget; a cost not
+  so far, or this one if it becomes the best), the last two each raised by the
+  model's spread (one standard deviation of its residuals, in log seconds;
+  ``PRIOR_SPREAD`` until the fit has two degrees of freedom to measure it), stay
+  within the budget: a budget is what the engine's pause must not pass, and a step
+  runs over its prediction as often as under it. A cost not
   measured (a record without a timestamp, a late answer to a resent command)
   counts as predicted. A round's first step always goes (a round cannot finalise
   without one); a round whose costs are all unknown is bounded by its step budget
@@ -52,18 +56,28 @@ from dataflow.domain.optimizer import Observation, OptimiserSnapshot, Point, to_
 RIDGE: Final = 0.02
 #: Costs below this are read as this (a log of 0 is undefined; a step is never free).
 FLOOR_S: Final = 0.01
+#: The spread (sd of log seconds) a round assumes until its fit has residual degrees of
+#: freedom to measure one: about what the real factory's steps showed (0.08-0.26 per run).
+PRIOR_SPREAD: Final = 0.2
 
 
 @dataclass(frozen=True)
 class CostModel:
-    """``log seconds = intercept + slopes . unit(x)``."""
+    """``log seconds = intercept + slopes . unit(x)``, give or take ``spread``."""
 
     intercept: float
     slopes: tuple[float, ...]
+    #: The residuals' standard deviation in log seconds (``PRIOR_SPREAD`` until measurable).
+    spread: float = PRIOR_SPREAD
 
     def predict(self, unit: Array) -> Array:
         """Predicted seconds of each row of unit-cube points."""
         return np.asarray(np.exp(self.intercept + unit @ np.array(self.slopes)), dtype=float)
+
+    @property
+    def margin(self) -> float:
+        """The factor a prediction is raised by when a round asks whether it can afford it."""
+        return math.exp(self.spread)
 
 
 def costed(snapshot: OptimiserSnapshot) -> tuple[Observation, ...]:
@@ -83,7 +97,12 @@ def fit(snapshot: OptimiserSnapshot) -> CostModel | None:
     Xc = X - centre  # noqa: N806
     slopes = np.linalg.solve(Xc.T @ Xc + RIDGE * np.eye(X.shape[1]), Xc.T @ (y - y.mean()))
     intercept = float(y.mean() - centre @ slopes)
-    return CostModel(intercept, tuple(float(s) for s in slopes))
+    freedom = len(known) - X.shape[1] - 1
+    spread = PRIOR_SPREAD
+    if freedom >= 2:
+        residuals = y - (intercept + X @ slopes)
+        spread = math.sqrt(float(residuals @ residuals) / freedom)
+    return CostModel(intercept, tuple(float(s) for s in slopes), spread)
 
 
 @dataclass(frozen=True)
@@ -102,11 +121,18 @@ class Ledger:
     started: bool
 
     def affordable(self, costs: Array) -> Array:
-        """Which of the predicted ``costs`` the round can still spend (see the module docstring)."""
+        """Which of the predicted ``costs`` the round can still spend (see the module docstring).
+
+        The step and the finalised model are each taken at the cost model's ``margin``
+        above their prediction (the best step's measured seconds likewise: a model built
+        again takes as long give or take the same spread).
+        """
         if not self.started:
             return np.ones(len(costs), dtype=bool)
-        finalise = costs if self.best_s is None else np.maximum(costs, self.best_s)
-        return np.asarray(self.spent + costs + finalise <= self.budget_s, dtype=bool)
+        margin = 1.0 if self.model is None else self.model.margin
+        step = costs * margin
+        finalise = step if self.best_s is None else np.maximum(step, self.best_s * margin)
+        return np.asarray(self.spent + step + finalise <= self.budget_s, dtype=bool)
 
 
 def ledger(snapshot: OptimiserSnapshot) -> Ledger | None:
@@ -147,6 +173,12 @@ def fits(snapshot: OptimiserSnapshot, predicted_s: float | None) -> bool:
     if predicted_s is None or accounts is None:
         return True
     return bool(accounts.affordable(np.array([predicted_s]))[0])
+
+
+def margin(snapshot: OptimiserSnapshot) -> float:
+    """The factor the round's affordability check raises predictions by (1 if it has none)."""
+    accounts = ledger(snapshot)
+    return 1.0 if accounts is None or accounts.model is None else accounts.model.margin
 
 
 def spent(snapshot: OptimiserSnapshot) -> float:

@@ -8,6 +8,7 @@ decisions may depend on those stamps only, never on a clock.
 from __future__ import annotations
 
 import json
+import math
 import random
 from collections.abc import Callable
 
@@ -220,20 +221,60 @@ def test_the_cost_model_predicts_a_dearer_axis_dearer() -> None:
 
 
 def test_a_round_finalises_before_a_step_it_expects_to_overrun_its_budget() -> None:
-    # 4 s a step, 20 s in all: after four steps (16 s) a fifth (4 s) and the finalised
-    # model (the best step built again, 4 s) would take 24 s.
+    # 4 s a step, 20 s in all. Three costs in two dimensions leave the fit no residual
+    # to measure its spread, so each prediction is raised by the prior's (e^0.2): after
+    # three steps (12 s) a fourth and the finalised model (the best step built again)
+    # would take 12 + 2 x 4.9 s, past 20 s.
     state, effects = run(budgeted(20.0, steps=10), Factory(constant(4.0)))
 
-    assert len(steps_of(effects)) == 4
+    assert len(steps_of(effects)) == 3
     assert state is not None
     assert state.phase is m.Phase.IDLE
     (spent,) = notes(effects, "budget_spent")
-    assert spent == m.Note(KEY, "budget_spent", 1, step=3, detail=(
-        "16.0 s spent, the next step predicted 4.0 s, ROUND_BUDGET_S 20: finalising after 4 steps"
+    assert spent == m.Note(KEY, "budget_spent", 1, step=2, detail=(
+        "12.0 s spent, the next step predicted 4.0 s (4.9 s at the cost model's spread), "
+        "ROUND_BUDGET_S 20: finalising after 3 steps"
     ))  # fmt: skip
     kinds = [e.command.type for e in effects if isinstance(e, m.SendCommand)]
-    assert kinds == ["opt_initialise", *["opt_step"] * 4, "opt_finalise"]
+    assert kinds == ["opt_initialise", *["opt_step"] * 3, "opt_finalise"]
     assert notes(effects, "over_budget") == []
+
+
+def test_a_cost_model_that_predicts_exactly_lets_a_round_spend_its_whole_budget() -> None:
+    # From five costs the fit measures its spread: none (every step 4 s), so from then on
+    # a step fits while its 4 s and the finalised model's 4 s stay within 40 s: nine steps
+    # (36 s), the finalised model's 4 s making exactly 40.
+    state, effects = run(budgeted(40.0, steps=20), Factory(constant(4.0)))
+
+    assert len(steps_of(effects)) == 9
+    assert state is not None
+    (spent,) = notes(effects, "budget_spent")
+    assert spent.detail == (
+        "36.0 s spent, the next step predicted 4.0 s (4.0 s at the cost model's spread), "
+        "ROUND_BUDGET_S 40: finalising after 9 steps"
+    )
+    assert notes(effects, "over_budget") == []
+
+
+def test_the_cost_models_spread_is_its_residuals_once_it_has_freedom_to_measure_them() -> None:
+    profile = budgeted(60.0).profile
+    rng = random.Random(11)  # noqa: S311 - a test's reproducible sample
+    points = [(rng.uniform(0.001, 0.1), rng.uniform(0.0, 0.005)) for _ in range(12)]
+
+    def fitted(costs: list[float]) -> cost.CostModel:
+        pairs = zip(points[: len(costs)], costs, strict=True)
+        observations = tuple(o.Observation(p, 0.0, c) for p, c in pairs)
+        model = cost.fit(o.OptimiserSnapshot(profile, KEY, 0, observations=observations))
+        assert model is not None
+        return model
+
+    exact = [dearer_with_pmin(p) for p in points]
+    noisy = [c * math.exp(0.3 if i % 2 else -0.3) for i, c in enumerate(exact)]
+
+    assert fitted(exact[:4]).spread == cost.PRIOR_SPREAD  # 4 costs, 3 coefficients
+    assert fitted(exact).spread < 0.05  # the ridge's bias alone
+    assert 0.25 < fitted(noisy).spread < 0.45
+    assert fitted(noisy).margin == pytest.approx(math.exp(fitted(noisy).spread))
 
 
 def test_a_step_that_took_longer_than_predicted_says_the_round_overran() -> None:
