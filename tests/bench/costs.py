@@ -30,10 +30,13 @@ the finalised step, and a one-sided Wilcoxon signed-rank test on the pairs ("our
 from __future__ import annotations
 
 import dataclasses
+import os
 import statistics
 import warnings
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import msgspec
@@ -285,23 +288,32 @@ def plot(curves: dict[str, Curves], path: Path) -> None:
     plt.close(figure)
 
 
+def _one_case(index: int, quick: bool, recordings: Path, files: list[Path]) -> tuple[Rows, Curves]:
+    """One case's rows and curves (a worker process's share: cases are independent)."""
+    profile = dialects.PROFILES["rtcef"]
+    cost = recorded_costs(profile, files)
+    seconds = budget_s(profile, cost)
+    case = cases(recordings)[index]
+    outcomes = run(case, cost, range(5 if quick else 50), seconds)
+    print(f"  cost: {case.surface} done", flush=True)
+    return rows(case, outcomes, seconds), regret(outcomes, seconds)
+
+
 def bench(quick: bool, recordings: Path, traffic: Path, plot_to: Path | None) -> Rows:
-    """Section 7's rows; the regret curves plotted to ``plot_to``."""
+    """Section 7's rows; the regret curves plotted to ``plot_to``.
+
+    The cases run in a process per core: each is deterministic (its seeds, its
+    surfaces), so the table does not depend on how many there are.
+    """
     files = cost_files(traffic)
     if not files:
         raise SystemExit(f"section 7 needs recorded step costs: run `just rtcef-loop` "
                          f"(none under {traffic})")  # fmt: skip
-    profile = dialects.PROFILES["rtcef"]
-    cost = recorded_costs(profile, files)
-    seconds = budget_s(profile, cost)
-    seeds = range(5 if quick else 50)
-    table: Rows = []
-    curves = {}
-    for case in cases(recordings):
-        outcomes = run(case, cost, seeds, seconds)
-        table += rows(case, outcomes, seconds)
-        curves[case.surface] = regret(outcomes, seconds)
-        print(f"  cost: {case.surface} done", flush=True)
+    names = [case.surface for case in cases(recordings)]
+    with ProcessPoolExecutor(max_workers=min(len(names), os.cpu_count() or 1)) as pool:
+        done = list(pool.map(partial(_one_case, quick=quick, recordings=recordings, files=files),
+                             range(len(names))))  # fmt: skip
+    table: Rows = [row for case_rows, _ in done for row in case_rows]
     if plot_to is not None:
-        plot(curves, plot_to)
+        plot({name: curve for name, (_, curve) in zip(names, done, strict=True)}, plot_to)
     return table

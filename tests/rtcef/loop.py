@@ -633,7 +633,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="repeat the runs once per seed (both controllers' optimiser seed); "
              "runs are named <mode>-<seed>, interleaved by seed",
     )  # fmt: skip
-    parser.add_argument("--work", type=Path, default=DEFAULT_WORK)
+    parser.add_argument("--work", type=lambda text: Path(text).resolve(), default=DEFAULT_WORK)
     parser.add_argument("--results", type=Path, default=HERE / "RESULTS.md")
     parser.add_argument(
         "--report-only", action="store_true",
