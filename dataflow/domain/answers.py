@@ -155,10 +155,12 @@ def _scored(state: Session, f_val: float, cost_s: float | None, when: When) -> S
     if strategy.affordable(proposed):
         return Scored(snapshot, notes, when, point, proposed)
     predicted = proposed.predicted_s or 0.0
+    finalise, margin = cost.finalise_s(snapshot, predicted), cost.margin(snapshot)
     detail = (
-        f"{cost.spent(snapshot):.1f} s spent, the next step predicted {predicted:.1f} s "
-        f"({predicted * cost.margin(snapshot):.1f} s at the cost model's spread), "
-        f"ROUND_BUDGET_S {snapshot.profile.round_budget_s:g}: finalising after {step + 1} steps"
+        f"{cost.spent(snapshot):.1f} s spent, the next step predicted {predicted:.1f} s and "
+        f"the finalised model {finalise:.1f} s ({predicted * margin:.1f} s and "
+        f"{finalise * margin:.1f} s at the cost model's spread), ROUND_BUDGET_S "
+        f"{snapshot.profile.round_budget_s:g}: finalising after {step + 1} steps"
     )
     spent = Note(state.key, "budget_spent", round_.number, step=step, detail=detail)
     return ScoredLast(snapshot, (*notes, spent), when)

@@ -18,8 +18,8 @@ pauses the engine for as long as it lasts. Three pure pieces:
 * **Spent.** A step fits if the round's spent seconds, its predicted cost, and
   the finalised model's (the best step's configuration built once more: the best
   so far, or this one if it becomes the best), the last two each raised by the
-  model's spread (one standard deviation of its residuals, in log seconds;
-  ``PRIOR_SPREAD`` until the fit has two degrees of freedom to measure it), stay
+  model's spread (one standard deviation of its residuals, in log seconds, pooled
+  with ``PRIOR_SPREAD`` weighted as ``PRIOR_WEIGHT`` residuals), stay
   within the budget: a budget is what the engine's pause must not pass, and a step
   runs over its prediction as often as under it. A cost not
   measured (a record without a timestamp, a late answer to a resent command)
@@ -56,9 +56,12 @@ from dataflow.domain.optimizer import Observation, OptimiserSnapshot, Point, to_
 RIDGE: Final = 0.02
 #: Costs below this are read as this (a log of 0 is undefined; a step is never free).
 FLOOR_S: Final = 0.01
-#: The spread (sd of log seconds) a round assumes until its fit has residual degrees of
-#: freedom to measure one: about what the real factory's steps showed (0.08-0.26 per run).
+#: The spread (sd of log seconds) a round assumes before its fit has residuals to measure
+#: one: about what the real factory's steps showed (0.08-0.26 per run, 0.44 in one 7-step run).
 PRIOR_SPREAD: Final = 0.2
+#: How many residuals' worth of weight the prior spread keeps against the measured ones:
+#: an sd from two or three residuals is often far below the truth (or 0 by chance).
+PRIOR_WEIGHT: Final = 3
 
 
 @dataclass(frozen=True)
@@ -67,7 +70,7 @@ class CostModel:
 
     intercept: float
     slopes: tuple[float, ...]
-    #: The residuals' standard deviation in log seconds (``PRIOR_SPREAD`` until measurable).
+    #: The residuals' standard deviation in log seconds, pooled with ``PRIOR_SPREAD``.
     spread: float = PRIOR_SPREAD
 
     def predict(self, unit: Array) -> Array:
@@ -97,11 +100,13 @@ def fit(snapshot: OptimiserSnapshot) -> CostModel | None:
     Xc = X - centre  # noqa: N806
     slopes = np.linalg.solve(Xc.T @ Xc + RIDGE * np.eye(X.shape[1]), Xc.T @ (y - y.mean()))
     intercept = float(y.mean() - centre @ slopes)
-    freedom = len(known) - X.shape[1] - 1
-    spread = PRIOR_SPREAD
-    if freedom >= 2:
-        residuals = y - (intercept + X @ slopes)
-        spread = math.sqrt(float(residuals @ residuals) / freedom)
+    # The residuals' variance pooled with the prior's (a scaled inverse chi-squared prior
+    # of PRIOR_WEIGHT degrees of freedom): the prior alone until the fit has residual
+    # degrees of freedom, the measured spread as they grow.
+    freedom = max(0, len(known) - X.shape[1] - 1)
+    residuals = y - (intercept + X @ slopes)
+    squares = float(residuals @ residuals) if freedom else 0.0
+    spread = math.sqrt((PRIOR_WEIGHT * PRIOR_SPREAD**2 + squares) / (PRIOR_WEIGHT + freedom))
     return CostModel(intercept, tuple(float(s) for s in slopes), spread)
 
 
@@ -173,6 +178,13 @@ def fits(snapshot: OptimiserSnapshot, predicted_s: float | None) -> bool:
     if predicted_s is None or accounts is None:
         return True
     return bool(accounts.affordable(np.array([predicted_s]))[0])
+
+
+def finalise_s(snapshot: OptimiserSnapshot, predicted_s: float) -> float:
+    """The finalised model's seconds if a step predicted at ``predicted_s`` is taken next."""
+    accounts = ledger(snapshot)
+    best = None if accounts is None else accounts.best_s
+    return predicted_s if best is None else max(predicted_s, best)
 
 
 def margin(snapshot: OptimiserSnapshot) -> float:

@@ -302,8 +302,8 @@ def _one_case(index: int, quick: bool, recordings: Path, files: list[Path]) -> t
 def bench(quick: bool, recordings: Path, traffic: Path, plot_to: Path | None) -> Rows:
     """Section 7's rows; the regret curves plotted to ``plot_to``.
 
-    The cases run in a process per core: each is deterministic (its seeds, its
-    surfaces), so the table does not depend on how many there are.
+    The cases run in worker processes, one case each, as many at once as there are
+    cores: each is deterministic (its seeds, its surfaces), so the table is a serial run's.
     """
     files = cost_files(traffic)
     if not files:

@@ -232,31 +232,43 @@ def test_a_round_finalises_before_a_step_it_expects_to_overrun_its_budget() -> N
     assert state.phase is m.Phase.IDLE
     (spent,) = notes(effects, "budget_spent")
     assert spent == m.Note(KEY, "budget_spent", 1, step=2, detail=(
-        "12.0 s spent, the next step predicted 4.0 s (4.9 s at the cost model's spread), "
-        "ROUND_BUDGET_S 20: finalising after 3 steps"
+        "12.0 s spent, the next step predicted 4.0 s and the finalised model 4.0 s (4.9 s and "
+        "4.9 s at the cost model's spread), ROUND_BUDGET_S 20: finalising after 3 steps"
     ))  # fmt: skip
     kinds = [e.command.type for e in effects if isinstance(e, m.SendCommand)]
     assert kinds == ["opt_initialise", *["opt_step"] * 3, "opt_finalise"]
     assert notes(effects, "over_budget") == []
 
 
-def test_a_cost_model_that_predicts_exactly_lets_a_round_spend_its_whole_budget() -> None:
-    # From five costs the fit measures its spread: none (every step 4 s), so from then on
-    # a step fits while its 4 s and the finalised model's 4 s stay within 40 s: nine steps
-    # (36 s), the finalised model's 4 s making exactly 40.
+def test_the_margin_shrinks_as_costs_that_the_model_predicts_exactly_accumulate() -> None:
+    # Every step 4 s: the residuals are 0, so the prior's spread (0.2, weighted as three
+    # residuals) is pooled with ever more zeros; after eight steps sqrt(3 x 0.04 / 8):
+    # 4.5 s at the spread instead of the prior's 4.9, and 32 + 2 x 4.5 passes 40 s.
     state, effects = run(budgeted(40.0, steps=20), Factory(constant(4.0)))
 
-    assert len(steps_of(effects)) == 9
+    assert len(steps_of(effects)) == 8
     assert state is not None
     (spent,) = notes(effects, "budget_spent")
     assert spent.detail == (
-        "36.0 s spent, the next step predicted 4.0 s (4.0 s at the cost model's spread), "
-        "ROUND_BUDGET_S 40: finalising after 9 steps"
+        "32.0 s spent, the next step predicted 4.0 s and the finalised model 4.0 s (4.5 s and "
+        "4.5 s at the cost model's spread), ROUND_BUDGET_S 40: finalising after 8 steps"
     )
     assert notes(effects, "over_budget") == []
 
 
-def test_the_cost_models_spread_is_its_residuals_once_it_has_freedom_to_measure_them() -> None:
+def test_the_finalised_model_is_afforded_at_the_spread_too_when_it_is_the_dearer() -> None:
+    # 8 s spent on the best step so far; the next is predicted 2 s. Its 2 s and the best
+    # step built again (8 s), each at e^0.2: 8 + 2.44 + 9.77 = 20.21 s.
+    def accounts(budget_s: float, spread: float) -> cost.Ledger:
+        model = cost.CostModel(math.log(2.0), (0.0, 0.0), spread)
+        return cost.Ledger(budget_s, model, spent=8.0, best_s=8.0, started=True)
+
+    assert not accounts(20.0, 0.2).affordable(np.array([2.0]))[0]
+    assert accounts(20.3, 0.2).affordable(np.array([2.0]))[0]
+    assert accounts(20.0, 0.0).affordable(np.array([2.0]))[0]  # 8 + 2 + 8 without a margin
+
+
+def test_the_cost_models_spread_pools_its_residuals_with_the_prior_spread() -> None:
     profile = budgeted(60.0).profile
     rng = random.Random(11)  # noqa: S311 - a test's reproducible sample
     points = [(rng.uniform(0.001, 0.1), rng.uniform(0.0, 0.005)) for _ in range(12)]
@@ -271,9 +283,13 @@ def test_the_cost_models_spread_is_its_residuals_once_it_has_freedom_to_measure_
     exact = [dearer_with_pmin(p) for p in points]
     noisy = [c * math.exp(0.3 if i % 2 else -0.3) for i, c in enumerate(exact)]
 
-    assert fitted(exact[:4]).spread == cost.PRIOR_SPREAD  # 4 costs, 3 coefficients
-    assert fitted(exact).spread < 0.05  # the ridge's bias alone
-    assert 0.25 < fitted(noisy).spread < 0.45
+    assert fitted(exact[:3]).spread == cost.PRIOR_SPREAD  # 3 costs, 3 coefficients
+    # One residual degree of freedom already counts, weighted against the prior's three
+    # (the ridge's bias leaves a small residual even on exact costs).
+    assert math.sqrt(3 * 0.04 / 4) <= fitted(exact[:4]).spread < cost.PRIOR_SPREAD
+    assert fitted(exact).spread == pytest.approx(math.sqrt(3 * 0.04 / 12), rel=0.05)
+    # +-0.3 noise: the residuals pull the prior's 0.2 up as they accumulate.
+    assert 0.25 < fitted(noisy).spread < 0.3
     assert fitted(noisy).margin == pytest.approx(math.exp(fitted(noisy).spread))
 
 
@@ -340,7 +356,9 @@ def test_a_budget_decides_what_a_round_can_afford_not_how_it_ranks_what_it_can()
     snapshot = o.learn(first, -1.0, 4.0)
     _, proposed = strategy.propose(snapshot)
     assert proposed.predicted_s is not None
-    assert 4.0 + proposed.predicted_s + max(proposed.predicted_s, 4.0) <= 20.0
+    step, finalise = (proposed.predicted_s * cost.margin(snapshot),
+                      max(proposed.predicted_s, 4.0) * cost.margin(snapshot))  # fmt: skip
+    assert 4.0 + step + finalise <= 20.0
     assert strategy.affordable(proposed)
 
 
