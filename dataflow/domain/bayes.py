@@ -24,7 +24,7 @@ from scipy.optimize import fmin_l_bfgs_b
 from skopt.acquisition import gaussian_ei, gaussian_lcb, gaussian_pi
 from skopt.space import Integer, Real, Space
 
-from dataflow.domain import cost, gp
+from dataflow.domain import cost, gp, optimizer
 from dataflow.domain.optimizer import (
     Observation,
     OptimiserSnapshot,
@@ -50,7 +50,7 @@ def propose(snapshot: OptimiserSnapshot) -> tuple[Point, OptimiserSnapshot]:
     """
     profile = snapshot.profile
     rng = np.random.RandomState(_seed(snapshot, len(snapshot.observations)))
-    told = snapshot.prior + snapshot.observations
+    told = optimizer.told(snapshot)
     budget = _Budget.of(snapshot)
     if len(told) >= profile.n_initial:
         try:

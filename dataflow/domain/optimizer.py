@@ -213,6 +213,22 @@ def best_kept(snapshot: OptimiserSnapshot) -> Point | None:
     return to_point(snapshot.profile, snapshot.prior[_first_lowest(snapshot.prior)].x)
 
 
+def told(snapshot: OptimiserSnapshot) -> tuple[Observation, ...]:
+    """What the surrogate is fitted on: the kept observations, then this round's.
+
+    A kept observation whose point this round has measured again (``best_kept``) gives
+    way to the new measurement: its score was measured on older data, and a round is
+    asked for because the data moved (the real loop's kept best scored -0.42 offline,
+    -0.66 measured again). Kept beside the new score, the pair is read by the GP as
+    noise, or, where the two agree, as a point known twice over, which pins the model
+    to the kept best (README, "Warm start from kept observations").
+    """
+    measured = {o.x for o in snapshot.observations}
+    profile = snapshot.profile
+    kept = tuple(o for o in snapshot.prior if to_point(profile, o.x) not in measured)
+    return kept + snapshot.observations
+
+
 def carried(snapshot: OptimiserSnapshot) -> tuple[Observation, ...]:
     """The observations the next round starts from (the newest ``keep`` of this round)."""
     keep = snapshot.profile.keep

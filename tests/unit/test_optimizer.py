@@ -167,6 +167,37 @@ def test_after_the_kept_point_the_strategy_chooses_as_it_always_does() -> None:
     assert second != point
 
 
+def test_a_kept_point_measured_again_gives_way_to_its_new_score() -> None:
+    _, snapshot = strategy.propose(o.start(RTCEF, "k", 3, KEPT))
+    snapshot = o.learn(snapshot, -0.66, 12.0)
+
+    assert o.told(snapshot) == (
+        KEPT[0], KEPT[2], KEPT[3], KEPT[4],  # the kept (0.2, 4, ...) at -0.93 is gone
+        o.Observation((0.2, 4, 0.001, 0.0001), -0.66, 12.0),
+    )  # fmt: skip
+
+
+def test_a_kept_point_outside_todays_space_gives_way_to_its_measurement_inside() -> None:
+    wide = o.Observation((1.4, 7, 0.02, 0.00005), -0.95)
+    _, snapshot = strategy.propose(o.start(RTCEF, "k", 3, (*KEPT, wide)))
+    snapshot = o.learn(snapshot, -0.5)
+
+    assert o.told(snapshot) == (*KEPT, o.Observation((1.0, 5, 0.01, 0.0001), -0.5))
+
+
+def test_the_surrogate_never_sees_the_kept_score_a_round_measured_again() -> None:
+    from dataflow.domain import bayes
+
+    _, snapshot = strategy.propose(o.start(RTCEF, "k", 3, KEPT))
+    snapshot = o.learn(snapshot, -0.66)
+    without = msgspec.structs.replace(snapshot, prior=(KEPT[0], KEPT[2], KEPT[3], KEPT[4]))
+
+    assert bayes.propose(snapshot) == (
+        bayes.propose(without)[0],
+        msgspec.structs.replace(bayes.propose(without)[1], prior=KEPT),
+    )
+
+
 def test_without_the_setting_or_without_kept_points_the_strategy_chooses_the_first_step() -> None:
     from dataflow.domain import bayes
 
