@@ -152,15 +152,16 @@ def _scored(state: Session, f_val: float, cost_s: float | None, when: When) -> S
     if snapshot.remaining <= 0:
         return ScoredLast(snapshot, notes, when)
     point, proposed = strategy.propose(snapshot)
-    if strategy.affordable(proposed):
+    accounts = cost.ledger(snapshot)
+    if accounts is None or strategy.affordable(proposed):
         return Scored(snapshot, notes, when, point, proposed)
     predicted = proposed.predicted_s or 0.0
-    finalise, margin = cost.finalise_s(snapshot, predicted), cost.margin(snapshot)
+    finalise, margin = accounts.finalised_s(predicted), accounts.margin
     detail = (
-        f"{cost.spent(snapshot):.1f} s spent, the next step predicted {predicted:.1f} s and "
+        f"{accounts.spent:.1f} s spent, the next step predicted {predicted:.1f} s and "
         f"the finalised model {finalise:.1f} s ({predicted * margin:.1f} s and "
         f"{finalise * margin:.1f} s at the cost model's spread), ROUND_BUDGET_S "
-        f"{snapshot.profile.round_budget_s:g}: finalising after {step + 1} steps"
+        f"{accounts.budget_s:g}: finalising after {step + 1} steps"
     )
     spent = Note(state.key, "budget_spent", round_.number, step=step, detail=detail)
     return ScoredLast(snapshot, (*notes, spent), when)
@@ -184,16 +185,16 @@ def _over_budget(
     key: str, number: int, before: OptimiserSnapshot, after: OptimiserSnapshot
 ) -> list[Note]:
     """A note when a step took the round past its time budget (it took longer than predicted)."""
-    budget = after.profile.round_budget_s
-    if budget is None or cost.expected_total(after) <= budget:
+    accounts = cost.ledger(after)
+    if accounts is None or accounts.expected_total <= accounts.budget_s:
         return []
     taken = after.observations[-1].cost_s
     predicted = (
         "unpredicted" if before.predicted_s is None else f"predicted {before.predicted_s:.1f} s"
     )
     detail = (f"step took {taken if taken is not None else float('nan'):.1f} s ({predicted}): "
-              f"the round expects {cost.expected_total(after):.1f} s of factory time with its "
-              f"finalised model, over ROUND_BUDGET_S {budget:g}")  # fmt: skip
+              f"the round expects {accounts.expected_total:.1f} s of factory time with its "
+              f"finalised model, over ROUND_BUDGET_S {accounts.budget_s:g}")  # fmt: skip
     return [Note(key, "over_budget", number, step=len(after.observations) - 1, detail=detail)]
 
 

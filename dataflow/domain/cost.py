@@ -134,10 +134,23 @@ class Ledger:
         """
         if not self.started:
             return np.ones(len(costs), dtype=bool)
-        margin = 1.0 if self.model is None else self.model.margin
-        step = costs * margin
-        finalise = step if self.best_s is None else np.maximum(step, self.best_s * margin)
+        step = costs * self.margin
+        finalise = step if self.best_s is None else np.maximum(step, self.best_s * self.margin)
         return np.asarray(self.spent + step + finalise <= self.budget_s, dtype=bool)
+
+    @property
+    def margin(self) -> float:
+        """The factor ``affordable`` raises predictions by (1 before any cost was measured)."""
+        return 1.0 if self.model is None else self.model.margin
+
+    def finalised_s(self, predicted_s: float) -> float:
+        """The finalised model's seconds if a step predicted at ``predicted_s`` is taken next."""
+        return predicted_s if self.best_s is None else max(predicted_s, self.best_s)
+
+    @property
+    def expected_total(self) -> float:
+        """The round's seconds if it finalises now: its steps and the best one built again."""
+        return self.spent + (self.best_s or 0.0)
 
 
 def ledger(snapshot: OptimiserSnapshot) -> Ledger | None:
@@ -180,28 +193,9 @@ def fits(snapshot: OptimiserSnapshot, predicted_s: float | None) -> bool:
     return bool(accounts.affordable(np.array([predicted_s]))[0])
 
 
-def finalise_s(snapshot: OptimiserSnapshot, predicted_s: float) -> float:
-    """The finalised model's seconds if a step predicted at ``predicted_s`` is taken next."""
-    accounts = ledger(snapshot)
-    best = None if accounts is None else accounts.best_s
-    return predicted_s if best is None else max(predicted_s, best)
-
-
-def margin(snapshot: OptimiserSnapshot) -> float:
-    """The factor the round's affordability check raises predictions by (1 if it has none)."""
-    accounts = ledger(snapshot)
-    return 1.0 if accounts is None or accounts.model is None else accounts.model.margin
-
-
 def spent(snapshot: OptimiserSnapshot) -> float:
     """Factory seconds this round's steps cost so far; an unknown cost counts as predicted."""
     accounts = ledger(snapshot)
     if accounts is None:  # no predictions without a budget: what was measured
         return math.fsum(o.cost_s or 0.0 for o in snapshot.observations)
     return accounts.spent
-
-
-def expected_total(snapshot: OptimiserSnapshot) -> float:
-    """The round's seconds if it finalises now: its steps and the best one built again."""
-    accounts = ledger(snapshot)
-    return spent(snapshot) if accounts is None else accounts.spent + (accounts.best_s or 0.0)

@@ -166,7 +166,9 @@ def test_an_unknown_cost_counts_as_predicted_in_what_a_round_has_spent() -> None
 
     assert cost.spent(snapshot) == 15.0
     # The best step (cost known) is built again by the finalise.
-    assert cost.expected_total(snapshot) == 20.0
+    accounts = cost.ledger(snapshot)
+    assert accounts is not None
+    assert (accounts.spent, accounts.best_s, accounts.expected_total) == (15.0, 5.0, 20.0)
 
 
 def test_a_round_ended_by_a_record_without_a_log_time_leaves_the_next_start_unknown() -> None:
@@ -356,8 +358,11 @@ def test_a_budget_decides_what_a_round_can_afford_not_how_it_ranks_what_it_can()
     snapshot = o.learn(first, -1.0, 4.0)
     _, proposed = strategy.propose(snapshot)
     assert proposed.predicted_s is not None
-    step, finalise = (proposed.predicted_s * cost.margin(snapshot),
-                      max(proposed.predicted_s, 4.0) * cost.margin(snapshot))  # fmt: skip
+    accounts = cost.ledger(snapshot)
+    assert accounts is not None
+    step, finalise = (proposed.predicted_s * accounts.margin,
+                      accounts.finalised_s(proposed.predicted_s) * accounts.margin)  # fmt: skip
+    assert accounts.finalised_s(proposed.predicted_s) == max(proposed.predicted_s, 4.0)
     assert 4.0 + step + finalise <= 20.0
     assert strategy.affordable(proposed)
 
