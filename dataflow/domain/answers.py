@@ -152,8 +152,8 @@ def _scored(state: Session, f_val: float, cost_s: float | None, when: When) -> S
     if snapshot.remaining <= 0:
         return ScoredLast(snapshot, notes, when)
     point, proposed = strategy.propose(snapshot)
-    accounts = cost.ledger(snapshot)
-    if accounts is None or strategy.affordable(proposed):
+    accounts = None if strategy.affordable(proposed) else cost.ledger(snapshot)
+    if accounts is None:  # affordable (a round without a time budget affords every step)
         return Scored(snapshot, notes, when, point, proposed)
     predicted = proposed.predicted_s or 0.0
     finalise, margin = accounts.finalised_s(predicted), accounts.margin

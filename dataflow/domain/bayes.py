@@ -52,7 +52,8 @@ def propose(snapshot: OptimiserSnapshot) -> tuple[Point, OptimiserSnapshot]:
     rng = np.random.RandomState(_seed(snapshot, len(snapshot.observations)))
     told = optimizer.told(snapshot)
     budget = _Budget.of(snapshot)
-    if len(told) >= profile.n_initial:
+    count = len(snapshot.prior) + len(snapshot.observations)  # every measurement counts
+    if count >= profile.n_initial:
         try:
             with np.errstate(all="ignore"):
                 point, gains, candidates, theta = _model_based(profile, told, snapshot, rng, budget)
@@ -63,7 +64,7 @@ def propose(snapshot: OptimiserSnapshot) -> tuple[Point, OptimiserSnapshot]:
             # Numerically hopeless scores (a factory reporting 1e300s, say) must not
             # crash the step: Bytewax would replay the same report into the same crash
             # for ever. A random proposal, seeded like every other, keeps replay exact.
-            rng = np.random.RandomState(_seed(snapshot, len(told)))
+            rng = np.random.RandomState(_seed(snapshot, count))
     if budget is None:
         raw = space(profile).rvs(n_samples=1, random_state=rng)[0]
         return to_point(profile, raw), snapshot

@@ -191,11 +191,3 @@ def fits(snapshot: OptimiserSnapshot, predicted_s: float | None) -> bool:
     if predicted_s is None or accounts is None:
         return True
     return bool(accounts.affordable(np.array([predicted_s]))[0])
-
-
-def spent(snapshot: OptimiserSnapshot) -> float:
-    """Factory seconds this round's steps cost so far; an unknown cost counts as predicted."""
-    accounts = ledger(snapshot)
-    if accounts is None:  # no predictions without a budget: what was measured
-        return math.fsum(o.cost_s or 0.0 for o in snapshot.observations)
-    return accounts.spent

@@ -221,12 +221,13 @@ def told(snapshot: OptimiserSnapshot) -> tuple[Observation, ...]:
     asked for because the data moved (the real loop's kept best scored -0.42 offline,
     -0.66 measured again). Kept beside the new score, the pair is read by the GP as
     noise, or, where the two agree, as a point known twice over, which pins the model
-    to the kept best (README, "Warm start from kept observations").
+    to the kept best (README, "Warm start from kept observations"). A kept point outside
+    today's bounds stays: what was measured is its nearest point inside, another
+    configuration. Only the surrogate's data changes: the random start still counts
+    every measurement, kept ones included (``Profile.n_initial``).
     """
     measured = {o.x for o in snapshot.observations}
-    profile = snapshot.profile
-    kept = tuple(o for o in snapshot.prior if to_point(profile, o.x) not in measured)
-    return kept + snapshot.observations
+    return tuple(o for o in snapshot.prior if o.x not in measured) + snapshot.observations
 
 
 def carried(snapshot: OptimiserSnapshot) -> tuple[Observation, ...]:

@@ -177,12 +177,27 @@ def test_a_kept_point_measured_again_gives_way_to_its_new_score() -> None:
     )  # fmt: skip
 
 
-def test_a_kept_point_outside_todays_space_gives_way_to_its_measurement_inside() -> None:
+def test_a_kept_point_outside_todays_space_stays_beside_its_measurement_inside() -> None:
     wide = o.Observation((1.4, 7, 0.02, 0.00005), -0.95)
     _, snapshot = strategy.propose(o.start(RTCEF, "k", 3, (*KEPT, wide)))
     snapshot = o.learn(snapshot, -0.5)
 
-    assert o.told(snapshot) == (*KEPT, o.Observation((1.0, 5, 0.01, 0.0001), -0.5))
+    # What was measured is another configuration: the nearest point inside today's bounds.
+    assert o.told(snapshot) == (*KEPT, wide, o.Observation((1.0, 5, 0.01, 0.0001), -0.5))
+
+
+def test_the_random_start_counts_a_kept_point_measured_again_twice() -> None:
+    from dataflow.domain import bayes
+
+    few = msgspec.structs.replace(RTCEF, n_initial=4)
+    kept = KEPT[:3]  # with the new score: three points for the surrogate, four measurements
+    _, snapshot = strategy.propose(o.start(few, "k", 3, kept))
+    snapshot = o.learn(snapshot, -0.9)
+
+    _, proposed = bayes.propose(snapshot)
+
+    assert len(o.told(snapshot)) == 3
+    assert proposed.theta is not None  # model-based: a random proposal fits no GP
 
 
 def test_the_surrogate_never_sees_the_kept_score_a_round_measured_again() -> None:
