@@ -104,7 +104,7 @@ lock: bootstrap
 
 # Remove the virtualenv, caches and local broker/recovery state
 clean: kafka-down
-    rm -rf .venv .kafka .pytest_cache .mypy_cache .ruff_cache demo-output recovery .rtcef-loop .seed-loop
+    rm -rf .venv .kafka .pytest_cache .mypy_cache .ruff_cache demo-output recovery .rtcef-loop .rtcef-rescore .seed-loop
 
 # Build the Dockerfile with buildah (base assembled from Debian packages when no registry answers) and run its pod as the StatefulSet would against a test broker
 image-check *args: jars
@@ -121,6 +121,10 @@ bench *args: jars
 # The real loop: the original RTCEF services and Wayeb driven by this controller, by the original one, and not adapted; writes tests/rtcef/RESULTS.md
 rtcef-loop *args: jars
     {{py}} -m tests.rtcef.loop "$@"
+
+# Score the models of the real loop's OPTIMIZE rounds again, all on records fixed by stream time (after just rtcef-loop; run folders as arguments)
+rtcef-rescore *args: bootstrap
+    {{py}} -m tests.rtcef.rescore "$@"
 
 # The seed's loop: the PyFlink port's Flink factory, inference engine and Observer driven by this controller, by the port's own PyFlink controller, and not adapted; writes tests/seed/RESULTS.md
 seed-loop *args: jars
