@@ -42,6 +42,7 @@ from typing import Any
 from scipy import stats
 
 from tests.rtcef import stack, wayeb
+from tests.support import jsonl
 
 HERE = Path(__file__).resolve().parent
 CLIENT = HERE / "rescore_client.py"
@@ -82,11 +83,6 @@ class Round:
         return "-".join(parts[:1] + parts[2:]) if parts[1:2] and parts[1].isdigit() else self.run
 
 
-def _lines(path: Path) -> list[dict[str, Any]]:
-    with path.open() as handle:
-        return [json.loads(line) for line in handle if line.strip()]
-
-
 def _confidence(params_dict: str) -> float:
     params = json.loads(params_dict)
     inner = params.get("params")
@@ -109,15 +105,16 @@ def rounds_of(run_dir: Path, label: str | None = None) -> list[Round]:
     A round whose ``opt_finalise`` was not answered (the run ended first) is left out.
     """
     traffic = run_dir / "traffic"
-    commands = _lines(traffic / "factory_commands.jsonl")
-    reports = {r["reply_id"]: r for r in _lines(traffic / "factory_reports.jsonl")}
+    commands = [json.loads(line) for line in jsonl(traffic / "factory_commands.jsonl")]
+    reports = {r["reply_id"]: r for r in map(json.loads, jsonl(traffic / "factory_reports.jsonl"))}
     models = run_dir / "models"
 
-    def model(report: dict[str, Any], confidence: float | None = None) -> Model:
+    def model(report: dict[str, Any], like: Model | None = None) -> Model:
         model_id = int(report["model_id"])
-        return Model(model_id, models / f"wayeb_{model_id}.model",
-                     confidence if confidence is not None else _confidence(report["params_dict"]),
-                     _f_val(report["metrics"]))  # fmt: skip
+        path = models / f"wayeb_{model_id}.model"
+        if like is not None:  # built at opt_finalise from step ``like``: its threshold and score
+            return Model(model_id, path, like.confidence, like.f_val)
+        return Model(model_id, path, _confidence(report["params_dict"]), _f_val(report["metrics"]))
 
     rounds: list[Round] = []
     steps: list[Model | None] = []  # None: a step the factory never answered
@@ -134,11 +131,9 @@ def rounds_of(run_dir: Path, label: str | None = None) -> list[Round]:
             if best is None:
                 raise stack.StackError(f"{run_dir}: opt_finalise {command['id']} names step "
                                        f"{best_i}, of which no report was recorded")  # fmt: skip
-            built = model(reports[command["id"]], best.confidence)
-            finalised = Model(built.model_id, built.path, built.confidence, best.f_val)
             rounds.append(Round(label or run_dir.name, command["optimisation_id"],
                                 command["timestamp"], tuple(m for m in steps if m is not None),
-                                best_i, finalised))  # fmt: skip
+                                best_i, model(reports[command["id"]], like=best)))  # fmt: skip
     return rounds
 
 
