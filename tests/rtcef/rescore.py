@@ -271,22 +271,22 @@ def rescore(
                                    "stream (a loop with --limit writes another)")  # fmt: skip
     classpath, python = wayeb.ensure_built(quiet=True), stack.ensure_services_python(quiet=True)
     work.mkdir(parents=True, exist_ok=True)
-    rounds = [(run, r) for run, name in runs for r in rounds_of(run, name)]
-    windows: dict[tuple[Path, int], tuple[Path, int]] = {}
-    for run, r in rounds:
-        stream, begin = run.parent / "stream.json", r.stream_ts if start is None else start
-        if (stream, begin) not in windows:
-            digest = hashlib.sha256(str(stream).encode()).hexdigest()[:8]
-            out = work / f"window-{digest}-{begin}-{weeks}w.json"
-            windows[(stream, begin)] = (out, write_window(stream, begin, weeks, out))
+    windows: dict[tuple[Path, int], tuple[Path, int]] = {}  # (stream, begin) -> (file, records)
+    rounds: list[tuple[Round, tuple[Path, int]]] = []
+    for run, name in runs:
+        for r in rounds_of(run, name):
+            stream, begin = run.parent / "stream.json", r.stream_ts if start is None else start
+            if (stream, begin) not in windows:
+                digest = hashlib.sha256(str(stream).encode()).hexdigest()[:8]
+                out = work / f"window-{digest}-{begin}-{weeks}w.json"
+                windows[(stream, begin)] = (out, write_window(stream, begin, weeks, out))
+            rounds.append((r, windows[(stream, begin)]))
     services = stack.Stack(work)
     try:
         ports = ["--pythonPort", str(PORTS[1]), "--javaPort", str(PORTS[0])]
         services.start_wayeb("wayeb_rescore", classpath, ["service", *ports], PORTS)
         scored = []
-        for run, r in rounds:
-            begin = r.stream_ts if start is None else start
-            test, records = windows[(run.parent / "stream.json", begin)]
+        for r, (test, records) in rounds:
             jobs = [(test, r.finalised)] + ([(test, m) for m in r.steps] if steps else [])
             mccs = score(python, jobs)
             scored.append(Scored(r, records, mccs[0], tuple(mccs[1:]) if steps else None))
