@@ -359,7 +359,7 @@ def _result(mode: str, wall_s: float, tap: Tap) -> RunResult:
             result.hops_ms.append(following.broker_ms - report.broker_ms)
         if answered and answered.value["type"] == "opt_step" and report.value["metrics"]:
             result.step_costs.append({
-                "params": _unwrapped(json.loads(report.value["params_dict"])),
+                "params": unwrapped(json.loads(report.value["params_dict"])),
                 "f_val": json.loads(report.value["metrics"]).get("f_val"),
                 "seconds": round((report.broker_ms - answered.broker_ms) / 1000, 3),
             })  # fmt: skip
@@ -381,7 +381,7 @@ def finalised_f_val(commands: Sequence[Record], answers: Mapping[int, Any]) -> f
     return None if value is None else round(float(value), 4)
 
 
-def _unwrapped(params: dict[str, Any]) -> dict[str, Any]:
+def unwrapped(params: dict[str, Any]) -> dict[str, Any]:
     """A step report's ``params_dict``: the parameters, with or without a ``params`` wrapper."""
     inner = params.get("params")
     return inner if isinstance(inner, dict) else params

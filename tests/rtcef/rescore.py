@@ -41,7 +41,7 @@ from typing import Any
 
 from scipy import stats
 
-from tests.rtcef import stack, wayeb
+from tests.rtcef import loop, stack, wayeb
 from tests.support import jsonl
 
 HERE = Path(__file__).resolve().parent
@@ -84,9 +84,7 @@ class Round:
 
 
 def _confidence(params_dict: str) -> float:
-    params = json.loads(params_dict)
-    inner = params.get("params")
-    return float((inner if isinstance(inner, dict) else params)["confidence"])
+    return float(loop.unwrapped(json.loads(params_dict))["confidence"])
 
 
 def _f_val(metrics: str) -> float | None:
