@@ -2,12 +2,43 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.integration.harness import Controller, Wiring
+
+#: The controllers a test made (``controller_factory``): a failure's report shows their logs.
+MADE = pytest.StashKey[list[Controller]]()
+#: How much of each controller's log a failure's report shows.
+LOG_TAIL_LINES = 80
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """A failed test's report carries the tail of each of its controllers' logs.
+
+    The logs live in ``tmp_path``, which pytest rotates away after a few sessions:
+    a failure seen once in CI must be readable from CI's output alone.
+    """
+    report = yield
+    if report.failed:
+        for number, controller in enumerate(item.stash.get(MADE, [])):
+            report.sections.append((f"controller {number}", controller_state(controller)))
+    return report
+
+
+def controller_state(controller: Controller) -> str:
+    """Whether ``controller`` runs (or how it exited) and its log's last lines."""
+    state = "running" if controller.running() else f"exit status {controller.returncode}"
+    path = controller.log_path
+    if path is None or not path.exists():
+        return f"{state}; no log"
+    lines = path.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:]
+    return "\n".join([f"{state}; the last {len(lines)} lines of {path}:", *lines])
 
 
 @pytest.fixture
@@ -31,9 +62,12 @@ def wiring_factory(
 
 
 @pytest.fixture
-def controller_factory(tmp_path: Path) -> Iterator[Callable[..., Controller]]:
+def controller_factory(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[Callable[..., Controller]]:
     """Make controllers (each with its own recovery directory); all are stopped at the end."""
     made: list[Controller] = []
+    request.node.stash[MADE] = made
 
     def make(wiring: Wiring, name: str = "c", partitions: int = 1) -> Controller:
         controller = Controller(wiring, tmp_path / name, partitions)
