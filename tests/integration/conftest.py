@@ -7,31 +7,41 @@ from pathlib import Path
 
 import pytest
 
+from dataflow.sim.process import ControllerProcess
+from tests.integration import harness
 from tests.integration.harness import Controller, Wiring
 
-#: The controllers a test made (``controller_factory``): a failure's report shows their logs.
-MADE = pytest.StashKey[list[Controller]]()
+#: Where this test's controllers begin in ``harness.MADE``.
+FIRST = pytest.StashKey[int]()
 #: How much of each controller's log a failure's report shows.
 LOG_TAIL_LINES = 80
+
+
+@pytest.fixture(autouse=True)
+def _controllers_shown_on_failure(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Mark where this test's controllers begin; forget them after it."""
+    request.node.stash[FIRST] = first = len(harness.MADE)
+    yield
+    del harness.MADE[first:]
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
-    """A failed test's report carries the tail of each of its controllers' logs.
+    """A failed test's report carries the state and log tail of each controller it made.
 
     The logs live in ``tmp_path``, which pytest rotates away after a few sessions:
     a failure seen once in CI must be readable from CI's output alone.
     """
     report = yield
-    if report.failed:
-        for number, controller in enumerate(item.stash.get(MADE, [])):
+    if report.failed and FIRST in item.stash:
+        for number, controller in enumerate(harness.MADE[item.stash[FIRST] :]):
             report.sections.append((f"controller {number}", controller_state(controller)))
     return report
 
 
-def controller_state(controller: Controller) -> str:
+def controller_state(controller: ControllerProcess) -> str:
     """Whether ``controller`` runs (or how it exited) and its log's last lines."""
     state = "running" if controller.running() else f"exit status {controller.returncode}"
     path = controller.log_path
@@ -62,12 +72,9 @@ def wiring_factory(
 
 
 @pytest.fixture
-def controller_factory(
-    tmp_path: Path, request: pytest.FixtureRequest
-) -> Iterator[Callable[..., Controller]]:
+def controller_factory(tmp_path: Path) -> Iterator[Callable[..., Controller]]:
     """Make controllers (each with its own recovery directory); all are stopped at the end."""
     made: list[Controller] = []
-    request.node.stash[MADE] = made
 
     def make(wiring: Wiring, name: str = "c", partitions: int = 1) -> Controller:
         controller = Controller(wiring, tmp_path / name, partitions)

@@ -110,6 +110,11 @@ class Wiring:
         raise AssertionError(f"only {syncs} after {timeout}s")
 
 
+#: Every controller process made here, in order: a failed test's report shows the logs
+#: of those it made (``tests/integration/conftest.py``), which then drops them.
+MADE: list[ControllerProcess] = []
+
+
 class Controller(ControllerProcess):
     """The controller of one test's wiring; its recovery directory and log in ``workdir``."""
 
@@ -119,6 +124,7 @@ class Controller(ControllerProcess):
         self.wiring = wiring
         super().__init__(workdir / "recovery", wiring.env(), log=workdir / "controller.log",
                          snapshot_s=snapshot_s, partitions=partitions, cwd=ROOT)  # fmt: skip
+        MADE.append(self)
 
 
 class Cluster:
@@ -148,6 +154,7 @@ class Cluster:
                 self.volume(pod), self.wiring.env(), log=self.workdir / f"pod-{pod}.log",
                 partitions=self.partitions, pod=pod, addresses=addresses, cwd=ROOT,
             ).start())  # fmt: skip
+            MADE.append(self.pods[-1])
 
     def stop(self) -> None:
         """SIGINT every pod together (as a deletion of all pods), then wait; kill stragglers."""
