@@ -44,11 +44,8 @@ def pytest_runtest_makereport(
 def controller_state(controller: ControllerProcess) -> str:
     """Whether ``controller`` runs (or how it exited) and its log's last lines."""
     state = "running" if controller.running() else f"exit status {controller.returncode}"
-    path = controller.log_path
-    if path is None or not path.exists():
-        return f"{state}; no log"
-    lines = path.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:]
-    return "\n".join([f"{state}; the last {len(lines)} lines of {path}:", *lines])
+    lines = controller.log_text().splitlines()[-LOG_TAIL_LINES:]
+    return "\n".join([f"{state}; the last {len(lines)} lines of {controller.log_path}:", *lines])
 
 
 @pytest.fixture
